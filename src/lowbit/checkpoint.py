@@ -1,0 +1,130 @@
+"""Checkpoints: safetensors tensors plus a JSON header, never pickle.
+
+The header (safetensors' ``__metadata__``) holds the format name and version, the
+lowbit version, the model class, a SHA-256 of the tensor bytes and, per quantized
+layer, its type, geometry, formats, scheme, calibrator and input scale / zero
+point. The tensors are the model's whole state dict: quantized layers' codes and
+scales, and every float parameter and buffer of the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from . import __version__
+from .errors import CheckpointError
+from .fileio import atomic_path
+from .nn import LAYER_TYPES, QUANTIZABLE_TYPES, LayerGeometry, quantized_layers
+
+FORMAT = "lowbit-checkpoint"
+FORMAT_VERSION = 1
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with shared storage copied apart (safetensors refuses aliases)."""
+    seen, out = set(), {}
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
+        out[name] = t.contiguous().clone() if key in seen else t.contiguous()
+        seen.add(key)
+    return out
+
+
+def save(qmodel: nn.Module, path) -> Path:
+    """Write a quantized model to ``path`` (safetensors + JSON header), atomically."""
+    layers = {name: m.describe() for name, m in quantized_layers(qmodel)}
+    tensors = _state_tensors(qmodel)
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "lowbit_version": __version__,
+        "model_class": f"{type(qmodel).__module__}.{type(qmodel).__qualname__}",
+        "schemes": ",".join(sorted({d.get("scheme", d["type"]) for d in layers.values()})),
+        "layers": json.dumps(layers, sort_keys=True),
+        "sha256": _checksum(tensors),
+    }
+    with atomic_path(path) as tmp:
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def read_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Header and tensors of a lowbit checkpoint, verified; a clear error otherwise."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist" if not path.exists() else f"{path} is not a file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupted?): {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a lowbit checkpoint (no '{FORMAT}' header)")
+    try:
+        version = int(meta["format_version"])
+        layers = json.loads(meta["layers"])
+        expected_sum = meta["sha256"]
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: the lowbit header is damaged ({exc})") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by lowbit {meta.get('lowbit_version', '?')} in checkpoint format "
+                              f"{version}; this lowbit ({__version__}) reads format {FORMAT_VERSION} and older: upgrade lowbit")
+    if _checksum(tensors) != expected_sum:
+        raise CheckpointError(f"{path} is corrupted: its tensors do not match the checksum in its header")
+    return {**meta, "layers": layers}, tensors
+
+
+def load(path, model: nn.Module, *, device=None) -> nn.Module:
+    """Restore a checkpoint written by :func:`save` into ``model``, a fresh (float)
+    instance of the architecture it was saved from; returns the quantized model."""
+    meta, tensors = read_checkpoint(path)
+    origin = meta.get("model_class", "?")
+    modules = dict(model.named_modules())
+    for name, desc in meta["layers"].items():
+        where = f"checkpoint {path} was saved from {origin}; layer {name!r}"
+        target = modules.get(name)
+        if target is None:
+            raise CheckpointError(f"{where} does not exist in the given {type(model).__name__}")
+        cls = LAYER_TYPES.get(desc.get("type"))
+        if cls is None:
+            raise CheckpointError(f"{where} has unknown layer type {desc.get('type')!r}")
+        layer = cls.from_description(desc)
+        if not isinstance(target, QUANTIZABLE_TYPES) or LayerGeometry.of(target) != layer.geometry:
+            got = LayerGeometry.of(target) if isinstance(target, QUANTIZABLE_TYPES) else type(target).__name__
+            raise CheckpointError(f"{where} does not match the model: checkpoint has {layer.geometry}, model has {got}")
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, layer)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path} (saved from {origin}) does not fit {type(model).__name__}: "
+                              f"missing tensors {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                              f"unexpected tensors {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    for key, t in tensors.items():
+        if expected[key].shape != t.shape:
+            raise CheckpointError(f"checkpoint {path}: tensor {key!r} has shape {tuple(t.shape)}, "
+                                  f"the model expects {tuple(expected[key].shape)}")
+    model.load_state_dict(tensors, strict=True)
+    if device is not None:
+        model.to(device)
+    return model

@@ -1,0 +1,116 @@
+"""Bit-exact integer reference: the semantics every GPU kernel must reproduce.
+
+Integer layer (linear, or convolution through im2col):
+  acc[m, n] = sum_k (qx[m, k] - zx) * qw[n, k]          exact integer (int32, int64 if it could overflow)
+  y[m, n]   = float32(acc[m, n]) * (sx * sw[n]) + bias[n] float32, in this order
+Runs on CPU and GPU: int8 operands go through torch._int_mm (int8 x int8 -> int32);
+wider codes through an int64 matmul on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from ..nn.geometry import LayerGeometry
+
+_INT32_MAX = (1 << 31) - 1
+
+
+def _fits_int8(t: torch.Tensor) -> bool:
+    return t.dtype == torch.int8
+
+
+def _int_mm_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch._int_mm with zero padding to the shapes it accepts (M > 16, K and N multiples of 8)."""
+    m, k = a.shape
+    n = b.shape[1]
+    pm, pk, pn = max(17 - m, 0), (-k) % 8, (-n) % 8
+    if pm or pk:
+        a = F.pad(a, (0, pk, 0, pm))
+    if pk or pn:
+        b = F.pad(b, (0, pn, 0, pk))
+    return torch._int_mm(a.contiguous(), b.contiguous())[:m, :n]
+
+
+def integer_matmul(a: torch.Tensor, b: torch.Tensor, bound_a: int, bound_b: int) -> torch.Tensor:
+    """Exact product of integer matrices a [M, K] and b [K, N]; ``bound_*`` bound |a| and |b|.
+
+    int32 result when K * bound_a * bound_b fits int32 (int8 operands use the int8
+    tensor-core/VNNI path), else int64 computed on the CPU.
+    """
+    if a.shape[1] == 0 or a.shape[0] == 0:
+        return torch.zeros(a.shape[0], b.shape[1], dtype=torch.int32, device=a.device)
+    if _fits_int8(a) and _fits_int8(b) and a.shape[1] * bound_a * bound_b <= _INT32_MAX:
+        return _int_mm_padded(a, b)
+    return (a.cpu().long() @ b.cpu().long()).to(a.device)
+
+
+def _as_int8_with_offset(q: torch.Tensor, zero_point: int) -> tuple[torch.Tensor, int]:
+    """uint8 codes -> int8 codes minus 128 (the zero point moves with them), so the
+    int8 x int8 path serves unsigned activations exactly."""
+    if q.dtype == torch.uint8:
+        return (q.to(torch.int16) - 128).to(torch.int8), zero_point - 128
+    return q, zero_point
+
+
+def _bound(q: torch.Tensor) -> int:
+    info = torch.iinfo(q.dtype)
+    return max(-info.min, info.max)
+
+
+def _gemm_with_zero_point(cols: torch.Tensor, zx: int, qw: torch.Tensor) -> torch.Tensor:
+    """sum_k (cols[m, k] - zx) * qw[n, k]  =  cols @ qw^T - zx * rowsum(qw)."""
+    cols, zx = _as_int8_with_offset(cols, zx)
+    acc = integer_matmul(cols, qw.t(), _bound(cols), _bound(qw))
+    if zx:  # in int64: the correction can exceed int32 where the raw product does not
+        acc = acc.to(torch.int64) - zx * qw.to(torch.int64).sum(1)
+    return acc
+
+
+def integer_linear_acc(qx: torch.Tensor, zx: int, qw: torch.Tensor) -> torch.Tensor:
+    """Accumulators of a linear layer: qx [..., K] integer codes, qw [N, K] -> [..., N]."""
+    lead = qx.shape[:-1]
+    acc = _gemm_with_zero_point(qx.reshape(-1, qx.shape[-1]), zx, qw)
+    return acc.reshape(*lead, qw.shape[0])
+
+
+def integer_conv_acc(qx: torch.Tensor, zx: int, qw: torch.Tensor, geo: LayerGeometry) -> torch.Tensor:
+    """Accumulators of a convolution by im2col: qx [B, C, *spatial] codes, qw [O, C/groups, *kernel]."""
+    if geo.kind == "conv1d":
+        return integer_conv_acc(qx.unsqueeze(2), zx, qw.unsqueeze(2), _as_2d(geo)).squeeze(2)
+    # Codes are exact in float32 (|q| < 2^24): pad and unfold there, then back to integers.
+    x = qx.float()
+    if geo.padding_mode == "zeros":
+        x = F.pad(x, geo.pads, value=float(zx))  # real 0 is the code zx
+    else:
+        x = F.pad(x, geo.pads, mode=geo.padding_mode)
+    b = x.shape[0]
+    cols = F.unfold(x, geo.kernel_size, dilation=geo.dilation, stride=geo.stride)  # [B, C*kh*kw, L]
+    out_h = (x.shape[2] - geo.dilation[0] * (geo.kernel_size[0] - 1) - 1) // geo.stride[0] + 1
+    out_w = (x.shape[3] - geo.dilation[1] * (geo.kernel_size[1] - 1) - 1) // geo.stride[1] + 1
+    cols = cols.transpose(1, 2).to(qx.dtype)  # [B, L, C*kh*kw]
+    g, og, kg = geo.groups, geo.out_channels // geo.groups, qw[0].numel()
+    wmat = qw.reshape(geo.out_channels, -1)
+    accs = [_gemm_with_zero_point(cols[..., i * kg:(i + 1) * kg].reshape(-1, kg), zx, wmat[i * og:(i + 1) * og])
+            for i in range(g)]
+    acc = torch.cat(accs, dim=1) if g > 1 else accs[0]
+    return acc.reshape(b, out_h * out_w, geo.out_channels).transpose(1, 2).reshape(b, geo.out_channels, out_h, out_w)
+
+
+def _as_2d(geo: LayerGeometry) -> LayerGeometry:
+    return replace(geo, kind="conv2d", kernel_size=(1, *geo.kernel_size), stride=(1, *geo.stride),
+                   dilation=(1, *geo.dilation), pads=(*geo.pads, 0, 0))
+
+
+def rescale(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+            channel_dim: int) -> torch.Tensor:
+    """float32(acc) * (sx * sw[channel]) + bias[channel]."""
+    shape = [1] * acc.dim()
+    shape[channel_dim] = -1
+    y = acc.float() * (x_scale * w_scale).reshape(shape)
+    if bias is not None:
+        y = y + bias.float().reshape(shape)
+    return y

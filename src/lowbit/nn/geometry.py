@@ -1,0 +1,81 @@
+"""What a Linear / Conv1d / Conv2d layer computes, apart from its numbers.
+
+Quantized layers keep a :class:`LayerGeometry` so that one integer GEMM (with
+im2col for convolutions) serves every layer kind, and so that a checkpoint can
+check a layer against the architecture it is loaded into.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from ..errors import CheckpointError
+
+QUANTIZABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    kind: str  # "linear", "conv1d" or "conv2d"
+    in_channels: int
+    out_channels: int
+    bias: bool
+    kernel_size: tuple = ()
+    stride: tuple = ()
+    dilation: tuple = ()
+    pads: tuple = ()  # F.pad order: (last-dim left, last-dim right, previous dim left, ...)
+    groups: int = 1
+    padding_mode: str = "zeros"
+
+    @classmethod
+    def of(cls, module: nn.Module) -> "LayerGeometry":
+        if isinstance(module, nn.Linear):
+            return cls("linear", module.in_features, module.out_features, module.bias is not None)
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            if getattr(module, "transposed", False):
+                raise TypeError("transposed convolutions are not quantizable yet")
+            return cls(
+                "conv1d" if isinstance(module, nn.Conv1d) else "conv2d",
+                module.in_channels, module.out_channels, module.bias is not None,
+                tuple(module.kernel_size), tuple(module.stride), tuple(module.dilation),
+                _pads(module.padding, module.kernel_size, module.dilation), module.groups, module.padding_mode)
+        raise TypeError(f"{type(module).__name__} is not a quantizable layer type")
+
+    @property
+    def reduction_size(self) -> int:
+        """K of the layer's GEMM: inputs that contribute to one output."""
+        k = self.in_channels // self.groups
+        for size in self.kernel_size:
+            k *= size
+        return k
+
+    @property
+    def weight_shape(self) -> tuple:
+        if self.kind == "linear":
+            return (self.out_channels, self.in_channels)
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LayerGeometry":
+        try:
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        except TypeError as exc:
+            raise CheckpointError(f"invalid layer geometry {data!r}: {exc}") from None
+
+
+def _pads(padding, kernel_size, dilation) -> tuple:
+    if padding == "valid":
+        padding = (0,) * len(kernel_size)
+    pads = []
+    for i in reversed(range(len(kernel_size))):
+        if padding == "same":
+            total = dilation[i] * (kernel_size[i] - 1)
+            pads += [total // 2, total - total // 2]
+        else:
+            pads += [padding[i], padding[i]]
+    return tuple(pads)

@@ -1,0 +1,85 @@
+"""Integer layers: integer codes in memory, integer arithmetic in forward."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import QuantSpec
+from ..kernels.reference import integer_conv_acc, integer_linear_acc, rescale
+from ..numerics import qparams_for, quantize
+from .geometry import LayerGeometry
+from .registry import register_layer
+
+
+@register_layer
+class IntegerLayer(nn.Module):
+    """A Linear / Conv1d / Conv2d computed in integers: the input is quantized with a
+    calibrated per-tensor scale (and zero point), multiplied with integer weight codes
+    (per-channel or per-tensor scales) into exact integer accumulators, then rescaled
+    and the float bias added (kernels/reference.py states the exact order)."""
+
+    layer_type = "integer"
+
+    def __init__(self, geometry: LayerGeometry, weight_spec: QuantSpec, input_spec: QuantSpec, info: dict | None = None):
+        super().__init__()
+        if weight_spec.granularity == "group" or input_spec.granularity != "tensor":
+            raise ValueError("IntegerLayer takes per-channel or per-tensor weights and per-tensor inputs")
+        self.geometry = geometry
+        self.weight_spec = weight_spec
+        self.input_spec = input_spec
+        self.info = dict(info or {})  # scheme, calibrator, amax: carried into checkpoints
+        scale_shape = (geometry.out_channels,) if weight_spec.granularity == "channel" else ()
+        self.register_buffer("qweight", torch.zeros(geometry.weight_shape, dtype=weight_spec.fmt.storage_dtype))
+        self.register_buffer("weight_scale", torch.ones(scale_shape))
+        self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("input_zero_point", torch.zeros((), dtype=torch.int32))
+        self.register_buffer("bias", torch.zeros(geometry.out_channels) if geometry.bias else None)
+
+    @classmethod
+    def from_fake(cls, fake: nn.Module, info: dict) -> "IntegerLayer":
+        """Freeze a calibrated fake-quant layer into integer codes."""
+        iq = fake.input_quantizer
+        layer = cls(LayerGeometry.of(fake), fake.weight_spec, iq.spec, {**info, "amax": iq.amax})
+        w = fake.weight.detach()
+        scale, zero = qparams_for(w, fake.weight_spec)
+        layer.to(w.device)
+        layer.qweight.copy_(quantize(w, fake.weight_spec, scale, zero))
+        layer.weight_scale.copy_(scale)
+        layer.input_scale.copy_(iq.scale)
+        layer.input_zero_point.copy_(iq.zero_point)
+        if fake.bias is not None:
+            layer.bias.copy_(fake.bias.detach().float())
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qx = quantize(x, self.input_spec, self.input_scale, self.input_zero_point)
+        zx = int(self.input_zero_point)
+        if self.geometry.kind == "linear":
+            acc, channel_dim = integer_linear_acc(qx, zx, self.qweight), -1
+        else:
+            acc, channel_dim = integer_conv_acc(qx, zx, self.qweight, self.geometry), 1
+        return rescale(acc, self.input_scale, self.weight_scale, self.bias, channel_dim).to(x.dtype)
+
+    def describe(self) -> dict:
+        return {
+            "type": self.layer_type,
+            "geometry": self.geometry.to_dict(),
+            "weight": self.weight_spec.to_dict(),
+            "input": self.input_spec.to_dict(),
+            "input_scale": float(self.input_scale),
+            "input_zero_point": int(self.input_zero_point),
+            **self.info,
+        }
+
+    @classmethod
+    def from_description(cls, desc: dict) -> "IntegerLayer":
+        info = {k: v for k, v in desc.items()
+                if k not in ("type", "geometry", "weight", "input", "input_scale", "input_zero_point")}
+        return cls(LayerGeometry.from_dict(desc["geometry"]), QuantSpec.from_dict(desc["weight"]),
+                   QuantSpec.from_dict(desc["input"]), info)
+
+    def extra_repr(self) -> str:
+        g = self.geometry
+        return (f"{g.kind} {g.in_channels}->{g.out_channels}, weight={self.weight_spec.describe()}, "
+                f"input={self.input_spec.describe()}")

@@ -1,0 +1,79 @@
+"""Activation quantizer: calibrates a range, then fake-quantizes with it."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from ..calib import HistogramCollector, amax_from_collector
+from ..config import IntFormat, QuantSpec
+from ..numerics import fake_quantize, qparams_from_range
+
+
+class ActivationQuantizer(nn.Module):
+    """Per-tensor activation quantizer with a range chosen by a calibrator.
+
+    While calibrating it only records a histogram of what passes and returns its
+    input unchanged (calibration sees the float model). :meth:`finish_calibration`
+    fixes the range; from then on forward fake-quantizes.
+
+    ``unsigned="auto"`` switches to an unsigned format of the same bits when every
+    calibration value was >= 0 (e.g. after a ReLU), doubling the resolution.
+    Asymmetric specs take [max(min, -amax), amax]: the calibrator's amax bounds the
+    larger side and the running min the other.
+    """
+
+    def __init__(self, spec: QuantSpec, calibrator: str = "entropy", calibrator_options: dict | None = None,
+                 unsigned: bool | str = False, name: str = "input"):
+        super().__init__()
+        self.spec = spec
+        self.calibrator = calibrator
+        self.calibrator_options = dict(calibrator_options or {})
+        self.unsigned = unsigned
+        self.name = name
+        self.collector: HistogramCollector | None = HistogramCollector(
+            self.calibrator_options.get("num_bins", 2048), name=name)
+        self.amax: float | None = None
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
+
+    @property
+    def calibrating(self) -> bool:
+        return self.collector is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.collector is not None:
+            self.collector.update(x)
+            return x
+        return fake_quantize(x, self.spec, self.scale, self.zero_point)
+
+    def finish_calibration(self) -> None:
+        c = self.collector
+        if c is None:
+            return
+        if c.empty:
+            raise RuntimeError(f"{self.name}: no data reached this layer during calibration")
+        nonnegative = c.min >= 0
+        if self.unsigned is True or (self.unsigned == "auto" and nonnegative):
+            self.spec = QuantSpec(IntFormat(self.spec.fmt.bits, signed=False), self.spec.symmetric,
+                                  self.spec.granularity, self.spec.axis, self.spec.group_size)
+        fmt = self.spec.fmt
+        # The calibrator models the grid the range is cut into: 2^bits levels when the
+        # format is unsigned, or asymmetric over data that never goes below 0.
+        levels_unsigned = not fmt.signed or (not self.spec.symmetric and nonnegative)
+        amax = amax_from_collector(c, self.calibrator, fmt.bits, unsigned=levels_unsigned, **self.calibrator_options)
+        if amax == 0.0:
+            warnings.warn(f"{self.name}: every calibration value was 0; the range falls back to scale 1",
+                          stacklevel=2)
+        lo = -amax if self.spec.symmetric else max(c.min, -amax)
+        scale, zero_point = qparams_from_range(self.spec, torch.tensor(lo), torch.tensor(amax))
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zero_point)
+        self.amax = amax
+        self.collector = None
+
+    def extra_repr(self) -> str:
+        state = "calibrating" if self.calibrating else f"amax={self.amax:.6g}"
+        return f"{self.spec.describe()}, calibrator={self.calibrator}, {state}"

@@ -1,0 +1,204 @@
+"""``lowbit.quantize``: swap layers, calibrate, convert. No tracing: module swap plus
+the quantizers inside the swapped layers, so any model that runs can be quantized."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import inspect
+import warnings
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .calib import check_calibrator
+from .errors import CalibrationError, ConfigError
+from .nn import QUANTIZABLE_TYPES
+from .progress import progress_bar
+from .schemes import Scheme, get_scheme
+
+KEEP_FLOAT = "float"
+
+
+def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the Linear / Conv1d / Conv2d layers lowbit can swap: those
+    types and subclasses that keep their forward (a custom forward would be lost)."""
+    found = []
+    for name, module in model.named_modules():
+        base = next((t for t in QUANTIZABLE_TYPES if isinstance(module, t)), None)
+        if base is not None and type(module).forward is base.forward and name:
+            found.append((name, module))
+    return found
+
+
+def _matching(patterns: Iterable[str], names: list[str], what: str) -> dict[str, list[str]]:
+    matches = {}
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise ConfigError(f"{what} pattern {pattern!r} is not a string")
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            raise ConfigError(f"{what} pattern {pattern!r} matches no quantizable layer; layers: {shown}")
+        matches[pattern] = hits
+    return matches
+
+
+def plan_layers(model: nn.Module, scheme: str, scheme_options: dict, skip=(), overrides=None) -> dict[str, Scheme]:
+    """Which layer gets which scheme instance, after ``skip`` and ``overrides``.
+
+    ``overrides`` maps a name pattern (fnmatch, e.g. ``"layer1.*"``) to ``"float"``
+    or None (keep the layer in float), a scheme name, or a dict of scheme options
+    (it may name another ``"scheme"``). The first matching pattern wins.
+    """
+    if isinstance(skip, str):
+        skip = (skip,)
+    overrides = dict(overrides or {})
+    layers = quantizable_layers(model)
+    names = [n for n, _ in layers]
+    skipped = {n for hits in _matching(skip, names, "skip").values() for n in hits}
+    override_hits = _matching(overrides, names, "override")
+    default = get_scheme(scheme, **scheme_options)
+    plan = {}
+    for name in names:
+        if name in skipped:
+            continue
+        pattern = next((p for p, hits in override_hits.items() if name in hits), None)
+        if pattern is None:
+            plan[name] = default
+            continue
+        value = overrides[pattern]
+        if value is None or value == KEEP_FLOAT:
+            continue
+        if isinstance(value, str):
+            plan[name] = get_scheme(value)
+        elif isinstance(value, Mapping):
+            value = dict(value)
+            other = value.pop("scheme", scheme)
+            plan[name] = get_scheme(other, **({**scheme_options, **value} if other == scheme else value))
+        else:
+            raise ConfigError(f"override for {pattern!r} must be 'float', None, a scheme name or a dict of "
+                              f"options, got {value!r}")
+    return plan
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def _to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch) if not hasattr(batch, "_fields") else \
+            type(batch)(*(_to_device(v, device) for v in batch))
+    return batch
+
+
+def _takes_one_input(model: nn.Module) -> bool:
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
+    return len(required) == 1 and len(positional) == 1 and not varargs
+
+
+def run_batch(model: nn.Module, batch):
+    """Call the model on one batch: a tensor as the input, a dict as keyword arguments, a
+    tuple/list as positional arguments, except that a model whose forward takes exactly one
+    input gets the first element (so (input, label) batches from a DataLoader work)."""
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (list, tuple)):
+        if not batch:
+            raise CalibrationError("a calibration batch is an empty tuple/list")
+        return model(batch[0]) if _takes_one_input(model) else model(*batch)
+    return model(batch)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def calibrate(model: nn.Module, calib_data, *, max_batches: int | None = None, progress: bool | None = None) -> int:
+    """Run ``model`` in eval mode without gradients over ``calib_data``; returns the number of batches."""
+    if calib_data is None:
+        raise CalibrationError("calib_data is required: this scheme calibrates activation ranges "
+                               "(pass an iterable of input batches, e.g. a DataLoader)")
+    if isinstance(calib_data, torch.Tensor):
+        calib_data = [calib_data]
+    if not isinstance(calib_data, Iterable):
+        raise CalibrationError(f"calib_data must be an iterable of batches, got {type(calib_data).__name__}")
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    seen = 0
+    total = len(calib_data) if hasattr(calib_data, "__len__") else None
+    if max_batches is not None and total is not None:
+        total = min(total, max_batches)
+    try:
+        with torch.no_grad(), progress_bar(total=total, desc="calibrating", unit="batch", enable=progress) as bar:
+            for batch in calib_data:
+                if max_batches is not None and seen >= max_batches:
+                    break
+                run_batch(model, _to_device(batch, device))
+                seen += 1
+                bar.update(1)
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise CalibrationError("calib_data yielded no batches: calibration needs at least one input batch")
+    return seen
+
+
+def quantize(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator: str = "entropy", skip=(),
+             overrides=None, *, calibrator_options: dict | None = None, calib_batches: int | None = None,
+             inplace: bool = False, progress: bool | None = None, **scheme_options) -> nn.Module:
+    """Quantize a model and return it.
+
+    model:         any nn.Module; its Linear, Conv1d and Conv2d layers are swapped.
+    scheme:        a registered scheme name ("int8", ...); ``**scheme_options`` go to it.
+    calib_data:    an iterable of input batches (tensor, tuple/list of positional inputs
+                   or (input, label) pairs, or dict of keyword inputs), e.g. a DataLoader.
+    calibrator:    "max", "percentile", "mse" or "entropy"; ``calibrator_options`` such as
+                   ``{"percentile": 99.9}``.
+    skip:          name patterns of layers to keep in float.
+    overrides:     {pattern: "float" | scheme name | {option: value}} per-layer settings.
+    calib_batches: use at most this many batches.
+    inplace:       modify ``model`` itself instead of a deep copy.
+    """
+    check_calibrator(calibrator, calibrator_options)
+    plan = plan_layers(model, scheme, scheme_options, skip, overrides)
+    if not inplace:
+        model = copy.deepcopy(model)
+    if not plan:
+        warnings.warn(f"{type(model).__name__} has no quantizable layer (Linear, Conv1d, Conv2d) left to quantize; "
+                      "the model is returned unchanged", stacklevel=2)
+        return model
+    modules = dict(model.named_modules())
+    prepared = {}
+    for name, handler in plan.items():
+        prepared[name] = handler.prepare(modules[name], name, calibrator, dict(calibrator_options or {}))
+        _replace(model, name, prepared[name])
+    if any(h.needs_calibration for h in plan.values()):
+        calibrate(model, calib_data, max_batches=calib_batches, progress=progress)
+        for name, layer in prepared.items():
+            if layer.input_quantizer.collector is not None and layer.input_quantizer.collector.empty:
+                raise CalibrationError(f"layer {name!r} never ran during calibration, so its input range is unknown; "
+                                       "skip it or check that calib_data reaches it")
+    for name, layer in progress_bar(prepared.items(), desc="converting", unit="layer", enable=progress):
+        if plan[name].needs_calibration:
+            layer.input_quantizer.finish_calibration()
+        _replace(model, name, plan[name].convert(layer, name))
+    return model

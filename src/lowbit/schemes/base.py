@@ -1,0 +1,54 @@
+"""The scheme interface and registry: one module per scheme, found by name."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import nn
+
+from ..errors import ConfigError
+
+SCHEMES: dict[str, type["Scheme"]] = {}
+
+
+class Scheme:
+    """How one scheme quantizes a layer.
+
+    ``prepare`` turns a float layer into a calibration / fake-quant layer (sharing
+    its parameters); ``convert`` turns that, once calibrated, into the deployed layer.
+    Options are validated on construction against ``defaults``.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    defaults: ClassVar[dict]
+    needs_calibration: ClassVar[bool] = True
+
+    def __init__(self, **options):
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise ConfigError(f"scheme {self.name!r} has no option {', '.join(unknown)}; "
+                              f"valid options: {', '.join(self.defaults) or 'none'}")
+        self.options = {**self.defaults, **options}
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError for invalid option values."""
+
+    def prepare(self, module: nn.Module, name: str, calibrator: str, calibrator_options: dict) -> nn.Module:
+        raise NotImplementedError
+
+    def convert(self, prepared: nn.Module, name: str) -> nn.Module:
+        raise NotImplementedError
+
+
+def register_scheme(cls: type[Scheme]) -> type[Scheme]:
+    SCHEMES[cls.name] = cls
+    return cls
+
+
+def get_scheme(name: str, **options) -> Scheme:
+    """An instance of the scheme called ``name`` with ``options``."""
+    if not isinstance(name, str) or name not in SCHEMES:
+        raise ConfigError(f"unknown scheme {name!r}: expected one of {', '.join(sorted(SCHEMES))}")
+    return SCHEMES[name](**options)
