@@ -1,0 +1,83 @@
+"""The results table: rows, text, JSON and a plot."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from ..fileio import atomic_path, write_text_atomic
+
+
+@dataclass
+class Row:
+    """One model / scheme / calibrator result. ``value`` and ``fp32`` are fractions,
+    ``drop`` is in percentage points (fp32 - value) * 100."""
+
+    model: str
+    scheme: str
+    calibrator: str | None
+    metric: str
+    value: float
+    fp32: float
+    samples: int
+    size_bytes: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def drop(self) -> float:
+        return round((self.fp32 - self.value) * 100, 4)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        extra = d.pop("extra")
+        return {**d, "drop": self.drop, **extra}
+
+
+def format_table(rows: list[Row]) -> str:
+    headers = ["model", "scheme", "calibrator", "metric", "value", "fp32", "drop (pts)", "samples", "size"]
+    extra_keys = sorted({k for r in rows for k in r.extra})
+    headers[3:3] = extra_keys
+    body = []
+    for r in rows:
+        cells = [r.model, r.scheme, r.calibrator or "-", r.metric, f"{100 * r.value:.2f}%", f"{100 * r.fp32:.2f}%",
+                 f"{r.drop:+.2f}", str(r.samples), _human_bytes(r.size_bytes)]
+        cells[3:3] = [str(r.extra.get(k, "-")) for k in extra_keys]
+        body.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in body)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)) for cells in body]
+    return "\n".join(lines)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def write_json(rows: list[Row], path) -> None:
+    write_text_atomic(path, json.dumps({"rows": [r.to_dict() for r in rows]}, indent=2) + "\n")
+
+
+def plot_rows(rows: list[Row], path) -> None:
+    """Bar chart of each row's accuracy drop against FP32 and its size, as PNG/SVG/PDF by extension."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.scheme}\n{r.calibrator or ''}".strip() for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(rows) * 2), 4))
+    ax1.bar(labels, [r.drop for r in rows], color=["#888" if r.scheme == "fp32" else "#3a7" for r in rows])
+    ax1.axhline(0, color="black", linewidth=0.8)
+    ax1.set_ylabel(f"{rows[0].metric} drop vs FP32 (points)")
+    ax1.set_title(f"{rows[0].model}: accuracy cost ({rows[0].samples} samples)")
+    ax2.bar(labels, [r.size_bytes / 1024 for r in rows], color="#37a")
+    ax2.set_ylabel("weights (KiB)")
+    ax2.set_title("model size")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=str(path).rsplit(".", 1)[-1].lower(), dpi=120)
+    plt.close(fig)
