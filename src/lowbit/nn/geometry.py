@@ -57,6 +57,16 @@ class LayerGeometry:
             return (self.out_channels, self.in_channels)
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
+    def __str__(self) -> str:
+        if self.kind == "linear":
+            return f"linear {self.in_channels}->{self.out_channels}"
+        extras = [f"k{'x'.join(map(str, self.kernel_size))}"]
+        extras += [f"{name}={value}" for name, value, default in (
+            ("stride", self.stride, (1,) * len(self.kernel_size)), ("dilation", self.dilation, (1,) * len(self.kernel_size)),
+            ("pads", self.pads, None), ("groups", self.groups, 1), ("padding_mode", self.padding_mode, "zeros"))
+            if value != default and not (name == "pads" and not any(value))]
+        return f"{self.kind} {self.in_channels}->{self.out_channels} {' '.join(extras)}"
+
     def to_dict(self) -> dict:
         return asdict(self)
 

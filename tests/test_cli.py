@@ -1,0 +1,125 @@
+"""The command line: help, one-line errors, quantize -> info on a user model."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from lowbit.cli import main
+
+
+def test_help_explains_every_option(capsys):
+    for cmd in (["eval"], ["quantize"], ["info"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(cmd + ["--help"])
+        assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--json", "--plot", "--calibrators", "--schemes", "--limit", "--calib-samples", "--device",
+                   "--scheme", "--calibrator", "--percentile", "--calib-data", "--skip", "--option", "--output"):
+        assert option in out
+    assert "module:function" in out
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "eval" in capsys.readouterr().out
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "usermodel.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        def build():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 5))
+
+        def calib():
+            g = torch.Generator().manual_seed(0)
+            return [torch.randn(4, 3, 8, 8, generator=g) for _ in range(3)]
+
+        def data():
+            g = torch.Generator().manual_seed(1)
+            test = [(torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 5, (16,), generator=g))
+                    for _ in range(2)]
+            return calib(), test
+
+        def not_a_model():
+            return 42
+    """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_quantize_user_model_then_info(user_module, capsys):
+    out = user_module / "q.safetensors"
+    code = main(["quantize", "usermodel:build", "--calib-data", "usermodel:calib", "-o", str(out),
+                 "--calibrator", "percentile", "--percentile", "99.9", "--option", "act_unsigned=auto",
+                 "--no-progress"])
+    assert code == 0 and out.exists()
+    assert "2 layers in int8 (percentile calibration)" in capsys.readouterr().out
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "0: conv2d 3->8" in text and "3: linear 288->5" in text and "u8" in text
+    assert main(["info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"]["3"]["calibrator"] == "percentile"
+
+
+def test_eval_user_model_writes_json_and_plot(user_module, capsys):
+    code = main(["eval", "usermodel:build", "--data", "usermodel:data", "--calibrators", "max,entropy",
+                 "--json", "r.json", "--plot", "r.png", "--no-progress", "--device", "cpu"])
+    assert code == 0
+    rows = json.loads((user_module / "r.json").read_text())["rows"]
+    assert [(r["scheme"], r["calibrator"]) for r in rows] == [("fp32", None), ("int8", "max"), ("int8", "entropy")]
+    for r in rows:
+        assert set(r) >= {"model", "scheme", "calibrator", "metric", "value", "fp32", "drop", "samples", "size_bytes"}
+        assert r["samples"] == 32 and 0 <= r["value"] <= 1
+        assert r["drop"] == pytest.approx((r["fp32"] - r["value"]) * 100)
+    assert rows[1]["size_bytes"] < rows[0]["size_bytes"] / 2
+    assert (user_module / "r.png").read_bytes()[:4] == b"\x89PNG"
+    assert "int8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["quantize", "nosuchmod:build", "--calib-data", "x:y", "-o", "q.safetensors"], "cannot import 'nosuchmod'"),
+    (["quantize", "usermodel:nothing", "--calib-data", "usermodel:calib", "-o", "q.safetensors"],
+     "has no attribute 'nothing'"),
+    (["quantize", "usermodel:not_a_model", "--calib-data", "usermodel:calib", "-o", "q.safetensors"],
+     "returned int, not a torch.nn.Module"),
+    (["quantize", "usermodel:build", "-o", "q.safetensors"], "needs --calib-data"),
+    (["quantize", "usermodel:build", "--calib-data", "usermodel:calib", "-o", "nodir/q.safetensors"],
+     "folder nodir does not exist"),
+    (["quantize", "usermodel:build", "--calib-data", "usermodel:calib", "-o", "q.safetensors", "--option",
+      "weight_bits=20"], "weight_bits=20 is invalid"),
+    (["info", "missing.safetensors"], "missing.safetensors does not exist"),
+    (["eval", "usermodel:build"], "needs --data"),
+])
+def test_user_mistakes_give_one_line(user_module, capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lowbit: error: ") and message in err and "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_missing_dataset_says_how_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LOWBIT_FASHION_MNIST_DIR", str(tmp_path))
+    monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["eval", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "apt-get install dataset-fashion-mnist" in err and "Traceback" not in err
+
+
+def test_bad_choice_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--calibrators", "max,kl"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_console_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "lowbit", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("lowbit ")
