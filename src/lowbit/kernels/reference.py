@@ -3,8 +3,7 @@
 Integer layer (linear, or convolution through im2col):
   acc[m, n] = sum_k (qx[m, k] - zx) * qw[n, k]          exact integer (int32, int64 if it could overflow)
   y[m, n]   = float32(acc[m, n]) * (sx * sw[n]) + bias[n] float32, in this order
-Runs on CPU and GPU: int8 operands go through torch._int_mm (int8 x int8 -> int32);
-wider codes through an int64 matmul on the CPU.
+Runs on CPU and GPU (see integer_matmul for how each device keeps the sums exact).
 """
 
 from __future__ import annotations
@@ -19,12 +18,9 @@ from ..nn.geometry import LayerGeometry
 _INT32_MAX = (1 << 31) - 1
 
 
-def _fits_int8(t: torch.Tensor) -> bool:
-    return t.dtype == torch.int8
-
-
 def _int_mm_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """torch._int_mm with zero padding to the shapes it accepts (M > 16, K and N multiples of 8)."""
+    """torch._int_mm (int8 x int8 -> int32) with zero padding to the shapes it accepts
+    (M > 16, K and N multiples of 8)."""
     m, k = a.shape
     n = b.shape[1]
     pm, pk, pn = max(17 - m, 0), (-k) % 8, (-n) % 8
@@ -38,14 +34,25 @@ def _int_mm_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def integer_matmul(a: torch.Tensor, b: torch.Tensor, bound_a: int, bound_b: int) -> torch.Tensor:
     """Exact product of integer matrices a [M, K] and b [K, N]; ``bound_*`` bound |a| and |b|.
 
-    int32 result when K * bound_a * bound_b fits int32 (int8 operands use the int8
-    tensor-core/VNNI path), else int64 computed on the CPU.
+    CPU: int8 operands through torch._int_mm (int8 x int8 -> int32) when K * bound_a *
+    bound_b fits int32, otherwise an int64 matmul. CUDA has no general integer matmul
+    (cuBLASLt's int8 path rejects many shapes), so there the product of the integer
+    values is taken in float64, which is exact while every partial sum stays below
+    2^53, a bound checked here; the GPU kernels proper live beside this reference.
     """
-    if a.shape[1] == 0 or a.shape[0] == 0:
-        return torch.zeros(a.shape[0], b.shape[1], dtype=torch.int32, device=a.device)
-    if _fits_int8(a) and _fits_int8(b) and a.shape[1] * bound_a * bound_b <= _INT32_MAX:
+    m, k = a.shape
+    n = b.shape[1]
+    bound = k * bound_a * bound_b
+    if m == 0 or k == 0 or n == 0:
+        return torch.zeros(m, n, dtype=torch.int32, device=a.device)
+    out_dtype = torch.int32 if bound <= _INT32_MAX else torch.int64
+    if a.device.type == "cuda":
+        if bound >= 1 << 53:
+            raise ValueError(f"integer matmul with K={k} and codes up to {bound_a}, {bound_b} could exceed 2^53")
+        return (a.double() @ b.double()).to(out_dtype)
+    if a.dtype == b.dtype == torch.int8 and out_dtype == torch.int32:
         return _int_mm_padded(a, b)
-    return (a.cpu().long() @ b.cpu().long()).to(a.device)
+    return a.long() @ b.long()
 
 
 def _as_int8_with_offset(q: torch.Tensor, zero_point: int) -> tuple[torch.Tensor, int]:
