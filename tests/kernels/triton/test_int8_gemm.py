@@ -1,0 +1,115 @@
+"""The Triton INT8 GEMM and activation quantizer against the integer reference (GPU only)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lowbit.config import IntFormat, QuantSpec
+from lowbit.kernels.reference import rescale
+from lowbit.numerics import qparams_for, quantize
+
+pytestmark = pytest.mark.gpu
+
+SHAPES = [(1, 1, 1), (1, 4096, 4096), (16, 8192, 64), (17, 33, 65), (300, 129, 257), (5, 1000, 3),
+          (1000, 24, 1000), (128, 4096, 4096), (2048, 3072, 768)]
+
+
+def _operands(m, k, n, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    a = torch.randint(-127, 128, (m, k), dtype=torch.int8, device="cuda", generator=g)
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda", generator=g)
+    return a, w
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_accumulators_exact(m, k, n):
+    from lowbit.kernels.triton import int8_gemm
+
+    a, w = _operands(m, k, n, seed=m + k + n)
+    one = torch.ones((), device="cuda")
+    acc = int8_gemm(a, w, one, torch.ones(n, device="cuda"), out_dtype=torch.int32)
+    assert torch.equal(acc.cpu().long(), a.cpu().long() @ w.cpu().long().t())
+
+
+def test_non_contiguous_input():
+    from lowbit.kernels.triton import int8_gemm
+
+    a, w = _operands(70, 96, 40, seed=3)
+    a_t = a.t().contiguous().t()  # column-major view
+    sliced = torch.cat([a, a], 1)[:, ::2]  # strided columns
+    one, ws = torch.ones((), device="cuda"), torch.ones(40, device="cuda")
+    for view in (a_t, sliced):
+        acc = int8_gemm(view, w, one, ws, out_dtype=torch.int32)
+        assert torch.equal(acc.cpu().long(), view.cpu().long() @ w.cpu().long().t())
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+def test_epilogue_matches_reference(per_token, activation):
+    from lowbit.kernels.triton import int8_gemm
+
+    m, k, n = 77, 300, 130
+    a, w = _operands(m, k, n, seed=11)
+    sa = (torch.rand(m if per_token else (), device="cuda") + 0.5) * 0.01
+    sw = (torch.rand(n, device="cuda") + 0.5) * 0.01
+    bias = torch.randn(n, device="cuda")
+    out = int8_gemm(a, w, sa, sw, bias, activation=activation, out_dtype=torch.float32)
+    acc = a.cpu().long() @ w.cpu().long().t()
+    if per_token:
+        ref = acc.float() * (sa.cpu()[:, None] * sw.cpu()[None, :]) + bias.cpu()
+    else:
+        ref = rescale(acc, sa.cpu(), sw.cpu(), bias.cpu(), channel_dim=-1)
+    ref = {None: ref, "relu": ref.relu(), "gelu": F.gelu(ref)}[activation]
+    # the same float32 operations; a fused multiply-add may round once instead of twice
+    assert torch.allclose(out.cpu(), ref, rtol=2e-6, atol=2e-6)
+    bf16 = int8_gemm(a, w, sa, sw, bias, activation=activation)
+    assert bf16.dtype == torch.bfloat16
+    assert torch.allclose(bf16.float().cpu(), ref, rtol=8e-3, atol=1e-5)
+
+
+def test_requantized_int8_output():
+    from lowbit.kernels.triton import int8_gemm
+
+    a, w = _operands(64, 512, 96, seed=5)
+    sa, sw = torch.tensor(0.02, device="cuda"), torch.full((96,), 0.003, device="cuda")
+    out = int8_gemm(a, w, sa, sw, activation="relu", out_dtype=torch.int8, out_scale=0.05)
+    ref = torch.clamp(torch.round((a.cpu().long() @ w.cpu().long().t()).float() * (0.02 * 0.003) / 0.05), 0, 127)
+    diff = (out.cpu().long() - ref.long()).abs()
+    assert out.dtype == torch.int8 and int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 1e-3
+
+
+def test_empty_and_bad_inputs():
+    from lowbit.kernels.triton import int8_gemm
+
+    a, w = _operands(4, 8, 3, seed=0)
+    one, ws = torch.ones((), device="cuda"), torch.ones(3, device="cuda")
+    assert int8_gemm(a[:0], w, one, ws).shape == (0, 3)
+    zero_k = int8_gemm(a[:, :0], w[:, :0], one, ws, torch.full((3,), 2.0, device="cuda"), out_dtype=torch.float32)
+    assert torch.equal(zero_k.cpu(), torch.full((4, 3), 2.0))
+    with pytest.raises(ValueError, match="runs on CUDA tensors"):
+        int8_gemm(a.cpu(), w.cpu(), one.cpu(), ws.cpu())
+    with pytest.raises(ValueError, match="w is on cpu"):
+        int8_gemm(a, w.cpu(), one, ws)
+    with pytest.raises(TypeError, match="w must be torch.int8, got torch.float32"):
+        int8_gemm(a, w.float(), one, ws)
+    with pytest.raises(ValueError, match=r"w has shape \(3, 7\), expected \(3, 8\)"):
+        int8_gemm(a, w[:, :7], one, ws)
+    with pytest.raises(ValueError, match="needs a positive out_scale"):
+        int8_gemm(a, w, one, ws, out_dtype=torch.int8)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 4097), (64, 768), (513, 100)])
+def test_quantize_static_and_dynamic_match_reference(shape):
+    from lowbit.kernels.triton import quantize_int8
+
+    x = torch.randn(shape, device="cuda", dtype=torch.bfloat16) * 3
+    x[0, 0] = 0.5 * 0.1  # a value near a rounding boundary for the scale below
+    spec = QuantSpec(IntFormat(8))
+    scale = torch.tensor(0.1, device="cuda")
+    q, s = quantize_int8(x, scale)
+    assert torch.equal(q.cpu(), quantize(x.cpu(), spec, scale.cpu(), torch.zeros((), dtype=torch.int32)))
+    row_spec = QuantSpec(IntFormat(8), granularity="channel", axis=0)
+    ref_scale, ref_zero = qparams_for(x.cpu(), row_spec)
+    q, s = quantize_int8(x)
+    assert torch.equal(s.cpu(), ref_scale)
+    assert torch.equal(q.cpu(), quantize(x.cpu(), row_spec, ref_scale, ref_zero))
