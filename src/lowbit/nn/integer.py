@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..config import QuantSpec
+from ..kernels import triton_available
 from ..kernels.reference import integer_conv_acc, integer_linear_acc, rescale
 from ..numerics import qparams_for, quantize
 from .geometry import LayerGeometry
@@ -52,7 +53,25 @@ class IntegerLayer(nn.Module):
             layer.bias.copy_(fake.bias.detach().float())
         return layer
 
+    def _uses_gemm_kernel(self, x: torch.Tensor) -> bool:
+        """On CUDA a linear layer with int8 codes and a symmetric signed input runs the Triton
+        INT8 GEMM (kernels/triton), which computes the same integers and epilogue."""
+        return (x.is_cuda and self.geometry.kind == "linear" and self.qweight.dtype == torch.int8
+                and self.input_spec.symmetric and self.input_spec.fmt.signed and self.input_spec.fmt.bits <= 8
+                and x.dtype in (torch.float32, torch.bfloat16, torch.float16) and triton_available())
+
+    def _gemm_kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
+        from ..kernels.triton import int8_gemm, quantize_int8
+
+        x2 = x.reshape(-1, x.shape[-1])
+        qx, _ = quantize_int8(x2, self.input_scale, qmax=self.input_spec.fmt.qmax)
+        w_scale = self.weight_scale.expand(self.geometry.out_channels).contiguous()
+        y = int8_gemm(qx, self.qweight, self.input_scale, w_scale, self.bias, out_dtype=x.dtype)
+        return y.reshape(*x.shape[:-1], self.geometry.out_channels)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._uses_gemm_kernel(x):
+            return self._gemm_kernel_forward(x)
         qx = quantize(x, self.input_spec, self.input_scale, self.input_zero_point)
         zx = int(self.input_zero_point)
         if self.geometry.kind == "linear":

@@ -11,7 +11,7 @@ from lowbit.numerics import qparams_for, quantize
 pytestmark = pytest.mark.gpu
 
 SHAPES = [(1, 1, 1), (1, 4096, 4096), (16, 8192, 64), (17, 33, 65), (300, 129, 257), (5, 1000, 3),
-          (1000, 24, 1000), (128, 4096, 4096), (2048, 3072, 768)]
+          (1000, 24, 1000), (128, 4096, 4096), (2048, 3072, 768), (32, 100, 4100), (33, 5000, 7), (2, 7, 9000)]
 
 
 def _operands(m, k, n, seed):
@@ -29,6 +29,16 @@ def test_accumulators_exact(m, k, n):
     one = torch.ones((), device="cuda")
     acc = int8_gemm(a, w, one, torch.ones(n, device="cuda"), out_dtype=torch.int32)
     assert torch.equal(acc.cpu().long(), a.cpu().long() @ w.cpu().long().t())
+
+
+def test_split_k_workspace_is_clean_between_calls():
+    from lowbit.kernels.triton import int8_gemm
+
+    one = torch.ones((), device="cuda")
+    for seed in range(4):  # the same N reuses one workspace; stale partial sums would show
+        a, w = _operands(1 + 7 * seed, 2000, 300, seed=seed)
+        acc = int8_gemm(a, w, one, torch.ones(300, device="cuda"), out_dtype=torch.int32)
+        assert torch.equal(acc.cpu().long(), a.cpu().long() @ w.cpu().long().t())
 
 
 def test_non_contiguous_input():
@@ -113,3 +123,32 @@ def test_quantize_static_and_dynamic_match_reference(shape):
     q, s = quantize_int8(x)
     assert torch.equal(s.cpu(), ref_scale)
     assert torch.equal(q.cpu(), quantize(x.cpu(), row_spec, ref_scale, ref_zero))
+
+
+@pytest.mark.parametrize("options", [{}, {"act_bits": 6, "per_channel": False}])
+def test_quantized_linear_on_cuda_runs_the_kernel(options, monkeypatch):
+    import copy
+
+    from torch import nn
+
+    import lowbit
+    from lowbit.kernels import triton as kernels
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 130), nn.ReLU(), nn.Linear(130, 10))
+    q_cpu = lowbit.quantize(model, calib_data=[torch.randn(16, 300) for _ in range(2)], calibrator="max", **options)
+    q_gpu = copy.deepcopy(q_cpu).cuda()
+    calls = []
+    original = kernels.int8_gemm
+    monkeypatch.setattr(kernels, "int8_gemm", lambda *a, **k: calls.append(1) or original(*a, **k))
+    x = torch.randn(7, 5, 300)
+    with torch.no_grad():
+        ref = q_cpu[0](x)
+        out = q_gpu[0](x.cuda())
+        x_bf16 = x.bfloat16()
+        out_bf16 = q_gpu[0](x_bf16.cuda())
+        ref_bf16 = q_cpu[0](x_bf16.float())  # the same codes: bf16 values are exact in float32
+    assert calls and out.shape == ref.shape
+    assert torch.allclose(out.cpu(), ref, rtol=2e-6, atol=2e-6)
+    assert out_bf16.dtype == torch.bfloat16
+    assert torch.allclose(out_bf16.float().cpu(), ref_bf16, rtol=8e-3, atol=1e-5)  # bf16 output rounding

@@ -1,6 +1,6 @@
 """Triton kernels for NVIDIA GPUs (imported only where CUDA and Triton are present)."""
 
-from .int8_gemm import int8_gemm
+from .gemm import int8_gemm
 from .quantize import quantize_int8
 
 __all__ = ["int8_gemm", "quantize_int8"]

@@ -1,0 +1,230 @@
+"""INT8 GEMM for Hopper in Triton: int8 x int8 -> int32 on tensor cores, fused epilogue.
+
+Computes exactly what kernels/reference.py defines for an integer linear layer:
+  acc[m, n] = sum_k a[m, k] * w[n, k]                         (int32, exact)
+  y[m, n]   = float32(acc) * (sa[m or 0] * sw[n]) + bias[n]    then ReLU/GELU, then the output cast
+Output: bf16/fp16/fp32, the raw int32 accumulators (for exactness checks), or int8
+requantized with a per-tensor ``out_scale`` (round half even, saturating to [-127, 127]).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+_ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
+SMALL_M = 32  # up to this many rows the split-K kernel streams the weights across every SM
+
+
+# Chosen by benchmarks/tune_int8_gemm.py on the H100 (2026-11-23), HBM-resident inputs: within a
+# list the candidates were within a few percent of each other, so the lists stay short.
+def _tile_configs():
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
+            for bm, bn, bk, s, w in [(256, 128, 128, 3, 8), (128, 256, 128, 3, 8), (128, 128, 64, 5, 4),
+                                     (64, 128, 128, 4, 4), (64, 64, 256, 4, 4)]]
+
+
+def _splitk_configs():
+    return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_stages=s, num_warps=4)
+            for bn, bk, sk, s in [(64, 256, 2, 3), (64, 256, 2, 5), (64, 128, 8, 3), (128, 256, 2, 3)]]
+
+
+@triton.jit
+def _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr, out_scale,
+              PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr):
+    """int32 tile -> output, in the reference's order: float32(acc) * (sa * sw) + bias, activation, cast."""
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
+    out_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    if OUT_KIND == 0:  # raw accumulators
+        tl.store(out_ptrs, acc, mask=out_mask)
+    else:
+        sw = tl.load(sw_ptr + offs_n, mask=offs_n < N, other=0.0)
+        if PER_TOKEN:
+            sa = tl.load(sa_ptr + offs_m, mask=offs_m < M, other=0.0)
+            scale = sa[:, None] * sw[None, :]
+        else:
+            scale = tl.load(sa_ptr) * sw[None, :]
+        y = acc.to(tl.float32) * scale
+        if HAS_BIAS:
+            y = y + tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
+        if ACT == 1:
+            y = tl.maximum(y, 0.0)
+        elif ACT == 2:
+            y = 0.5 * y * (1.0 + libdevice.erf(y * 0.7071067811865476))
+        if OUT_KIND == 1:  # requantize to int8 for the next layer
+            q = libdevice.rint(tl.math.div_rn(y, out_scale))
+            q = tl.minimum(tl.maximum(q, -127.0), 127.0)
+            tl.store(out_ptrs, q.to(tl.int8), mask=out_mask)
+        else:
+            tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.autotune(configs=_tile_configs(), key=["M_BUCKET", "N", "K", "OUT_KIND"])
+@triton.jit
+def _int8_gemm_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale,
+                      M, N, K, M_BUCKET,
+                      stride_am, stride_ak, stride_wn, stride_wk, stride_om, stride_on,
+                      PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    # grouped launch order: programs that share weight columns run together (L2 reuse)
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    group = pid // width
+    first_m = group * GROUP_M
+    size_m = min(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
+    w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk  # [BLOCK_K, BLOCK_N] view of W^T
+    mask_m = offs_m[:, None] < M
+    mask_n = offs_n[None, :] < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k * BLOCK_K
+        a = tl.load(a_ptrs, mask=mask_m & (offs_k[None, :] < k_left), other=0)
+        w = tl.load(w_ptrs, mask=mask_n & (offs_k[:, None] < k_left), other=0)
+        acc = tl.dot(a, w, acc, out_dtype=tl.int32)
+        a_ptrs += BLOCK_K * stride_ak
+        w_ptrs += BLOCK_K * stride_wk
+    _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr, out_scale,
+              PER_TOKEN, HAS_BIAS, ACT, OUT_KIND)
+
+
+@triton.autotune(configs=_splitk_configs(), key=["M_BUCKET", "N", "K", "OUT_KIND"])
+@triton.jit
+def _int8_gemm_splitk_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale, ws_ptr, count_ptr,
+                             M, N, K, M_BUCKET,
+                             stride_am, stride_ak, stride_wn, stride_wk, stride_om, stride_on,
+                             PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+                             OUT_KIND: tl.constexpr, BLOCK_M: tl.constexpr,
+                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    """Few rows: the weights dominate, so K is split over SPLIT_K programs per column tile
+    to put every SM to streaming them. Partial sums meet in an int32 workspace by atomic
+    adds (exact and order-free); the last program of a tile applies the epilogue and
+    zeroes the workspace and its counter again, so one launch does all and stays
+    capturable in a CUDA graph."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    k_per_split = (K + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K) * BLOCK_K
+    k_start = pid_k * k_per_split
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = k_start + tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
+    w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
+    mask_m = offs_m[:, None] < M
+    mask_n = offs_n[None, :] < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for kk in range(0, k_per_split, BLOCK_K):  # k_per_split is a multiple of BLOCK_K: only K itself masks
+        k_left = K - k_start - kk
+        a = tl.load(a_ptrs, mask=mask_m & (tl.arange(0, BLOCK_K)[None, :] < k_left), other=0)
+        w = tl.load(w_ptrs, mask=mask_n & (tl.arange(0, BLOCK_K)[:, None] < k_left), other=0)
+        acc = tl.dot(a, w, acc, out_dtype=tl.int32)
+        a_ptrs += BLOCK_K * stride_ak
+        w_ptrs += BLOCK_K * stride_wk
+    ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+    tile_mask = mask_m & mask_n
+    tl.atomic_add(ws_ptrs, acc, mask=tile_mask, sem="relaxed")
+    tl.debug_barrier()  # every thread's partial sums before the release below
+    arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
+    if arrived == SPLIT_K - 1:
+        tl.debug_barrier()
+        total = tl.load(ws_ptrs, mask=tile_mask, other=0, cache_modifier=".cg")
+        tl.store(ws_ptrs, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32), mask=tile_mask)
+        tl.atomic_xchg(count_ptr + pid_n, 0)
+        _epilogue(total, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr,
+                  out_scale, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND)
+
+
+_WORKSPACES: dict = {}
+
+
+def _splitk_workspace(device: torch.device, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed int32 partial sums [SMALL_M, N] and per-tile counters, one pair per device,
+    stream and N; the kernel leaves them zeroed after each call."""
+    key = (device, torch.cuda.current_stream(device).cuda_stream, n)
+    if key not in _WORKSPACES:
+        _WORKSPACES[key] = (torch.zeros(SMALL_M, n, dtype=torch.int32, device=device),
+                            torch.zeros(triton.cdiv(n, 16), dtype=torch.int32, device=device))
+    return _WORKSPACES[key]
+
+
+_OUT_KINDS = {torch.int32: 0, torch.int8: 1, torch.bfloat16: 2, torch.float16: 2, torch.float32: 2}
+
+
+def _check(t: torch.Tensor, name: str, dtype: torch.dtype, device: torch.device, shape=None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name} must be {dtype}, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device} (the GPU kernel needs every tensor there)")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+
+
+def int8_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: torch.Tensor,
+              bias: torch.Tensor | None = None, *, activation: str | None = None,
+              out_dtype: torch.dtype = torch.bfloat16, out_scale: float | None = None) -> torch.Tensor:
+    """a [M, K] int8 (any strides), w [N, K] int8, a_scale float32 scalar or [M] (per token),
+    w_scale float32 [N], bias float32 [N] -> [M, N] in ``out_dtype``."""
+    if a.dim() != 2 or w.dim() != 2:
+        raise ValueError(f"int8_gemm takes 2-D a and w, got {tuple(a.shape)} and {tuple(w.shape)}")
+    device = a.device
+    if device.type != "cuda":
+        raise ValueError(f"int8_gemm runs on CUDA tensors, a is on {device}")
+    m, k = a.shape
+    n = w.shape[0]
+    _check(a, "a", torch.int8, device)
+    _check(w, "w", torch.int8, device, (n, k))
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation={activation!r}: expected one of None, 'relu', 'gelu'")
+    if out_dtype not in _OUT_KINDS:
+        raise ValueError(f"out_dtype={out_dtype}: expected one of {', '.join(map(str, _OUT_KINDS))}")
+    kind = _OUT_KINDS[out_dtype]
+    if kind == 1 and (out_scale is None or not out_scale > 0):
+        raise ValueError("out_dtype=torch.int8 needs a positive out_scale")
+    out = torch.empty(m, n, dtype=out_dtype, device=device)
+    if m == 0 or n == 0:
+        return out
+    if k == 0:
+        return out.zero_() if kind == 0 else _empty_k(m, n, bias, activation, out_dtype, out_scale, device)
+    per_token = a_scale.dim() == 1
+    _check(a_scale, "a_scale", torch.float32, device, (m,) if per_token else ())
+    _check(w_scale, "w_scale", torch.float32, device, (n,))
+    if bias is not None:
+        _check(bias, "bias", torch.float32, device, (n,))
+
+    common = (m, n, k, triton.next_power_of_2(m) if m <= 256 else 512 * triton.cdiv(m, 512),
+              a.stride(0), a.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1))
+    flags = {"PER_TOKEN": per_token, "HAS_BIAS": bias is not None, "ACT": _ACTIVATIONS[activation], "OUT_KIND": kind}
+    bias_arg = bias if bias is not None else w_scale  # never read without HAS_BIAS
+    if m <= SMALL_M:
+        ws, counts = _splitk_workspace(device, n)
+        _int8_gemm_splitk_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
+            a, w, out, a_scale, w_scale, bias_arg, float(out_scale or 1.0), ws, counts, *common,
+            BLOCK_M=16 if m <= 16 else 32, **flags)
+    else:
+        _int8_gemm_kernel[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)](
+            a, w, out, a_scale, w_scale, bias_arg, float(out_scale or 1.0), *common, **flags)
+    return out
+
+
+def _empty_k(m, n, bias, activation, out_dtype, out_scale, device):
+    """K = 0: the sum is empty, so the output is the epilogue of zero."""
+    y = torch.zeros(m, n, device=device) + (bias if bias is not None else 0.0)
+    if activation == "relu":
+        y = y.relu()
+    elif activation == "gelu":
+        y = torch.nn.functional.gelu(y)
+    if out_dtype == torch.int8:
+        return torch.clamp(torch.round(y / out_scale), -127, 127).to(torch.int8)
+    return y.to(out_dtype)
