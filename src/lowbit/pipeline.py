@@ -89,13 +89,15 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _to_device(batch, device):
+    """Move every tensor in a (nested) batch to ``device``."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
     if isinstance(batch, Mapping):
         return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple takes positional fields
+        return type(batch)(*(_to_device(v, device) for v in batch))
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch) if not hasattr(batch, "_fields") else \
-            type(batch)(*(_to_device(v, device) for v in batch))
+        return type(batch)(_to_device(v, device) for v in batch)
     return batch
 
 
