@@ -106,6 +106,9 @@ def test_empty_and_bad_inputs():
         int8_gemm(a, w[:, :7], one, ws)
     with pytest.raises(ValueError, match="needs a positive out_scale"):
         int8_gemm(a, w, one, ws, out_dtype=torch.int8)
+    wide_k = torch.zeros(1, 140_000, dtype=torch.int8, device="cuda")
+    with pytest.raises(ValueError, match="K=140000 could overflow the int32 accumulators"):
+        int8_gemm(wide_k, wide_k, one, torch.ones(1, device="cuda"))
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 4097), (64, 768), (513, 100)])

@@ -192,6 +192,8 @@ def int8_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: 
     kind = _OUT_KINDS[out_dtype]
     if kind == 1 and (out_scale is None or not out_scale > 0):
         raise ValueError("out_dtype=torch.int8 needs a positive out_scale")
+    if k * 128 * 128 > (1 << 31) - 1:
+        raise ValueError(f"K={k} could overflow the int32 accumulators (at most {((1 << 31) - 1) // (128 * 128)})")
     out = torch.empty(m, n, dtype=out_dtype, device=device)
     if m == 0 or n == 0:
         return out
