@@ -204,8 +204,7 @@ def _quantize(args) -> int:
     import torch
 
     from . import checkpoint, pipeline
-    from .data import load_fashion_mnist, normalize
-    from .evaluate import tensor_batches
+    from .evaluate import default_calib_batches
     from .fileio import check_writable
     from .models import default_model
 
@@ -221,9 +220,7 @@ def _quantize(args) -> int:
         model = model.to(device)
     else:
         model = default_model(device=device, data_root=args.data_dir, progress=progress)
-        images, _ = load_fashion_mnist("train", args.data_dir)
-        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:args.calib_samples]
-        calib = tensor_batches(normalize(images[pick]), None, 256)
+        calib = default_calib_batches(args.calib_samples, args.data_dir)
     options = {"percentile": args.percentile} if args.percentile is not None else None
     qmodel = pipeline.quantize(model, args.scheme, calib, args.calibrator, skip=args.skip,
                                calibrator_options=options, calib_batches=args.calib_batches, inplace=True,

@@ -28,6 +28,13 @@ def tensor_batches(images: torch.Tensor, labels: torch.Tensor | None, batch_size
     return [(images[i:i + batch_size], labels[i:i + batch_size]) for i in starts]
 
 
+def default_calib_batches(calib_samples: int = 2048, data_root=None, batch_size: int = 256) -> list:
+    """Calibration batches for the default model: a fixed random subset of the training images."""
+    images, _ = load_fashion_mnist("train", data_root)
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:calib_samples]
+    return tensor_batches(normalize(images[pick]), None, batch_size)
+
+
 def evaluate_classifier(name: str, model: nn.Module, calib_data: Iterable, test_batches: Sequence, *,
                         schemes: Sequence[str] = DEFAULT_SCHEMES, calibrators: Sequence[str] = DEFAULT_CALIBRATORS,
                         device=None, progress: bool | None = None) -> list[Row]:
@@ -53,10 +60,8 @@ def evaluate_default(*, schemes: Sequence[str] = DEFAULT_SCHEMES, calibrators: S
     training images (a fixed random subset) and tested on the 10k test set (or ``limit``)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = default_model(retrain=retrain, device=device, data_root=data_root, progress=progress)
-    train_x, _ = load_fashion_mnist("train", data_root)
+    calib = default_calib_batches(calib_samples, data_root)
     test_x, test_y = load_fashion_mnist("test", data_root)
-    pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))[:calib_samples]
-    calib = tensor_batches(normalize(train_x[pick]), None, 256)
     if limit is not None:
         test_x, test_y = test_x[:limit], test_y[:limit]
     test = tensor_batches(normalize(test_x), test_y, batch_size)
