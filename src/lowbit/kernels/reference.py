@@ -3,6 +3,11 @@
 Integer layer (linear, or convolution through im2col):
   acc[m, n] = sum_k (qx[m, k] - zx) * qw[n, k]          exact integer (int32, int64 if it could overflow)
   y[m, n]   = float32(acc[m, n]) * (sx * sw[n]) + bias[n] float32, in this order
+Fused layers (kernels/triton, nn/fused.py) go on from y, still in float32 and in this order:
+  y += float32(residual) * s_res   (int8 residual codes; a float residual is added as float32)
+  y  = max(y, 0)                   (ReLU)
+  q  = clamp(round_half_even(y * (1 / s_out)), -127, 127)   (int8 for the next layer; the float32
+       reciprocal, taken once, since a division per element costs the kernels more than the GEMM)
 Runs on CPU and GPU (see integer_matmul for how each device keeps the sums exact).
 """
 
@@ -121,3 +126,18 @@ def rescale(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bia
     if bias is not None:
         y = y + bias.float().reshape(shape)
     return y
+
+
+def epilogue(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+             channel_dim: int, *, residual: torch.Tensor | None = None, residual_scale: torch.Tensor | None = None,
+             relu: bool = False, out_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The fused epilogue of the module docstring: float32 out, or int8 codes with ``out_scale``.
+    ``residual`` is int8 codes with ``residual_scale``, or a float tensor (bf16 or float32)."""
+    y = rescale(acc, x_scale, w_scale, bias, channel_dim)
+    if residual is not None:
+        y = y + (residual.float() * residual_scale if residual.dtype == torch.int8 else residual.float())
+    if relu:
+        y = torch.clamp_min(y, 0.0)
+    if out_scale is None:
+        return y
+    return torch.clamp(torch.round(y * torch.reciprocal(out_scale.float())), -127, 127).to(torch.int8)

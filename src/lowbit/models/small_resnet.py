@@ -33,6 +33,12 @@ class ScaleNorm2d(nn.Module):
             sq_mean = self.running_sq_mean
         return x * (self.weight * torch.rsqrt(sq_mean + self.eps)).view(1, -1, 1, 1)
 
+    def folded_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) per channel of the eval-mode map, for folding into the conv before it
+        (float64 on the CPU, so the folded numbers do not depend on the device)."""
+        scale = self.weight.detach().cpu().double() * torch.rsqrt(self.running_sq_mean.cpu().double() + self.eps)
+        return scale, torch.zeros_like(scale)
+
 
 NORMS = {"batch": nn.BatchNorm2d, "scale": ScaleNorm2d}
 

@@ -4,7 +4,10 @@ Computes exactly what kernels/reference.py defines for an integer linear layer:
   acc[m, n] = sum_k a[m, k] * w[n, k]                         (int32, exact)
   y[m, n]   = float32(acc) * (sa[m or 0] * sw[n]) + bias[n]    then ReLU/GELU, then the output cast
 Output: bf16/fp16/fp32, the raw int32 accumulators (for exactness checks), or int8
-requantized with a per-tensor ``out_scale`` (round half even, saturating to [-127, 127]).
+requantized with a per-tensor ``out_scale`` (times its float32 reciprocal, round half even, saturating
+to [-127, 127]).
+Scales are read from device memory (float32 scalar tensors; Python floats are put there), so a
+call never waits for the GPU and can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
+
+from .autotune import candidate_configs
 
 _ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
 SMALL_M = 32  # up to this many rows the split-K kernel streams the weights across every SM
@@ -32,9 +37,26 @@ def _splitk_configs():
 
 
 @triton.jit
-def _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr, out_scale,
-              PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr):
-    """int32 tile -> output, in the reference's order: float32(acc) * (sa * sw) + bias, activation, cast."""
+def _grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's (row tile, column tile) in grouped launch order: programs that share
+    weight columns run together, so the weights are reused from L2."""
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    size_m = min(grid_m - first_m, GROUP_M)
+    return first_m + (pid % width) % size_m, (pid % width) // size_m
+
+
+@triton.jit
+def _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr,
+              res_ptr, stride_rm, stride_rn, res_scale_ptr,
+              PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr,
+              RES_KIND: tl.constexpr):
+    """int32 tile -> output, in the order of kernels/reference.py's ``epilogue``: float32(acc) * (sa * sw)
+    + bias, + residual (RES_KIND 1: int8 codes * res_scale, 2: float), activation, cast or requantize.
+    Launches pass enable_fp_fusion=False: a fused multiply-add would round differently from the reference."""
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
     out_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     if OUT_KIND == 0:  # raw accumulators
@@ -49,35 +71,32 @@ def _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, 
         y = acc.to(tl.float32) * scale
         if HAS_BIAS:
             y = y + tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
+        if RES_KIND != 0:
+            res = tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :] * stride_rn, mask=out_mask, other=0)
+            if RES_KIND == 1:
+                y = y + res.to(tl.float32) * tl.load(res_scale_ptr)
+            else:
+                y = y + res.to(tl.float32)
         if ACT == 1:
             y = tl.maximum(y, 0.0)
         elif ACT == 2:
             y = 0.5 * y * (1.0 + libdevice.erf(y * 0.7071067811865476))
         if OUT_KIND == 1:  # requantize to int8 for the next layer
-            q = libdevice.rint(tl.math.div_rn(y, out_scale))
+            q = libdevice.rint(y * tl.math.div_rn(1.0, tl.load(out_scale_ptr)))
             q = tl.minimum(tl.maximum(q, -127.0), 127.0)
             tl.store(out_ptrs, q.to(tl.int8), mask=out_mask)
         else:
             tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-@triton.autotune(configs=_tile_configs(), key=["M_BUCKET", "N", "K", "OUT_KIND"])
+@triton.autotune(configs=candidate_configs(_tile_configs()), key=["M_BUCKET", "N", "K", "OUT_KIND"])
 @triton.jit
-def _int8_gemm_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale,
+def _int8_gemm_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr,
                       M, N, K, M_BUCKET,
                       stride_am, stride_ak, stride_wn, stride_wk, stride_om, stride_on,
                       PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    # grouped launch order: programs that share weight columns run together (L2 reuse)
-    pid = tl.program_id(0)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * grid_n
-    group = pid // width
-    first_m = group * GROUP_M
-    size_m = min(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % size_m
-    pid_n = (pid % width) // size_m
+    pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -94,13 +113,13 @@ def _int8_gemm_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale
         acc = tl.dot(a, w, acc, out_dtype=tl.int32)
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
-    _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr, out_scale,
-              PER_TOKEN, HAS_BIAS, ACT, OUT_KIND)
+    _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr,
+              out_ptr, 0, 0, out_scale_ptr, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, 0)
 
 
-@triton.autotune(configs=_splitk_configs(), key=["M_BUCKET", "N", "K", "OUT_KIND"])
+@triton.autotune(configs=candidate_configs(_splitk_configs()), key=["M_BUCKET", "N", "K", "OUT_KIND"])
 @triton.jit
-def _int8_gemm_splitk_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale, ws_ptr, count_ptr,
+def _int8_gemm_splitk_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr, ws_ptr, count_ptr,
                              M, N, K, M_BUCKET,
                              stride_am, stride_ak, stride_wn, stride_wk, stride_om, stride_on,
                              PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
@@ -141,7 +160,7 @@ def _int8_gemm_splitk_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, ou
         tl.store(ws_ptrs, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32), mask=tile_mask)
         tl.atomic_xchg(count_ptr + pid_n, 0)
         _epilogue(total, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr,
-                  out_scale, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND)
+                  out_scale_ptr, out_ptr, 0, 0, out_scale_ptr, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, 0)
 
 
 _WORKSPACES: dict = {}
@@ -171,9 +190,22 @@ def _check(t: torch.Tensor, name: str, dtype: torch.dtype, device: torch.device,
         raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
 
 
+def scale_arg(value, name: str, device: torch.device) -> torch.Tensor:
+    """A per-tensor scale as the float32 scalar tensor kernels read. A tensor is taken as it is
+    (its value is not checked: that would wait for the GPU); a Python number must be > 0."""
+    if value is None:
+        raise ValueError(f"{name} is required for int8 output")
+    if isinstance(value, torch.Tensor):
+        _check(value, name, torch.float32, device, ())
+        return value
+    if not value > 0:
+        raise ValueError(f"{name}={value!r}: expected a positive scale")
+    return torch.full((), float(value), dtype=torch.float32, device=device)
+
+
 def int8_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: torch.Tensor,
               bias: torch.Tensor | None = None, *, activation: str | None = None,
-              out_dtype: torch.dtype = torch.bfloat16, out_scale: float | None = None) -> torch.Tensor:
+              out_dtype: torch.dtype = torch.bfloat16, out_scale: float | torch.Tensor | None = None) -> torch.Tensor:
     """a [M, K] int8 (any strides), w [N, K] int8, a_scale float32 scalar or [M] (per token),
     w_scale float32 [N], bias float32 [N] -> [M, N] in ``out_dtype``."""
     if a.dim() != 2 or w.dim() != 2:
@@ -190,8 +222,7 @@ def int8_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: 
     if out_dtype not in _OUT_KINDS:
         raise ValueError(f"out_dtype={out_dtype}: expected one of {', '.join(map(str, _OUT_KINDS))}")
     kind = _OUT_KINDS[out_dtype]
-    if kind == 1 and (out_scale is None or not out_scale > 0):
-        raise ValueError("out_dtype=torch.int8 needs a positive out_scale")
+    out_scale = scale_arg(out_scale, "out_scale", device) if kind == 1 else None
     if k * 128 * 128 > (1 << 31) - 1:
         raise ValueError(f"K={k} could overflow the int32 accumulators (at most {((1 << 31) - 1) // (128 * 128)})")
     out = torch.empty(m, n, dtype=out_dtype, device=device)
@@ -209,14 +240,15 @@ def int8_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: 
               a.stride(0), a.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1))
     flags = {"PER_TOKEN": per_token, "HAS_BIAS": bias is not None, "ACT": _ACTIVATIONS[activation], "OUT_KIND": kind}
     bias_arg = bias if bias is not None else w_scale  # never read without HAS_BIAS
+    out_scale_arg = out_scale if out_scale is not None else w_scale  # read only for int8 output
     if m <= SMALL_M:
         ws, counts = _splitk_workspace(device, n)
         _int8_gemm_splitk_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
-            a, w, out, a_scale, w_scale, bias_arg, float(out_scale or 1.0), ws, counts, *common,
-            BLOCK_M=16 if m <= 16 else 32, **flags)
+            a, w, out, a_scale, w_scale, bias_arg, out_scale_arg, ws, counts, *common,
+            BLOCK_M=16 if m <= 16 else 32, **flags, enable_fp_fusion=False)
     else:
         _int8_gemm_kernel[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)](
-            a, w, out, a_scale, w_scale, bias_arg, float(out_scale or 1.0), *common, **flags)
+            a, w, out, a_scale, w_scale, bias_arg, out_scale_arg, *common, **flags, enable_fp_fusion=False)
     return out
 
 
@@ -228,5 +260,5 @@ def _empty_k(m, n, bias, activation, out_dtype, out_scale, device):
     elif activation == "gelu":
         y = torch.nn.functional.gelu(y)
     if out_dtype == torch.int8:
-        return torch.clamp(torch.round(y / out_scale), -127, 127).to(torch.int8)
+        return torch.clamp(torch.round(y * torch.reciprocal(out_scale)), -127, 127).to(torch.int8)
     return y.to(out_dtype)
