@@ -52,7 +52,8 @@ def macs_per_image(model: torch.nn.Module) -> int:
         k = m.weight[0].numel()
         total[0] += out[0].numel() * k
 
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [m.register_forward_hook(count) for m in layers]
     with torch.no_grad():
         model(torch.randn(1, 3, 224, 224, device=next(model.parameters()).device))
     for h in hooks:
@@ -119,8 +120,8 @@ def layer_table(fused, model_bf16, batch: int) -> list[dict]:
         t_bf16 = triton.testing.do_bench(ref, warmup=10, rep=100, return_mode="median") * 1e-3
         oh, ow = fn().shape[2:]
         ops = 2 * in_shape[0] * oh * ow * g.out_channels * g.reduction_size
-        rows.append({"conv": geo, "input": list(in_shape), "out": str(conv.out_dtype), "int8_us": t_int8 * 1e6, "bf16_us": t_bf16 * 1e6,
-                     "speedup": t_bf16 / t_int8, "int8_tops": ops / t_int8 / 1e12})
+        rows.append({"conv": geo, "input": list(in_shape), "out": str(conv.out_dtype), "int8_us": t_int8 * 1e6,
+                     "bf16_us": t_bf16 * 1e6, "speedup": t_bf16 / t_int8, "int8_tops": ops / t_int8 / 1e12})
         print(f"  {geo:<48} in {str(list(in_shape)):<20} int8 {t_int8 * 1e6:8.1f} us  bf16 {t_bf16 * 1e6:8.1f} us"
               f"  {t_bf16 / t_int8:5.2f}x  {ops / t_int8 / 1e12:6.0f} TOP/s", flush=True)
     return rows

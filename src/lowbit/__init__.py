@@ -18,6 +18,6 @@ from .pipeline import calibrate, quantizable_layers, quantize  # noqa: E402
 from .schemes import SCHEMES  # noqa: E402
 from .sizes import model_size_bytes  # noqa: E402
 
-__all__ = ["CalibrationError", "CheckpointError", "ConfigError", "CudaGraphModule", "DataError", "LowbitError", "SCHEMES", "calib",
-           "calibrate", "compute_amax", "fuse_resnet", "load", "model_size_bytes", "numerics", "quantizable_layers", "quantize",
-           "save", "schemes"]
+__all__ = ["CalibrationError", "CheckpointError", "ConfigError", "CudaGraphModule", "DataError", "LowbitError",
+           "SCHEMES", "calib", "calibrate", "compute_amax", "fuse_resnet", "load", "model_size_bytes", "numerics",
+           "quantizable_layers", "quantize", "save", "schemes"]

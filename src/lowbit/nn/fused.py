@@ -13,8 +13,8 @@ layout), into :class:`Int8ResNet`, where each conv's epilogue does the rest in o
 (exactly ``kernels.reference.epilogue``). The max pool works on codes (quantization is monotonic,
 so that is exact). The identity shortcut is the block's int8 input; a downsample conv's output is
 kept in bf16 (no scale was calibrated for it, and bf16 halves its traffic against float32). The
-last block returns float32 for the average pool and the FC. On CUDA every step runs a Triton kernel; elsewhere the integer reference, which
-gives the same int8 codes.
+last block returns float32 for the average pool and the FC. On CUDA every step runs a Triton
+kernel; elsewhere the integer reference, which gives the same int8 codes.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ class Int8ResNet(nn.Module):
         if _on_gpu_kernels(x):
             from ..kernels.triton import quantize_int8
 
-            return quantize_int8(x.contiguous(), scale)[0].contiguous(memory_format=torch.channels_last)
+            return quantize_int8(x, scale)[0].contiguous(memory_format=torch.channels_last)
         return quantize(x, _CODES, scale, torch.zeros((), dtype=torch.int32))
 
     def pool(self, q: torch.Tensor) -> torch.Tensor:
@@ -239,6 +239,7 @@ def fuse_resnet(qmodel: nn.Module) -> Int8ResNet:
     blocks = [(f"layer{i + 1}.{j}", block) for i, stage in enumerate(stages) for j, block in enumerate(stage)]
     parts = [_block_parts(block, name) for name, block in blocks]
     _check_fusable(qmodel.fc, "fc", codes_in=False)  # the FC quantizes its float input itself
+    # every conv before any is read: the scale chain below reads the next conv's input_scale
     for conv, _, name in [(qmodel.conv1, None, "conv1")] + [c for p, s in parts for c in p + ([s] if s else [])]:
         _check_fusable(conv, name)
 

@@ -15,9 +15,8 @@ import triton
 import triton.language as tl
 
 from .autotune import candidate_configs
-from .gemm import _check, _epilogue, _grouped_tile, scale_arg
-
-_INT32_LIMIT = 1 << 31
+from .gemm import (_OUT_KINDS, _check, _epilogue, _grouped_tile, check_int32_accumulation, check_int32_indexable,
+                   scale_arg)
 
 
 def conv_configs():
@@ -33,8 +32,8 @@ def _keep_aligned_configs(configs, named_args, **kwargs):
     return aligned or configs
 
 
-@triton.autotune(configs=candidate_configs(conv_configs()),
-                 key=["M", "N", "K", "C", "KW", "OUT_KIND", "RES_KIND"], prune_configs_by={"early_config_prune": _keep_aligned_configs})
+@triton.autotune(configs=candidate_configs(conv_configs()), key=["M", "N", "K", "C", "KW", "OUT_KIND", "RES_KIND"],
+                 prune_configs_by={"early_config_prune": _keep_aligned_configs})
 @triton.heuristics({"C_ALIGNED": lambda args: args["C"] % args["BLOCK_K"] == 0})
 @triton.jit
 def _int8_conv_kernel(x_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr, res_ptr, res_scale_ptr,
@@ -94,9 +93,6 @@ def conv_output_size(size: int, pad_before: int, pad_after: int, kernel: int, st
     return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
 
 
-_OUT_KINDS = {torch.int32: 0, torch.int8: 1, torch.bfloat16: 2, torch.float16: 2, torch.float32: 2}
-
-
 def int8_conv2d(x: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
                 bias: torch.Tensor | None = None, *, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1),
                 residual: torch.Tensor | None = None, residual_scale: float | torch.Tensor | None = None,
@@ -131,8 +127,7 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_scale
     kind = _OUT_KINDS[out_dtype]
     out_scale = scale_arg(out_scale, "out_scale", device) if kind == 1 else w_scale  # w_scale: never read
     k = kh * kw * c
-    if k * 128 * 128 >= _INT32_LIMIT:
-        raise ValueError(f"K = KH*KW*C = {k} could overflow the int32 accumulators")
+    check_int32_accumulation(k, "K = KH*KW*C")
     (sh, sw), (dh, dw) = stride, dilation
     pl, pr, pt, pb = pads
     oh = conv_output_size(h, pt, pb, kh, sh, dh)
@@ -153,8 +148,7 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_scale
         _check(residual, "residual", residual.dtype, device, out.shape)
         residual = residual.contiguous(memory_format=torch.channels_last)
     for name, t in (("x", x), ("output", out), ("residual", residual)):
-        if t is not None and t.numel() >= _INT32_LIMIT:
-            raise ValueError(f"{name} has {t.numel()} elements; int8_conv2d indexes with 32 bits: split the batch")
+        check_int32_indexable(t, name, "int8_conv2d")
     m = b * oh * ow
     if m == 0 or o == 0:
         return out

@@ -190,6 +190,18 @@ def _check(t: torch.Tensor, name: str, dtype: torch.dtype, device: torch.device,
         raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
 
 
+def check_int32_accumulation(k: int, what: str = "K") -> None:
+    """A reduction of k int8 x int8 products must fit the int32 accumulators."""
+    if k * 128 * 128 > (1 << 31) - 1:
+        raise ValueError(f"{what}={k} could overflow the int32 accumulators (at most {((1 << 31) - 1) // (128 * 128)})")
+
+
+def check_int32_indexable(t: torch.Tensor | None, name: str, kernel: str) -> None:
+    """The kernels index elements with 32-bit offsets (beyond the batch offset)."""
+    if t is not None and t.numel() >= 1 << 31:
+        raise ValueError(f"{name} has {t.numel()} elements; {kernel} indexes with 32 bits: split the batch")
+
+
 def scale_arg(value, name: str, device: torch.device) -> torch.Tensor:
     """A per-tensor scale as the float32 scalar tensor kernels read. A tensor is taken as it is
     (its value is not checked: that would wait for the GPU); a Python number must be > 0."""
@@ -223,8 +235,7 @@ def int8_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: 
         raise ValueError(f"out_dtype={out_dtype}: expected one of {', '.join(map(str, _OUT_KINDS))}")
     kind = _OUT_KINDS[out_dtype]
     out_scale = scale_arg(out_scale, "out_scale", device) if kind == 1 else None
-    if k * 128 * 128 > (1 << 31) - 1:
-        raise ValueError(f"K={k} could overflow the int32 accumulators (at most {((1 << 31) - 1) // (128 * 128)})")
+    check_int32_accumulation(k)
     out = torch.empty(m, n, dtype=out_dtype, device=device)
     if m == 0 or n == 0:
         return out

@@ -8,6 +8,7 @@ import triton
 import triton.language as tl
 
 from .conv import conv_output_size
+from .gemm import check_int32_indexable
 
 
 @triton.jit
@@ -43,8 +44,7 @@ def int8_max_pool2d(x: torch.Tensor, kernel_size, stride, padding, dilation=(1, 
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
     if ph > kh // 2 or pw > kw // 2:
         raise ValueError(f"padding {padding} exceeds half the kernel {kernel_size}")
-    if x.numel() >= 1 << 31:
-        raise ValueError(f"x has {x.numel()} elements; int8_max_pool2d indexes with 32 bits: split the batch")
+    check_int32_indexable(x, "x", "int8_max_pool2d")
     if x.stride(1) != 1:
         x = x.contiguous(memory_format=torch.channels_last)
     b, c, h, w = x.shape
