@@ -1,4 +1,5 @@
-"""INT8 GEMM on the GPU: lowbit's Triton kernel vs torch bf16 (cuBLAS) vs torch._int_mm (cuBLASLt int8).
+"""INT8 GEMM on the GPU: lowbit's Triton kernel vs torch bf16 (cuBLAS) vs torch._int_mm (cuBLASLt int8),
+and the same kernel with packed INT4 weights (unpacked to int8 in registers: half the weight bytes).
 
     PYTHONPATH=src python3 benchmarks/gemm_int8.py [--out benchmarks/results/gemm_int8.json]
 
@@ -22,6 +23,7 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from lowbit.kernels.triton import int8_gemm  # noqa: E402
+from lowbit.numerics import pack_int4  # noqa: E402
 
 PEAK = {"bf16": 989e12, "int8": 1979e12}
 HBM = 3.35e12
@@ -69,10 +71,12 @@ def main():
             x16 = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(c)]
             w8 = [torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8) for _ in range(c)]
             x8 = [torch.randint(-127, 128, (m, k), device="cuda", dtype=torch.int8) for _ in range(c)]
+            w4 = [pack_int4(torch.clamp(w, -8, 7)) for w in w8]
             wt8 = [w.t() for w in w8]  # _int_mm wants [K, N]; a transposed view is column-major
             sa, sw, bias = torch.tensor(0.01, device="cuda"), torch.rand(n, device="cuda"), torch.randn(n, device="cuda")
             (e_bf16, t_bf16) = bench([lambda x=x, w=w: x @ w.t() for x, w in zip(x16, w16)])
             (e_ours, t_ours) = bench([lambda x=x, w=w: int8_gemm(x, w, sa, sw, bias) for x, w in zip(x8, w8)])
+            (e_int4, t_int4) = bench([lambda x=x, w=w: int8_gemm(x, w, sa, sw, bias) for x, w in zip(x8, w4)])
             if m > 16:
                 (e_intmm, t_intmm) = bench([lambda x=x, w=w: torch._int_mm(x, w) for x, w in zip(x8, wt8)])
             else:  # _int_mm needs M > 16: pad to 17 rows, as a caller would
@@ -87,13 +91,16 @@ def main():
                    "lowbit_tops": flops / t_ours / 1e12, "bf16_tflops": flops / t_bf16 / 1e12,
                    "floor_bf16_us": floor_bf16 * 1e6, "floor_int8_us": floor_int8 * 1e6,
                    "eager_bf16_us": e_bf16 * 1e6, "eager_int_mm_us": e_intmm * 1e6, "eager_lowbit_int8_us": e_ours * 1e6,
-                   "eager_speedup_vs_bf16": e_bf16 / e_ours}
+                   "eager_speedup_vs_bf16": e_bf16 / e_ours, "lowbit_int4_us": t_int4 * 1e6,
+                   "int4_vs_int8": t_ours / t_int4, "int4_vs_bf16": t_bf16 / t_int4,
+                   "floor_int4_us": max(flops / PEAK["int8"], (m * k + n * k / 2 + 2 * m * n) / HBM) * 1e6}
             rows.append(row)
             print(f"M={m:5d} N=K={nk}: bf16 {t_bf16*1e6:8.1f} us  _int_mm {t_intmm*1e6:8.1f} us  lowbit "
                   f"{t_ours*1e6:8.1f} us  ({row['lowbit_tops']:.0f} TOP/s)  x{row['speedup_vs_bf16']:.2f} vs bf16  "
                   f"x{row['speedup_vs_int_mm']:.2f} vs _int_mm  floor {floor_int8*1e6:.1f} us  "
-                  f"(eager: bf16 {e_bf16*1e6:.1f}, lowbit {e_ours*1e6:.1f} us)", flush=True)
-            del w16, x16, w8, x8, wt8
+                  f"(eager: bf16 {e_bf16*1e6:.1f}, lowbit {e_ours*1e6:.1f} us)  int4 {t_int4*1e6:8.1f} us "
+                  f"x{row['int4_vs_int8']:.2f} vs int8", flush=True)
+            del w16, x16, w8, x8, wt8, w4
             torch.cuda.empty_cache()
     result = {"benchmark": "gemm_int8", "date": datetime.date.today().isoformat(),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,

@@ -1,8 +1,12 @@
-"""ResNet-50 v1.5 on the GPU: lowbit INT8 (fused int8-to-int8 blocks) vs torch bf16 channels_last (cuDNN)
-and torch.compile, images/s at batch 1 and 256; plus a check of the GPU logits against the CPU reference.
+"""ResNet-50 v1.5 on the GPU: lowbit INT8 and INT4 (fused blocks passing codes from conv to conv) vs torch
+bf16 channels_last (cuDNN) and torch.compile, images/s at batch 1 and 256; plus a check of the GPU logits
+against the CPU reference.
 
-    PYTHONPATH=src python3 benchmarks/resnet50.py [--batches 1,256] [--no-compile] [--layers]
-                                                  [--out benchmarks/results/resnet50.json]
+    PYTHONPATH=src python3 benchmarks/resnet50.py [--batches 1,256] [--schemes int8,int4] [--no-compile]
+                                                  [--layers] [--out benchmarks/results/resnet50.json]
+
+INT4 (the int4 scheme: first conv and FC in INT8, every other conv W4A4 with packed weights) runs on the
+same int8 tensor cores, since Hopper has none for INT4: it can only gain through weight bytes.
 
 Weights are random (speed does not depend on them); BatchNorm statistics come from a few batches of
 random images, and lowbit calibrates on others (percentile 99.99), so every scale is realistic.
@@ -70,6 +74,10 @@ def timed(fn, example):
     return replay, eager
 
 
+def weight_bytes(fused) -> int:
+    return sum(m.qweight.numel() * m.qweight.element_size() for m in fused.modules() if hasattr(m, "qweight"))
+
+
 def check_against_cpu(qmodel, fused, batch: int = 2) -> dict:
     """GPU fused logits vs the CPU integer reference of the same fused model."""
     x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(5))
@@ -84,7 +92,7 @@ def check_against_cpu(qmodel, fused, batch: int = 2) -> dict:
             h.remove()
     ref, got = codes["cpu"][0], codes["gpu"][0]
     equal_blocks = sum(torch.equal(a, b) for a, b in zip(codes["cpu"][1], codes["gpu"][1]))
-    return {"batch": batch, "blocks_with_identical_int8_codes": f"{equal_blocks}/{len(codes['cpu'][1])}",
+    return {"batch": batch, "blocks_with_identical_codes": f"{equal_blocks}/{len(codes['cpu'][1])}",
             "logits_snr_db": float(20 * torch.log10(ref.norm() / (ref - got).norm().clamp_min(1e-30))),
             "max_abs_logit_diff": float((ref - got).abs().max()), "top1_agree": float((ref.argmax(1) == got.argmax(1))
                                                                                       .float().mean())}
@@ -110,7 +118,7 @@ def layer_table(fused, model_bf16, batch: int) -> list[dict]:
             memory_format=torch.channels_last)
         fn = lambda: int8_conv2d(q, conv.qweight, conv.input_scale, conv.weight_scale, conv.bias,  # noqa: E731
                                  stride=g.stride, pads=g.pads, dilation=g.dilation, relu=conv.relu,
-                                 out_dtype=conv.out_dtype, out_scale=conv.output_scale)
+                                 out_dtype=conv.out_dtype, out_scale=conv.output_scale, out_range=conv.out_range)
         xb = torch.randn(in_shape, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
         wb = torch.randn(g.weight_shape, device="cuda", dtype=torch.bfloat16).contiguous(
             memory_format=torch.channels_last)
@@ -130,6 +138,7 @@ def layer_table(fused, model_bf16, batch: int) -> list[dict]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", default="1,256")
+    parser.add_argument("--schemes", default="int8,int4", help="lowbit schemes to time (int8, int4)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (it takes minutes)")
     parser.add_argument("--layers", action="store_true", help="also time each distinct conv at the largest batch")
     parser.add_argument("--out", default="benchmarks/results/resnet50.json")
@@ -141,10 +150,15 @@ def main():
     macs = macs_per_image(model)
     calib = [torch.randn(32, 3, 224, 224, device="cuda", generator=torch.Generator("cuda").manual_seed(10 + i))
              for i in range(4)]
-    qmodel = lowbit.quantize(model, "int8", calib, "percentile", progress=False)
-    fused = lowbit.fuse_resnet(qmodel)
-    check = check_against_cpu(qmodel, fused)
-    print("GPU vs CPU reference:", check, flush=True)
+    schemes = args.schemes.split(",")
+    fused_models, checks, sizes = {}, {}, {}
+    for scheme in schemes:
+        qmodel = lowbit.quantize(model, scheme, calib, "percentile", progress=False)
+        fused_models[scheme] = lowbit.fuse_resnet(qmodel)
+        checks[scheme] = check_against_cpu(qmodel, fused_models[scheme])
+        sizes[scheme] = weight_bytes(fused_models[scheme])
+        print(f"{scheme}: conv/FC weight codes {sizes[scheme] / 2**20:.1f} MiB; GPU vs CPU reference:",
+              checks[scheme], flush=True)
     model_bf16 = copy.deepcopy(model).to(torch.bfloat16).to(memory_format=torch.channels_last)
     compiled = None if args.no_compile else torch.compile(model_bf16)
 
@@ -153,7 +167,8 @@ def main():
         x = torch.randn(batch, 3, 224, 224, device="cuda")
         xb = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
         row = {"batch": batch}
-        contenders = [("lowbit_int8", fused, x), ("torch_bf16_channels_last", model_bf16, xb)]
+        contenders = [(f"lowbit_{s}", fused_models[s], x) for s in schemes]
+        contenders.append(("torch_bf16_channels_last", model_bf16, xb))
         if compiled is not None:
             contenders.append(("torch_compile_bf16", compiled, xb))
         for name, fn, inp in contenders:
@@ -167,19 +182,24 @@ def main():
             print(f"batch {batch:4d} {name:<26} {batch / graph_s:10.0f} img/s (graph)  "
                   f"{batch / eager_s:10.0f} img/s (eager)", flush=True)
         base = row["torch_bf16_channels_last"].get("images_per_s")
-        if base and "images_per_s" in row["lowbit_int8"]:
-            row["int8_vs_bf16"] = row["lowbit_int8"]["images_per_s"] / base
-            if compiled is not None and "images_per_s" in row.get("torch_compile_bf16", {}):
-                row["int8_vs_compile"] = row["lowbit_int8"]["images_per_s"] / row["torch_compile_bf16"]["images_per_s"]
+        compiled_ips = row.get("torch_compile_bf16", {}).get("images_per_s")
+        for s in schemes:
+            ips = row[f"lowbit_{s}"].get("images_per_s")
+            if ips and base:
+                row[f"{s}_vs_bf16"] = ips / base
+            if ips and compiled_ips:
+                row[f"{s}_vs_compile"] = ips / compiled_ips
+            if ips and s != "int8" and row["lowbit_int8"].get("images_per_s"):
+                row[f"{s}_vs_int8"] = ips / row["lowbit_int8"]["images_per_s"]
+            print(f"batch {batch:4d} {s}/bf16 {row.get(f'{s}_vs_bf16', float('nan')):.2f}x  "
+                  f"{s}/compile {row.get(f'{s}_vs_compile', float('nan')):.2f}x", flush=True)
         row["ceiling_images_per_s"] = {k: PEAK[k] / (2 * macs) for k in PEAK}
-        print(f"batch {batch:4d} int8/bf16 {row.get('int8_vs_bf16', float('nan')):.2f}x  "
-              f"int8/compile {row.get('int8_vs_compile', float('nan')):.2f}x", flush=True)
         results.append(row)
-    layers = layer_table(fused, model_bf16, max(batches)) if args.layers else None
+    layers = {s: layer_table(f, model_bf16, max(batches)) for s, f in fused_models.items()} if args.layers else None
 
     out = {"device": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
            "torch": torch.__version__, "triton": triton.__version__, "macs_per_image": macs,
-           "gpu_vs_cpu_reference": check, "results": results, "layers": layers}
+           "weight_code_bytes": sizes, "gpu_vs_cpu_reference": checks, "results": results, "layers": layers}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     print("wrote", args.out)

@@ -11,13 +11,14 @@ from lowbit.cli import main
 
 
 def test_help_explains_every_option(capsys):
-    for cmd in (["eval"], ["quantize"], ["info"]):
+    for cmd in (["eval"], ["quantize"], ["finetune"], ["info"]):
         with pytest.raises(SystemExit) as exit_info:
             main(cmd + ["--help"])
         assert exit_info.value.code == 0
     out = capsys.readouterr().out
     for option in ("--json", "--plot", "--calibrators", "--schemes", "--limit", "--calib-samples", "--device",
-                   "--scheme", "--calibrator", "--percentile", "--calib-data", "--skip", "--option", "--output"):
+                   "--scheme", "--calibrator", "--percentile", "--calib-data", "--skip", "--option", "--output",
+                   "--qat-epochs", "--train-data", "--preset", "--epochs", "--lr", "--checkpoint-dir", "--resume"):
         assert option in out
     assert "module:function" in out
 
@@ -47,6 +48,11 @@ def user_module(tmp_path, monkeypatch):
                     for _ in range(2)]
             return calib(), test
 
+        def train():
+            g = torch.Generator().manual_seed(2)
+            return [(torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 5, (16,), generator=g))
+                    for _ in range(3)]
+
         def not_a_model():
             return 42
     """))
@@ -71,7 +77,7 @@ def test_quantize_user_model_then_info(user_module, capsys):
 
 def test_eval_user_model_writes_json_and_plot(user_module, capsys):
     code = main(["eval", "usermodel:build", "--data", "usermodel:data", "--calibrators", "max,entropy",
-                 "--json", "r.json", "--plot", "r.png", "--no-progress", "--device", "cpu"])
+                 "--schemes", "int8", "--json", "r.json", "--plot", "r.png", "--no-progress", "--device", "cpu"])
     assert code == 0
     rows = json.loads((user_module / "r.json").read_text())["rows"]
     assert [(r["scheme"], r["calibrator"]) for r in rows] == [("fp32", None), ("int8", "max"), ("int8", "entropy")]
@@ -82,6 +88,32 @@ def test_eval_user_model_writes_json_and_plot(user_module, capsys):
     assert rows[1]["size_bytes"] < rows[0]["size_bytes"] / 2
     assert (user_module / "r.png").read_bytes()[:4] == b"\x89PNG"
     assert "int8" in capsys.readouterr().out
+
+
+def test_eval_int4_with_qat_rows(user_module):
+    code = main(["eval", "usermodel:build", "--data", "usermodel:data", "--schemes", "int8,int4", "--calibrators",
+                 "max", "--qat-epochs", "1", "--train-data", "usermodel:train", "--json", "r.json", "--no-progress"])
+    assert code == 0
+    rows = json.loads((user_module / "r.json").read_text())["rows"]
+    assert [(r["scheme"], r.get("qat_epochs")) for r in rows] == [("fp32", None), ("int8", 0), ("int4", 0),
+                                                                 ("int4", 1)]
+
+
+def test_finetune_user_model_saves_and_resumes(user_module, capsys):
+    argv = ["finetune", "usermodel:build", "--calib-data", "usermodel:calib", "--train-data", "usermodel:train",
+            "--eval-data", "usermodel:train", "--epochs", "2", "--checkpoint-dir", ".", "-o", "q4.safetensors",
+            "--calibrator", "max", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "before fine-tuning: top-1" in out and "epoch 2: loss" in out and "layers in int4" in out
+    assert (user_module / "finetune.safetensors").exists() and (user_module / "q4.safetensors").exists()
+    assert main(["info", "q4.safetensors"]) == 0
+    assert "weight 8-bit" in capsys.readouterr().out  # int4's edges: both layers of this model stay 8-bit
+    assert main(argv[:9] + ["3"] + argv[10:] + ["--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 3: loss" in out and "before fine-tuning" not in out
+    assert main(argv + ["--scheme", "int8", "--resume"]) == 2
+    assert "was quantized as int4" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -97,6 +129,10 @@ def test_eval_user_model_writes_json_and_plot(user_module, capsys):
       "weight_bits=20"], "weight_bits=20 is invalid"),
     (["info", "missing.safetensors"], "missing.safetensors does not exist"),
     (["eval", "usermodel:build"], "needs --data"),
+    (["eval", "usermodel:build", "--data", "usermodel:data", "--qat-epochs", "2"], "needs --train-data"),
+    (["finetune", "usermodel:build", "--calib-data", "usermodel:calib", "-o", "q.safetensors"], "needs --train-data"),
+    (["finetune", "-o", "q.safetensors", "--resume"], "--resume needs --checkpoint-dir"),
+    (["finetune", "-o", "q.safetensors", "--checkpoint-dir", "nodir"], "--checkpoint-dir nodir does not exist"),
 ])
 def test_user_mistakes_give_one_line(user_module, capsys, argv, message):
     assert main(argv) == 2

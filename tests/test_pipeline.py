@@ -79,7 +79,7 @@ def test_skip_and_overrides():
     model = _mlp()
     q = lowbit.quantize(model, calib_data=_batches(), skip=["4"], overrides={"2": {"weight_bits": 4}})
     assert isinstance(q[4], nn.Linear) and not isinstance(q[4], IntegerLayer)
-    assert q[2].weight_spec.fmt.bits == 4 and int(q[2].qweight.abs().max()) <= 7
+    assert q[2].weight_spec.fmt.bits == 4 and int(q[2].weight_codes().abs().max()) <= 7
     assert q[0].weight_spec.fmt.bits == 8
     q = lowbit.quantize(model, calib_data=_batches(), overrides={"[02]": "float"})
     assert [type(q[i]).__name__ for i in (0, 2, 4)] == ["Linear", "Linear", "IntegerLayer"]
@@ -184,3 +184,16 @@ def test_group_size_that_does_not_divide_is_padded():
         warnings.simplefilter("error")
         y = fake_quantize(w, spec, *qparams_for(w, spec))
     assert y.shape == w.shape and (y - w).abs().max() < w.abs().max() / 7
+
+
+def test_prepare_then_convert_is_quantize():
+    model = _mlp()
+    calib = list(_batches())
+    prepared = lowbit.prepare(model, "int8", calib, "max")
+    assert [n for n, _ in lowbit.pipeline.prepared_layers(prepared)] == ["0", "2", "4"]
+    assert isinstance(prepared[0], lowbit.nn.FakeQuantLinear) and not isinstance(model[0], lowbit.nn.FakeQuantLinear)
+    x = torch.randn(5, 10)
+    with torch.no_grad():
+        assert torch.equal(lowbit.convert(prepared)(x), lowbit.quantize(model, "int8", calib, "max")(x))
+    with pytest.raises(lowbit.ConfigError, match="no fake-quantized layer to convert"):
+        lowbit.convert(model)

@@ -37,7 +37,7 @@ def _checksum(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict with shared storage copied apart (safetensors refuses aliases)."""
     seen, out = set(), {}
     for name, t in model.state_dict().items():
@@ -48,48 +48,66 @@ def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save(qmodel: nn.Module, path) -> Path:
-    """Write a quantized model to ``path`` (safetensors + JSON header), atomically."""
-    layers = {name: m.describe() for name, m in quantized_layers(qmodel)}
-    tensors = _state_tensors(qmodel)
-    metadata = {
-        "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
-        "lowbit_version": __version__,
-        "model_class": f"{type(qmodel).__module__}.{type(qmodel).__qualname__}",
-        "schemes": ",".join(sorted({d.get("scheme", d["type"]) for d in layers.values()})),
-        "layers": json.dumps(layers, sort_keys=True),
-        "sha256": _checksum(tensors),
-    }
+def write_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write tensors and a string header (plus their SHA-256) as safetensors, atomically."""
+    metadata = {**metadata, "lowbit_version": __version__, "sha256": _checksum(tensors)}
     with atomic_path(path) as tmp:
-        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     return Path(path)
 
 
-def read_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Header and tensors of a lowbit checkpoint, verified; a clear error otherwise."""
+def read_tensors(path, fmt: str, version: int, what: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Header and tensors of a file written by :func:`write_tensors` in format ``fmt`` (at most
+    ``version``), its checksum verified; a clear error naming the file otherwise."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist" if not path.exists() else f"{path} is not a file")
+        raise CheckpointError(f"{what} {path} does not exist" if not path.exists() else f"{path} is not a file")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupted?): {exc}") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is a safetensors file but not a lowbit checkpoint (no '{FORMAT}' header)")
+    if meta.get("format") != fmt:
+        found = f"a '{meta['format']}' file" if "format" in meta else "a safetensors file"
+        raise CheckpointError(f"{path} is {found}, not a {what} (no '{fmt}' header)")
     try:
-        version = int(meta["format_version"])
-        layers = json.loads(meta["layers"])
+        found_version = int(meta["format_version"])
         expected_sum = meta["sha256"]
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: the lowbit header is damaged ({exc})") from None
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by lowbit {meta.get('lowbit_version', '?')} in checkpoint format "
-                              f"{version}; this lowbit ({__version__}) reads format {FORMAT_VERSION} and older: upgrade lowbit")
+    if found_version > version:
+        raise CheckpointError(f"{path} was written by lowbit {meta.get('lowbit_version', '?')} in {what} format "
+                              f"{found_version}; this lowbit ({__version__}) reads format {version} and older: "
+                              "upgrade lowbit")
     if _checksum(tensors) != expected_sum:
         raise CheckpointError(f"{path} is corrupted: its tensors do not match the checksum in its header")
+    return meta, tensors
+
+
+def save(qmodel: nn.Module, path) -> Path:
+    """Write a quantized model to ``path`` (safetensors + JSON header), atomically."""
+    layers = {name: m.describe() for name, m in quantized_layers(qmodel)}
+    return write_tensors(path, state_tensors(qmodel), {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "model_class": model_class(qmodel),
+        "schemes": ",".join(sorted({d.get("scheme", d["type"]) for d in layers.values()})),
+        "layers": json.dumps(layers, sort_keys=True),
+    })
+
+
+def model_class(model: nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
+def read_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Header and tensors of a lowbit checkpoint, verified; a clear error otherwise."""
+    meta, tensors = read_tensors(path, FORMAT, FORMAT_VERSION, "lowbit checkpoint")
+    try:
+        layers = json.loads(meta["layers"])
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: the lowbit header is damaged ({exc})") from None
     return {**meta, "layers": layers}, tensors
 
 

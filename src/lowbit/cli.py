@@ -15,9 +15,11 @@ from .errors import ConfigError, LowbitError
 from .schemes import SCHEMES
 
 EPILOG = """examples:
-  lowbit eval                                   FP32 vs INT8 under every calibrator, default model
-  lowbit eval --calibrators entropy --json r.json --plot r.png
+  lowbit eval                                   FP32, INT8 (every calibrator), INT4 PTQ and INT4 after QAT
+  lowbit eval --schemes int8 --calibrators entropy --json r.json --plot r.png
   lowbit quantize -o default-int8.safetensors   quantize the default model (entropy calibrator)
+  lowbit finetune -o default-int4.safetensors --epochs 3 --checkpoint-dir runs
+                                                INT4 QAT of the default model; --resume goes on after ctrl-C
   lowbit quantize mypkg.models:build --calib-data mypkg.data:calib_batches -o model.safetensors
   lowbit info model.safetensors                 what a checkpoint holds
 """
@@ -33,14 +35,22 @@ def _csv(choices):
     return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number(cast, valid, expected: str):
+    """An argparse type: ``cast(text)`` that satisfies ``valid``, else a message saying what was expected."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_nonnegative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
+_positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -111,6 +121,22 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _quantize_options(p: argparse.ArgumentParser, default_scheme: str = "int8") -> None:
+    p.add_argument("--scheme", choices=sorted(SCHEMES), default=default_scheme,
+                   help=f"quantization scheme (default: {default_scheme})")
+    p.add_argument("--calibrator", choices=list(CALIBRATORS),
+                   help="activation range calibrator (default: the scheme's: entropy for int8, percentile "
+                        "99.999 for int4)")
+    p.add_argument("--percentile", type=float, help="percentile for --calibrator percentile")
+    p.add_argument("--calib-data", metavar="SPEC",
+                   help="module:function returning an iterable of input batches (required with MODEL)")
+    p.add_argument("--calib-batches", type=_positive_int, metavar="N", help="use at most N calibration batches")
+    p.add_argument("--skip", action="append", default=[], metavar="PATTERN",
+                   help="keep layers matching this name pattern (fnmatch) in float; repeatable")
+    p.add_argument("--option", action="append", default=[], type=_option, metavar="KEY=VALUE",
+                   help="scheme option, e.g. weight_bits=8, act_unsigned=auto, int8_edges=false; repeatable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lowbit", description="Low-precision inference for PyTorch models: calibrate, quantize, save, evaluate.",
@@ -123,16 +149,24 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="accuracy of FP32 vs quantized schemes",
         description="Evaluate the FP32 model and each scheme x calibrator on held-out data and print a table. "
                     "With no MODEL: the embedded default, a small ResNet trained here on Fashion-MNIST (trained "
-                    "once, then cached), calibrated on training images and tested on the 10k test set.")
+                    "once, then cached), calibrated on training images and tested on the 10k test set; int4 is "
+                    "also fine-tuned (QAT) on the training images.")
     ev.add_argument("model", nargs="?", metavar="MODEL",
                     help="module:function returning an FP32 nn.Module (needs --data); default: the embedded model")
     ev.add_argument("--data", metavar="SPEC",
                     help="module:function returning (calib_batches, test_batches): an iterable of input batches "
                          "and an iterable of (inputs, labels) batches")
-    ev.add_argument("--schemes", type=_csv(sorted(SCHEMES)), default=["int8"],
-                    help=f"comma-separated schemes (default: int8; available: {', '.join(sorted(SCHEMES))})")
-    ev.add_argument("--calibrators", type=_csv(list(CALIBRATORS)), default=list(CALIBRATORS),
-                    help=f"comma-separated calibrators (default: all: {', '.join(CALIBRATORS)})")
+    ev.add_argument("--schemes", type=_csv(sorted(SCHEMES)), default=["int8", "int4"],
+                    help=f"comma-separated schemes (default: int8,int4; available: {', '.join(sorted(SCHEMES))})")
+    ev.add_argument("--calibrators", type=_csv(list(CALIBRATORS)),
+                    help=f"comma-separated calibrators for every scheme ({', '.join(CALIBRATORS)}); default: all "
+                         "four for int8, the scheme's own for the others (int4: percentile 99.999)")
+    ev.add_argument("--qat-epochs", type=_nonnegative_int, metavar="N",
+                    help="also fine-tune each int4 row for N epochs (cosine schedule; from lr 5e-3 with the default "
+                         "model, else 1e-3) and report it; 0: post-training quantization only (default: 3 with the "
+                         "default model, else 0)")
+    ev.add_argument("--train-data", metavar="SPEC",
+                    help="with MODEL and --qat-epochs: module:function returning (inputs, labels) training batches")
     ev.add_argument("--limit", type=_positive_int, metavar="N", help="evaluate only the first N test samples")
     ev.add_argument("--batch-size", type=_positive_int, default=500, help="evaluation batch size (default: 500)")
     ev.add_argument("--json", metavar="PATH", help="also write the table as JSON: {\"rows\": [...]}")
@@ -148,18 +182,31 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("model", nargs="?", metavar="MODEL",
                     help="module:function (or file.py:function) returning an FP32 nn.Module; needs --calib-data")
     qu.add_argument("-o", "--output", required=True, metavar="PATH", help="checkpoint to write (.safetensors)")
-    qu.add_argument("--scheme", choices=sorted(SCHEMES), default="int8", help="quantization scheme (default: int8)")
-    qu.add_argument("--calibrator", choices=list(CALIBRATORS), default="entropy",
-                    help="activation range calibrator (default: entropy)")
-    qu.add_argument("--percentile", type=float, help="percentile for --calibrator percentile (default: 99.99)")
-    qu.add_argument("--calib-data", metavar="SPEC",
-                    help="module:function returning an iterable of input batches (required with MODEL)")
-    qu.add_argument("--calib-batches", type=_positive_int, metavar="N", help="use at most N calibration batches")
-    qu.add_argument("--skip", action="append", default=[], metavar="PATTERN",
-                    help="keep layers matching this name pattern (fnmatch) in float; repeatable")
-    qu.add_argument("--option", action="append", default=[], type=_option, metavar="KEY=VALUE",
-                    help="scheme option, e.g. weight_bits=8, act_unsigned=auto; repeatable")
+    _quantize_options(qu)
     _common(qu)
+
+    ft = sub.add_parser(
+        "finetune", help="quantization-aware fine-tuning (QAT), then save",
+        description="Calibrate, fine-tune the fake-quantized model (clipped straight-through estimator, activation "
+                    "ranges fixed from calibration), convert and save it. A checkpoint is written after every epoch "
+                    "to --checkpoint-dir; --resume goes on from it. With no MODEL: the embedded default model on "
+                    "Fashion-MNIST (shifted and flipped training images; top-1 on the 10k test set after each epoch).")
+    ft.add_argument("model", nargs="?", metavar="MODEL",
+                    help="module:function returning an FP32 nn.Module; needs --calib-data and --train-data")
+    ft.add_argument("-o", "--output", required=True, metavar="PATH", help="quantized checkpoint to write")
+    ft.add_argument("--train-data", metavar="SPEC",
+                    help="module:function returning an iterable of (inputs, labels) batches (required with MODEL)")
+    ft.add_argument("--eval-data", metavar="SPEC",
+                    help="module:function returning (inputs, labels) batches for top-1 after every epoch")
+    ft.add_argument("--preset", choices=["cosine", "step"], default="cosine",
+                    help="cosine: from lr 1e-3 down to 1%% of it, 15 epochs (NVIDIA's INT4 ResNet-50); step: 1 "
+                         "epoch at lr 1e-4, x0.1 per epoch (pytorch-quantization's INT8 recipe). Default: cosine")
+    ft.add_argument("--epochs", type=_positive_int, metavar="N", help="epochs (default: the preset's)")
+    ft.add_argument("--lr", type=_positive_float, help="initial learning rate (default: the preset's)")
+    ft.add_argument("--checkpoint-dir", metavar="DIR", help="write finetune.safetensors here after every epoch")
+    ft.add_argument("--resume", action="store_true", help="go on from --checkpoint-dir's checkpoint")
+    _quantize_options(ft, default_scheme="int4")
+    _common(ft)
 
     info = sub.add_parser("info", help="show what a checkpoint holds",
                           description="Print a checkpoint's header: versions, schemes and each layer's formats.")
@@ -183,13 +230,19 @@ def _eval(args) -> int:
         data = _call(args.data, "--data")
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
             raise ConfigError(f"--data {args.data} must return (calib_batches, test_batches)")
+        qat_epochs = args.qat_epochs or 0
+        if qat_epochs and not args.train_data:
+            raise ConfigError("eval MODEL with --qat-epochs needs --train-data module:function returning "
+                              "(inputs, labels) batches")
+        train = _call(args.train_data, "--train-data") if qat_epochs else None
         rows = evaluate_classifier(args.model, _call(args.model, "MODEL"), data[0], list(data[1]),
-                                   schemes=args.schemes, calibrators=args.calibrators, device=device,
-                                   progress=progress)
+                                   schemes=args.schemes, calibrators=args.calibrators, train_data=train,
+                                   qat_epochs=qat_epochs, device=device, progress=progress)
     else:
+        qat = {} if args.qat_epochs is None else {"qat_epochs": args.qat_epochs}
         rows = evaluate_default(schemes=args.schemes, calibrators=args.calibrators, calib_samples=args.calib_samples,
                                 limit=args.limit, batch_size=args.batch_size, device=device, data_root=args.data_dir,
-                                retrain=args.retrain, progress=progress)
+                                retrain=args.retrain, progress=progress, **qat)
     print(format_table(rows))
     if args.json:
         write_json(rows, args.json)
@@ -200,34 +253,91 @@ def _eval(args) -> int:
     return 0
 
 
-def _quantize(args) -> int:
+def _model_and_calib(args, command: str, device, progress):
+    """The FP32 model and calibration batches: MODEL and --calib-data, or the default model."""
     import torch
 
-    from . import checkpoint, pipeline
     from .evaluate import default_calib_batches
-    from .fileio import check_writable
     from .models import default_model
+
+    if args.model:
+        if not args.calib_data:
+            raise ConfigError(f"{command} MODEL needs --calib-data module:function returning input batches")
+        model, calib = _call(args.model, "MODEL"), _call(args.calib_data, "--calib-data")
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"MODEL {args.model} returned {type(model).__name__}, not a torch.nn.Module")
+        return model.to(device), calib
+    model = default_model(device=device, data_root=args.data_dir, progress=progress)
+    return model, default_calib_batches(args.calib_samples, args.data_dir)
+
+
+def _prepare_options(args, progress) -> dict:
+    """Keyword arguments of lowbit.prepare / lowbit.quantize from the shared options."""
+    return {"skip": args.skip, "calibrator_options": {"percentile": args.percentile} if args.percentile is not None else None,
+            "calib_batches": args.calib_batches, "inplace": True, "progress": progress, **dict(args.option)}
+
+
+def _saved_message(args, qmodel) -> str:
+    from . import checkpoint
+
+    layers = sum(1 for _ in checkpoint.quantized_layers(qmodel))
+    return (f"wrote {args.output}: {layers} layers in {args.scheme} "
+            f"({args.calibrator or 'the scheme default'} calibration)")
+
+
+def _quantize(args) -> int:
+    from . import checkpoint, pipeline
+    from .fileio import check_writable
 
     check_writable(args.output)
     device = _device(args.device)
     progress = False if args.no_progress else None
-    if args.model:
-        if not args.calib_data:
-            raise ConfigError("quantize MODEL needs --calib-data module:function returning input batches")
-        model, calib = _call(args.model, "MODEL"), _call(args.calib_data, "--calib-data")
-        if not isinstance(model, torch.nn.Module):
-            raise ConfigError(f"MODEL {args.model} returned {type(model).__name__}, not a torch.nn.Module")
-        model = model.to(device)
-    else:
-        model = default_model(device=device, data_root=args.data_dir, progress=progress)
-        calib = default_calib_batches(args.calib_samples, args.data_dir)
-    options = {"percentile": args.percentile} if args.percentile is not None else None
-    qmodel = pipeline.quantize(model, args.scheme, calib, args.calibrator, skip=args.skip,
-                               calibrator_options=options, calib_batches=args.calib_batches, inplace=True,
-                               progress=progress, **dict(args.option))
+    model, calib = _model_and_calib(args, "quantize", device, progress)
+    qmodel = pipeline.quantize(model, args.scheme, calib, args.calibrator, **_prepare_options(args, progress))
     checkpoint.save(qmodel, args.output)
-    layers = sum(1 for _ in checkpoint.quantized_layers(qmodel))
-    print(f"wrote {args.output}: {layers} layers in {args.scheme} ({args.calibrator} calibration)")
+    print(_saved_message(args, qmodel))
+    return 0
+
+
+def _finetune(args) -> int:
+    from . import checkpoint, pipeline
+    from .algorithms import finetune
+    from .evaluate import tensor_batches, top1_accuracy
+    from .evaluate.runner import default_train_batches
+    from .fileio import check_writable
+
+    check_writable(args.output)
+    if args.resume and not args.checkpoint_dir:
+        raise ConfigError("--resume needs --checkpoint-dir (where the checkpoint to resume from is)")
+    if args.checkpoint_dir and not Path(args.checkpoint_dir).is_dir():
+        raise ConfigError(f"--checkpoint-dir {args.checkpoint_dir} does not exist")
+    device = _device(args.device)
+    progress = False if args.no_progress else None
+    if args.model:
+        if not args.train_data:
+            raise ConfigError("finetune MODEL needs --train-data module:function returning (inputs, labels) batches")
+        train = _call(args.train_data, "--train-data")
+        evaluation = _call(args.eval_data, "--eval-data") if args.eval_data else None
+    else:
+        from .data import load_fashion_mnist, normalize
+
+        train = default_train_batches(args.data_dir)
+        test_x, test_y = load_fashion_mnist("test", args.data_dir)
+        evaluation = tensor_batches(normalize(test_x), test_y, 500)
+    model, calib = _model_and_calib(args, "finetune", device, progress)
+    qat = pipeline.prepare(model, args.scheme, calib, args.calibrator, **_prepare_options(args, progress)).train()
+    if evaluation is not None and not args.resume:
+        ptq, samples = top1_accuracy(qat, evaluation, device=device, progress=progress, desc="before fine-tuning")
+        print(f"before fine-tuning: top-1 {100 * ptq:.2f}% on {samples} samples")
+        qat.train()
+    history = finetune(qat, train, args.epochs, args.lr, preset=args.preset, eval_data=evaluation,
+                       checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=progress)
+    for r in history:
+        accuracy = f"  top-1 {100 * r.accuracy:.2f}%" if r.accuracy is not None else ""
+        print(f"epoch {r.epoch}: loss {r.loss:.4f}  lr {r.lr:.3g}  {r.seconds:.0f} s{accuracy}")
+    qmodel = pipeline.convert(qat, inplace=True, progress=progress)
+    checkpoint.save(qmodel, args.output)
+    print(_saved_message(args, qmodel))
     return 0
 
 
@@ -257,14 +367,16 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"eval": _eval, "quantize": _quantize, "info": _info}[args.command](args)
+        return {"eval": _eval, "quantize": _quantize, "finetune": _finetune, "info": _info}[args.command](args)
     except LowbitError as exc:
         if args.debug:
             raise
         print(f"lowbit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("lowbit: interrupted", file=sys.stderr)
+        kept = getattr(args, "checkpoint_dir", None)
+        note = f"; the last epoch's checkpoint in {kept} is intact (--resume goes on from it)" if kept else ""
+        print(f"lowbit: interrupted{note}", file=sys.stderr)
         return 130
 
 

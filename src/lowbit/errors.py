@@ -25,3 +25,7 @@ class CheckpointError(LowbitError, ValueError):
 
 class DataError(LowbitError, FileNotFoundError):
     """A data set is missing or malformed."""
+
+
+class TrainingError(LowbitError, RuntimeError):
+    """Fine-tuning diverged (a non-finite or exploding loss) and was stopped."""

@@ -46,11 +46,12 @@ def _matching(patterns: Iterable[str], names: list[str], what: str) -> dict[str,
 
 
 def plan_layers(model: nn.Module, scheme: str, scheme_options: dict, skip=(), overrides=None) -> dict[str, Scheme]:
-    """Which layer gets which scheme instance, after ``skip`` and ``overrides``.
+    """Which layer gets which scheme instance, after the scheme's layer policy, ``skip`` and ``overrides``.
 
     ``overrides`` maps a name pattern (fnmatch, e.g. ``"layer1.*"``) to ``"float"``
     or None (keep the layer in float), a scheme name, or a dict of scheme options
-    (it may name another ``"scheme"``). The first matching pattern wins.
+    (it may name another ``"scheme"``). The first matching pattern wins, over the
+    scheme's own policy (such as int4 keeping the first and last layer at 8 bits).
     """
     if isinstance(skip, str):
         skip = (skip,)
@@ -60,13 +61,14 @@ def plan_layers(model: nn.Module, scheme: str, scheme_options: dict, skip=(), ov
     skipped = {n for hits in _matching(skip, names, "skip").values() for n in hits}
     override_hits = _matching(overrides, names, "override")
     default = get_scheme(scheme, **scheme_options)
+    policy = default.layer_policy(names)
     plan = {}
     for name in names:
         if name in skipped:
             continue
         pattern = next((p for p, hits in override_hits.items() if name in hits), None)
         if pattern is None:
-            plan[name] = default
+            plan[name] = get_scheme(scheme, **{**scheme_options, **policy[name]}) if name in policy else default
             continue
         value = overrides[pattern]
         if value is None or value == KEEP_FLOAT:
@@ -164,34 +166,43 @@ def calibrate(model: nn.Module, calib_data, *, max_batches: int | None = None, p
     return seen
 
 
-def quantize(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator: str = "entropy", skip=(),
-             overrides=None, *, calibrator_options: dict | None = None, calib_batches: int | None = None,
-             inplace: bool = False, progress: bool | None = None, **scheme_options) -> nn.Module:
-    """Quantize a model and return it.
+def _calibrator_for(handler: Scheme, calibrator: str | None, options: dict | None) -> tuple[str, dict]:
+    """The caller's calibrator, or the scheme's default one; the caller's options go on top."""
+    if calibrator is None:
+        name, defaults = handler.default_calibrator
+        options = {**defaults, **(options or {})}
+    else:
+        name, options = calibrator, dict(options or {})
+    check_calibrator(name, options)
+    return name, options
 
-    model:         any nn.Module; its Linear, Conv1d and Conv2d layers are swapped.
-    scheme:        a registered scheme name ("int8", ...); ``**scheme_options`` go to it.
-    calib_data:    an iterable of input batches (tensor, tuple/list of positional inputs
-                   or (input, label) pairs, or dict of keyword inputs), e.g. a DataLoader.
-    calibrator:    "max", "percentile", "mse" or "entropy"; ``calibrator_options`` such as
-                   ``{"percentile": 99.9}``.
-    skip:          name patterns of layers to keep in float.
-    overrides:     {pattern: "float" | scheme name | {option: value}} per-layer settings.
-    calib_batches: use at most this many batches.
-    inplace:       modify ``model`` itself instead of a deep copy.
-    """
-    check_calibrator(calibrator, calibrator_options)
+
+def prepared_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, layer) of the fake-quantized layers :func:`prepare` put into ``model``."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(getattr(m, "scheme", None), Scheme)]
+
+
+def prepare(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator: str | None = None, skip=(),
+            overrides=None, *, calibrator_options: dict | None = None, calib_batches: int | None = None,
+            inplace: bool = False, progress: bool | None = None, **scheme_options) -> nn.Module:
+    """The model with fake-quantized layers (float weights, calibrated activation ranges): what
+    quantization-aware fine-tuning trains (:func:`lowbit.finetune`) and :func:`convert` deploys.
+    Arguments as for :func:`quantize`."""
+    if calibrator is not None:
+        check_calibrator(calibrator, calibrator_options)
     plan = plan_layers(model, scheme, scheme_options, skip, overrides)
+    calibrators = {name: _calibrator_for(handler, calibrator, calibrator_options) for name, handler in plan.items()}
     if not inplace:
         model = copy.deepcopy(model)
     if not plan:
         warnings.warn(f"{type(model).__name__} has no quantizable layer (Linear, Conv1d, Conv2d) left to quantize; "
-                      "the model is returned unchanged", stacklevel=2)
+                      "the model is returned unchanged", stacklevel=3)
         return model
     modules = dict(model.named_modules())
     prepared = {}
     for name, handler in plan.items():
-        prepared[name] = handler.prepare(modules[name], name, calibrator, dict(calibrator_options or {}))
+        prepared[name] = handler.prepare(modules[name], name, *calibrators[name])
+        prepared[name].scheme = handler
         _replace(model, name, prepared[name])
     if any(h.needs_calibration for h in plan.values()):
         calibrate(model, calib_data, max_batches=calib_batches, progress=progress)
@@ -199,8 +210,45 @@ def quantize(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator
             if layer.input_quantizer.collector is not None and layer.input_quantizer.collector.empty:
                 raise CalibrationError(f"layer {name!r} never ran during calibration, so its input range is unknown; "
                                        "skip it or check that calib_data reaches it")
-    for name, layer in progress_bar(prepared.items(), desc="converting", unit="layer", enable=progress):
-        if plan[name].needs_calibration:
+        for layer in prepared.values():
             layer.input_quantizer.finish_calibration()
-        _replace(model, name, plan[name].convert(layer, name))
     return model
+
+
+def convert(model: nn.Module, *, inplace: bool = False, progress: bool | None = None) -> nn.Module:
+    """Deploy a model from :func:`prepare` (fine-tuned or not): each fake-quantized layer becomes
+    its scheme's integer layer, with the weights' codes computed from the current float weights."""
+    layers = prepared_layers(model)
+    if not layers:
+        raise ConfigError(f"{type(model).__name__} has no fake-quantized layer to convert: pass a model returned "
+                          "by lowbit.prepare(...)")
+    if not inplace:
+        model = copy.deepcopy(model)
+        layers = prepared_layers(model)
+    for name, layer in progress_bar(layers, desc="converting", unit="layer", enable=progress):
+        _replace(model, name, layer.scheme.convert(layer, name))
+    return model
+
+
+def quantize(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator: str | None = None, skip=(),
+             overrides=None, *, calibrator_options: dict | None = None, calib_batches: int | None = None,
+             inplace: bool = False, progress: bool | None = None, **scheme_options) -> nn.Module:
+    """Quantize a model and return it.
+
+    model:         any nn.Module; its Linear, Conv1d and Conv2d layers are swapped.
+    scheme:        a registered scheme name ("int8", "int4", ...); ``**scheme_options`` go to it.
+    calib_data:    an iterable of input batches (tensor, tuple/list of positional inputs
+                   or (input, label) pairs, or dict of keyword inputs), e.g. a DataLoader.
+    calibrator:    "max", "percentile", "mse" or "entropy"; ``calibrator_options`` such as
+                   ``{"percentile": 99.9}``. Default: the scheme's (int8: entropy; int4:
+                   percentile 99.999).
+    skip:          name patterns of layers to keep in float.
+    overrides:     {pattern: "float" | scheme name | {option: value}} per-layer settings.
+    calib_batches: use at most this many batches.
+    inplace:       modify ``model`` itself instead of a deep copy.
+
+    Same as ``convert(prepare(...))``.
+    """
+    model = prepare(model, scheme, calib_data, calibrator, skip, overrides, calibrator_options=calibrator_options,
+                    calib_batches=calib_batches, inplace=inplace, progress=progress, **scheme_options)
+    return convert(model, inplace=True, progress=progress) if prepared_layers(model) else model

@@ -25,6 +25,33 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
+class ShuffledBatches:
+    """(images, labels) batches of in-memory tensors in a new random order every epoch, with
+    :func:`augment`; the order and the augmentation depend only on (seed, epoch), so a resumed
+    run sees the batches an uninterrupted one would have. Call ``set_epoch`` before iterating."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128, *, seed: int = 0,
+                 augmentation: bool = True):
+        if len(images) != len(labels) or len(images) == 0:
+            raise ValueError(f"need as many labels as images, and at least one: got {len(images)} and {len(labels)}")
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.seed, self.augmentation, self.epoch = seed, augmentation, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.images), generator=generator)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x = self.images[idx]
+            yield (augment(x, generator) if self.augmentation else x), self.labels[idx]
+
+
 def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
                      batch_size: int = 128, weight_decay: float = 5e-4, seed: int = 0, device=None,
                      progress: bool | None = None) -> nn.Module:

@@ -75,6 +75,26 @@ def test_folding_into_scales_and_bias_matches_conv_then_norm():
     assert torch.allclose(fused(codes), ref, rtol=1e-5, atol=1e-5)
 
 
+def test_int4_resnet_fuses_with_packed_weights_and_u4_codes():
+    model = _tiny_resnet()
+    qmodel = lowbit.quantize(model, "int4", _calib(), "max", progress=False)
+    fused = lowbit.fuse_resnet(qmodel)
+    assert not fused.stem.packed and fused.stem.qweight.dtype == torch.int8  # first conv stays INT8
+    conv = fused.blocks[0].convs[0]
+    assert conv.packed and conv.qweight.dtype == torch.uint8
+    assert conv.qweight.shape[-1] * 2 == qmodel.layer1[0].conv1.geometry.in_channels
+    assert fused.stem.out_range == (0, 15)  # the blocks read u4 codes (after a ReLU)
+    seen = []
+    hooks = [b.register_forward_hook(lambda m, i, o: seen.append(o)) for b in fused.blocks[:-1]]
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        per_layer, out = qmodel(x), fused(x)
+    for h in hooks:
+        h.remove()
+    assert all(int(o.min()) >= 0 and int(o.max()) <= 15 for o in seen)
+    assert _snr_db(per_layer, out) > 15
+
+
 def test_small_resnet_with_scale_norm_fuses():
     torch.manual_seed(4)
     model = SmallResNet(10, 1, (8, 16, 16), (1, 1, 1), norm="scale").eval()
@@ -88,12 +108,14 @@ def test_small_resnet_with_scale_norm_fuses():
 
 def test_refuses_what_it_cannot_fuse():
     model = _tiny_resnet()
-    with pytest.raises(ConfigError, match="not an int8 layer"):
+    with pytest.raises(ConfigError, match="not an integer layer"):
         lowbit.fuse_resnet(lowbit.quantize(model, "int8", _calib(), "max", skip="layer2.1.conv2", progress=False))
-    with pytest.raises(ConfigError, match="symmetric signed 8-bit codes"):
+    with pytest.raises(ConfigError, match="symmetric codes that fit int8"):
         lowbit.fuse_resnet(lowbit.quantize(model, "int8", _calib(), "max", act_symmetric=False, progress=False))
     with pytest.raises(ConfigError, match="does not have a ResNet's layout"):
         lowbit.fuse_resnet(nn.Sequential(nn.Conv2d(3, 3, 1)))
+    with pytest.raises(ConfigError, match="fit int8"):  # u8 codes do not fit int8 tensors
+        lowbit.fuse_resnet(lowbit.quantize(model, "int8", _calib(), "max", act_unsigned="auto", progress=False))
     other = _tiny_resnet()
     other.layer1[0].bn1 = nn.LayerNorm(8)
     with pytest.raises(ConfigError, match="layer1.0.conv1: cannot fold a LayerNorm"):
@@ -101,10 +123,11 @@ def test_refuses_what_it_cannot_fuse():
 
 
 @pytest.mark.gpu
-def test_gpu_kernels_give_the_reference_codes():
-    """Every block's int8 codes on the GPU equal the CPU reference's; the logits differ only by the
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_gpu_kernels_give_the_reference_codes(scheme):
+    """Every block's codes on the GPU equal the CPU reference's; the logits differ only by the
     float order of the average pool (which may move an FC input code by one step)."""
-    qmodel = lowbit.quantize(_tiny_resnet(), "int8", _calib((4, 3, 40, 40)), "max", progress=False)
+    qmodel = lowbit.quantize(_tiny_resnet(), scheme, _calib((4, 3, 40, 40)), "max", progress=False)
     cpu = lowbit.fuse_resnet(qmodel)
     gpu = lowbit.fuse_resnet(qmodel.cuda())
     x = torch.randn(5, 3, 40, 40)

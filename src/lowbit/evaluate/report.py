@@ -68,8 +68,9 @@ def plot_rows(rows: list[Row], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.scheme}\n{r.calibrator or ''}".strip() for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(rows) * 2), 4))
+    labels = [f"{r.scheme}\n{r.calibrator or ''}".strip()
+              + (f"\nQAT {r.extra['qat_epochs']} ep" if r.extra.get("qat_epochs") else "") for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(rows) * 2), 4.5))
     ax1.bar(labels, [r.drop for r in rows], color=["#888" if r.scheme == "fp32" else "#3a7" for r in rows])
     ax1.axhline(0, color="black", linewidth=0.8)
     ax1.set_ylabel(f"{rows[0].metric} drop vs FP32 (points)")
@@ -77,6 +78,8 @@ def plot_rows(rows: list[Row], path) -> None:
     ax2.bar(labels, [r.size_bytes / 1024 for r in rows], color="#37a")
     ax2.set_ylabel("weights (KiB)")
     ax2.set_title("model size")
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=str(path).rsplit(".", 1)[-1].lower(), dpi=120)

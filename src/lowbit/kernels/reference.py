@@ -6,8 +6,9 @@ Integer layer (linear, or convolution through im2col):
 Fused layers (kernels/triton, nn/fused.py) go on from y, still in float32 and in this order:
   y += float32(residual) * s_res   (int8 residual codes; a float residual is added as float32)
   y  = max(y, 0)                   (ReLU)
-  q  = clamp(round_half_even(y * (1 / s_out)), -127, 127)   (int8 for the next layer; the float32
-       reciprocal, taken once, since a division per element costs the kernels more than the GEMM)
+  q  = clamp(round_half_even(y * (1 / s_out)), qmin, qmax)  (codes for the next layer, in its input
+       format: [-127, 127] for s8, [0, 15] for u4...; the float32 reciprocal, taken once, since a
+       division per element costs the kernels more than the GEMM)
 Runs on CPU and GPU (see integer_matmul for how each device keeps the sums exact).
 """
 
@@ -130,9 +131,10 @@ def rescale(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bia
 
 def epilogue(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
              channel_dim: int, *, residual: torch.Tensor | None = None, residual_scale: torch.Tensor | None = None,
-             relu: bool = False, out_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """The fused epilogue of the module docstring: float32 out, or int8 codes with ``out_scale``.
-    ``residual`` is int8 codes with ``residual_scale``, or a float tensor (bf16 or float32)."""
+             relu: bool = False, out_scale: torch.Tensor | None = None,
+             out_range: tuple[int, int] = (-127, 127)) -> torch.Tensor:
+    """The fused epilogue of the module docstring: float32 out, or int8 codes in ``out_range`` with
+    ``out_scale``. ``residual`` is int8 codes with ``residual_scale``, or a float tensor (bf16 or float32)."""
     y = rescale(acc, x_scale, w_scale, bias, channel_dim)
     if residual is not None:
         y = y + (residual.float() * residual_scale if residual.dtype == torch.int8 else residual.float())
@@ -140,4 +142,4 @@ def epilogue(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bi
         y = torch.clamp_min(y, 0.0)
     if out_scale is None:
         return y
-    return torch.clamp(torch.round(y * torch.reciprocal(out_scale.float())), -127, 127).to(torch.int8)
+    return torch.clamp(torch.round(y * torch.reciprocal(out_scale.float())), *out_range).to(torch.int8)

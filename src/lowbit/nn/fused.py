@@ -8,9 +8,11 @@ layout), into :class:`Int8ResNet`, where each conv's epilogue does the rest in o
     y = float32(acc) * (sx * sw') + bias'     BN folded into the weight scales and the bias
     y += residual                             the block's shortcut
     y = relu(y)
-    q = round(y / s_next)                     int8 codes at the next conv's calibrated input scale
+    q = clamp(round(y / s_next), qmin, qmax)  codes at the next conv's calibrated input scale and format
 
-(exactly ``kernels.reference.epilogue``). The max pool works on codes (quantization is monotonic,
+(exactly ``kernels.reference.epilogue``). Codes travel in int8 tensors whatever their format (s8,
+or u4 / s4 with the int4 scheme); weights of 4 bits or fewer stay packed two per byte and the
+kernels unpack them in registers. The max pool works on codes (quantization is monotonic,
 so that is exact). The identity shortcut is the block's int8 input; a downsample conv's output is
 kept in bf16 (no scale was calibrated for it, and bf16 halves its traffic against float32). The
 last block returns float32 for the average pool and the FC. On CUDA every step runs a Triton
@@ -25,15 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import IntFormat, QuantSpec
+from ..config import QuantSpec
 from ..errors import ConfigError
 from ..kernels import triton_available
 from ..kernels.reference import epilogue, integer_conv_acc
-from ..numerics import quantize
+from ..numerics import pack_int4, quantize, unpack_int4
 from .geometry import LayerGeometry
-from .integer import IntegerLayer
-
-_CODES = QuantSpec(IntFormat(8))  # the one activation format fused layers pass between them
+from .integer import IntegerLayer, codes_fit_int8
 
 
 def _on_gpu_kernels(x: torch.Tensor) -> bool:
@@ -41,23 +41,30 @@ def _on_gpu_kernels(x: torch.Tensor) -> bool:
 
 
 class Int8Conv2d(nn.Module):
-    """A convolution from int8 codes to ``out_dtype``: int8 codes at ``output_scale``, or the float
-    epilogue rounded to bf16 / float32; the fused epilogue of the module docstring. Weights are kept
-    [O, KH, KW, C], the layout the GPU kernel reads. Grouped convolutions and non-zero padding modes
-    run the reference on any device."""
+    """A convolution from int8-held codes to ``out_dtype``: codes in ``out_range`` at ``output_scale``,
+    or the float epilogue rounded to bf16 / float32; the fused epilogue of the module docstring.
+    Weights are kept [O, KH, KW, C], the layout the GPU kernel reads: int8, or with ``packed`` signed
+    INT4 two per byte along C (uint8 [O, KH, KW, C/2]). Grouped convolutions and non-zero padding
+    modes run the reference on any device."""
 
-    def __init__(self, geometry: LayerGeometry, relu: bool, out_dtype: torch.dtype, has_residual_scale: bool):
+    def __init__(self, geometry: LayerGeometry, relu: bool, out_dtype: torch.dtype, has_residual_scale: bool,
+                 packed: bool = False, out_range: tuple[int, int] = (-127, 127)):
         super().__init__()
         if geometry.kind != "conv2d":
             raise ConfigError(f"Int8Conv2d takes a conv2d geometry, got {geometry}")
         if out_dtype not in (torch.int8, torch.bfloat16, torch.float32):
             raise ConfigError(f"Int8Conv2d out_dtype must be int8, bfloat16 or float32, got {out_dtype}")
+        channels = geometry.in_channels // geometry.groups
+        if packed and channels % 2:
+            raise ConfigError(f"packed INT4 weights need an even number of input channels per group, got {channels}")
         self.geometry = geometry
         self.relu = relu
         self.out_dtype = out_dtype
+        self.packed = packed
+        self.out_range = tuple(out_range)
         o = geometry.out_channels
-        self.register_buffer("qweight", torch.zeros(o, *geometry.kernel_size, geometry.in_channels // geometry.groups,
-                                                    dtype=torch.int8))
+        shape = (o, *geometry.kernel_size, channels // 2 if packed else channels)
+        self.register_buffer("qweight", torch.zeros(shape, dtype=torch.uint8 if packed else torch.int8))
         self.register_buffer("weight_scale", torch.ones(o))
         self.register_buffer("bias", torch.zeros(o))
         self.register_buffer("input_scale", torch.ones(()))
@@ -67,19 +74,24 @@ class Int8Conv2d(nn.Module):
     @classmethod
     def from_integer(cls, layer: IntegerLayer, norm: nn.Module | None, name: str, *, relu: bool,
                      output_scale: torch.Tensor | None, residual_scale: torch.Tensor | None = None,
-                     float_dtype: torch.dtype = torch.float32) -> "Int8Conv2d":
+                     float_dtype: torch.dtype = torch.float32,
+                     out_range: tuple[int, int] = (-127, 127)) -> "Int8Conv2d":
         """Fold ``norm`` (eval statistics) into ``layer``'s per-channel scales and bias: a channel's
         factor a goes into |a| * sw and its sign into the codes, so the codes need no requantizing.
-        Int8 output with an ``output_scale``, else ``float_dtype``. The folding is computed on the
-        CPU in float64, so a model fused on any device gets the same float32 numbers."""
+        Codes in ``out_range`` with an ``output_scale``, else ``float_dtype``. The folding is
+        computed on the CPU in float64, so a model fused on any device gets the same float32 numbers.
+        Weights of 4 bits or fewer stay packed where the channel count is even."""
         _check_fusable(layer, name)
         out_dtype = torch.int8 if output_scale is not None else float_dtype
-        conv = cls(layer.geometry, relu, out_dtype, residual_scale is not None).to(layer.qweight.device)
+        channels = layer.geometry.in_channels // layer.geometry.groups
+        packed = layer.weight_spec.fmt.bits <= 4 and channels % 2 == 0
+        conv = cls(layer.geometry, relu, out_dtype, residual_scale is not None, packed,
+                   out_range).to(layer.qweight.device)
         o = layer.geometry.out_channels
         a, shift = norm_affine(norm, o, name)
         sign = torch.where(a < 0, -1, 1).to(torch.int8).to(layer.qweight.device)
-        qweight = layer.qweight * sign.view(-1, 1, 1, 1)  # narrow range: -q never overflows
-        conv.qweight.copy_(qweight.permute(0, 2, 3, 1))
+        codes = (layer.weight_codes() * sign.view(-1, 1, 1, 1)).permute(0, 2, 3, 1)  # narrow range: -q fits
+        conv.qweight.copy_(pack_int4(codes) if packed else codes)
         conv.weight_scale.copy_(layer.weight_scale.cpu().double().expand(o) * a.abs())
         bias = layer.bias.cpu().double() if layer.bias is not None else torch.zeros_like(a)
         conv.bias.copy_(a * bias + shift)
@@ -89,6 +101,12 @@ class Int8Conv2d(nn.Module):
         if residual_scale is not None:
             conv.residual_scale.copy_(residual_scale)
         return conv
+
+    def weight_codes(self) -> torch.Tensor:
+        """int8 weight codes [O, KH, KW, C], unpacked when stored packed."""
+        if not self.packed:
+            return self.qweight
+        return unpack_int4(self.qweight, 2 * self.qweight.shape[-1])
 
     def _uses_kernel(self, q: torch.Tensor) -> bool:
         g = self.geometry
@@ -102,14 +120,18 @@ class Int8Conv2d(nn.Module):
             g = self.geometry
             return int8_conv2d(q, self.qweight, self.input_scale, self.weight_scale, self.bias, stride=g.stride,
                                pads=g.pads, dilation=g.dilation, residual=residual, residual_scale=self.residual_scale,
-                               relu=self.relu, out_dtype=self.out_dtype, out_scale=out_scale)
-        acc = integer_conv_acc(q, 0, self.qweight.permute(0, 3, 1, 2), self.geometry)
+                               relu=self.relu, out_dtype=self.out_dtype, out_scale=out_scale,
+                               out_range=self.out_range)
+        acc = integer_conv_acc(q, 0, self.weight_codes().permute(0, 3, 1, 2), self.geometry)
         y = epilogue(acc, self.input_scale, self.weight_scale, self.bias, 1, residual=residual,
-                     residual_scale=self.residual_scale, relu=self.relu, out_scale=out_scale)
+                     residual_scale=self.residual_scale, relu=self.relu, out_scale=out_scale,
+                     out_range=self.out_range)
         return y.to(self.out_dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.geometry}, relu={self.relu}, out={str(self.out_dtype).removeprefix('torch.')}"
+        out = f"codes in {list(self.out_range)}" if self.out_dtype == torch.int8 else str(self.out_dtype)
+        weights = "packed int4" if self.packed else "int8"
+        return f"{self.geometry}, weights {weights}, relu={self.relu}, out={out.removeprefix('torch.')}"
 
 
 class Int8ResidualBlock(nn.Module):
@@ -131,21 +153,23 @@ class Int8ResidualBlock(nn.Module):
 class Int8ResNet(nn.Module):
     """float images -> int8 codes -> stem -> int8 max pool -> int8 blocks -> average pool -> FC (logits)."""
 
-    def __init__(self, stem: Int8Conv2d, maxpool: nn.MaxPool2d | None, blocks: list[Int8ResidualBlock],
-                 fc: IntegerLayer):
+    def __init__(self, stem: Int8Conv2d, input_spec: QuantSpec, maxpool: nn.MaxPool2d | None,
+                 blocks: list[Int8ResidualBlock], fc: IntegerLayer):
         super().__init__()
         self.stem = stem
+        self.input_spec = input_spec  # the format the images are quantized to (the stem's input)
         self.maxpool = maxpool
         self.blocks = nn.Sequential(*blocks)
         self.fc = fc
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.stem.input_scale
+        scale, spec = self.stem.input_scale, self.input_spec
         if _on_gpu_kernels(x):
             from ..kernels.triton import quantize_int8
 
-            return quantize_int8(x, scale)[0].contiguous(memory_format=torch.channels_last)
-        return quantize(x, _CODES, scale, torch.zeros((), dtype=torch.int32))
+            codes = quantize_int8(x, scale, qmin=spec.fmt.qmin, qmax=spec.fmt.qmax)[0]
+            return codes.contiguous(memory_format=torch.channels_last)
+        return quantize(x, spec, scale, torch.zeros((), dtype=torch.int32)).to(torch.int8)
 
     def pool(self, q: torch.Tensor) -> torch.Tensor:
         p = self.maxpool
@@ -190,17 +214,20 @@ def norm_affine(norm: nn.Module | None, channels: int, name: str) -> tuple[torch
 
 
 def _check_fusable(layer, name: str, codes_in: bool = True) -> None:
-    """``layer`` must be an int8 IntegerLayer; with ``codes_in``, one that reads int8 codes (_CODES)."""
+    """``layer`` must be an IntegerLayer with signed weights of at most 8 bits; with ``codes_in``,
+    one whose input codes are symmetric and fit int8 (s2..s8, u1..u7)."""
     if not isinstance(layer, IntegerLayer):
-        raise ConfigError(f"{name} is a {type(layer).__name__}, not an int8 layer: fuse_resnet takes a model "
-                          "returned by lowbit.quantize(model, 'int8', ...) with every conv and the FC quantized")
+        raise ConfigError(f"{name} is a {type(layer).__name__}, not an integer layer: fuse_resnet takes a model "
+                          "returned by lowbit.quantize(model, 'int8' or 'int4', ...) with every conv and the FC "
+                          "quantized")
     spec = layer.input_spec
-    if codes_in and not (spec.symmetric and spec.fmt == _CODES.fmt):
-        raise ConfigError(f"{name}: fused int8 layers pass symmetric signed 8-bit codes between them, but this "
-                          f"layer's input is {spec.describe()} (quantize with the int8 defaults for act_bits, "
-                          "act_symmetric and act_unsigned)")
-    if layer.qweight.dtype != torch.int8:
-        raise ConfigError(f"{name}: weights need at most 8 bits, got {layer.weight_spec.describe()}")
+    if codes_in and not (spec.symmetric and codes_fit_int8(spec.fmt)):
+        raise ConfigError(f"{name}: fused layers pass symmetric codes that fit int8 (s2..s8, u1..u7) between "
+                          f"them, but this layer's input is {spec.describe()} (quantize with act_symmetric=True, "
+                          "and act_bits=7 where act_unsigned applies)")
+    w = layer.weight_spec.fmt
+    if not w.signed or w.bits > 8:
+        raise ConfigError(f"{name}: weights need signed codes of at most 8 bits, got {layer.weight_spec.describe()}")
 
 
 def _stages(qmodel: nn.Module) -> list[nn.Module]:
@@ -239,35 +266,39 @@ def fuse_resnet(qmodel: nn.Module) -> Int8ResNet:
     blocks = [(f"layer{i + 1}.{j}", block) for i, stage in enumerate(stages) for j, block in enumerate(stage)]
     parts = [_block_parts(block, name) for name, block in blocks]
     _check_fusable(qmodel.fc, "fc", codes_in=False)  # the FC quantizes its float input itself
-    # every conv before any is read: the scale chain below reads the next conv's input_scale
+    # every conv before any is read: the chain below reads the next conv's input scale and format
     for conv, _, name in [(qmodel.conv1, None, "conv1")] + [c for p, s in parts for c in p + ([s] if s else [])]:
         _check_fusable(conv, name)
 
-    def in_scale(conv_parts):
-        return conv_parts[0][0].input_scale
+    def reader(conv: IntegerLayer) -> dict:
+        """How a conv's producer must write codes for it: at its input scale, in its input format."""
+        return {"output_scale": conv.input_scale, "out_range": (conv.input_spec.fmt.qmin, conv.input_spec.fmt.qmax)}
 
     fused_blocks = []
     for i, (convs, shortcut) in enumerate(parts):
-        block_scale = in_scale(convs)
-        next_scale = in_scale(parts[i + 1][0]) if i + 1 < len(parts) else None
-        fused_convs = [Int8Conv2d.from_integer(conv, norm, name, relu=True, output_scale=convs[j + 1][0].input_scale)
+        first = convs[0][0]
+        after = reader(parts[i + 1][0][0][0]) if i + 1 < len(parts) else {"output_scale": None}
+        fused_convs = [Int8Conv2d.from_integer(conv, norm, name, relu=True, **reader(convs[j + 1][0]))
                        for j, (conv, norm, name) in enumerate(convs[:-1])]
         conv, norm, name = convs[-1]
-        fused_convs.append(Int8Conv2d.from_integer(conv, norm, name, relu=True, output_scale=next_scale,
-                                                   residual_scale=block_scale if shortcut is None else None))
+        fused_convs.append(Int8Conv2d.from_integer(conv, norm, name, relu=True, **after,
+                                                   residual_scale=first.input_scale if shortcut is None else None))
         fused_shortcut = None
         if shortcut is not None:
             conv, norm, name = shortcut
-            if not torch.allclose(conv.input_scale, block_scale, rtol=1e-6, atol=0):
+            if (not torch.allclose(conv.input_scale, first.input_scale, rtol=1e-6, atol=0)
+                    or conv.input_spec != first.input_spec):
                 raise ConfigError(f"{name} and {convs[0][2]} read the same tensor but were calibrated to different "
-                                  f"scales ({float(conv.input_scale)} and {float(block_scale)}); the fused block "
-                                  "reads one int8 copy of it: calibrate both the same way")
+                                  f"scales or formats ({float(conv.input_scale)} {conv.input_spec.describe()} and "
+                                  f"{float(first.input_scale)} {first.input_spec.describe()}); the fused block reads "
+                                  "one copy of its codes: quantize both the same way")
             fused_shortcut = Int8Conv2d.from_integer(conv, norm, name, relu=False, output_scale=None,
                                                      float_dtype=torch.bfloat16)
         fused_blocks.append(Int8ResidualBlock(fused_convs, fused_shortcut))
     stem = Int8Conv2d.from_integer(qmodel.conv1, getattr(qmodel, "bn1", None), "conv1", relu=True,
-                                   output_scale=in_scale(parts[0][0]))
+                                   **reader(parts[0][0][0][0]))
     maxpool = getattr(qmodel, "maxpool", None)
     if maxpool is not None and (not isinstance(maxpool, nn.MaxPool2d) or maxpool.ceil_mode):
         raise ConfigError("qmodel.maxpool must be an nn.MaxPool2d with ceil_mode=False")
-    return Int8ResNet(stem, copy.deepcopy(maxpool), fused_blocks, copy.deepcopy(qmodel.fc)).eval()
+    return Int8ResNet(stem, qmodel.conv1.input_spec, copy.deepcopy(maxpool), fused_blocks,
+                      copy.deepcopy(qmodel.fc)).eval()

@@ -5,12 +5,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import QuantSpec
+from ..config import IntFormat, QuantSpec
 from ..kernels import triton_available
 from ..kernels.reference import integer_conv_acc, integer_linear_acc, rescale
-from ..numerics import qparams_for, quantize
+from ..numerics import pack_int4, qparams_for, quantize, unpack_int4
 from .geometry import LayerGeometry
 from .registry import register_layer
+
+
+def codes_fit_int8(fmt: IntFormat) -> bool:
+    """Whether every code of ``fmt`` fits an int8 tensor (s2..s8, u1..u7): the GPU kernels' operands."""
+    return fmt.qmin >= -128 and fmt.qmax <= 127
 
 
 @register_layer
@@ -18,7 +23,11 @@ class IntegerLayer(nn.Module):
     """A Linear / Conv1d / Conv2d computed in integers: the input is quantized with a
     calibrated per-tensor scale (and zero point), multiplied with integer weight codes
     (per-channel or per-tensor scales) into exact integer accumulators, then rescaled
-    and the float bias added (kernels/reference.py states the exact order)."""
+    and the float bias added (kernels/reference.py states the exact order).
+
+    Weights of 4 bits or fewer are stored packed, two codes per byte along the flattened
+    reduction axis: ``qweight`` is uint8 [O, ceil(K/2)] (lowbit.numerics.pack_int4), half
+    the bytes of int8 in memory and in checkpoints; :meth:`weight_codes` unpacks them."""
 
     layer_type = "integer"
 
@@ -31,7 +40,12 @@ class IntegerLayer(nn.Module):
         self.input_spec = input_spec
         self.info = dict(info or {})  # scheme, calibrator, amax: carried into checkpoints
         scale_shape = (geometry.out_channels,) if weight_spec.granularity == "channel" else ()
-        self.register_buffer("qweight", torch.zeros(geometry.weight_shape, dtype=weight_spec.fmt.storage_dtype))
+        self.packed = weight_spec.fmt.bits <= 4
+        if self.packed:
+            qweight = torch.zeros(geometry.out_channels, (geometry.reduction_size + 1) // 2, dtype=torch.uint8)
+        else:
+            qweight = torch.zeros(geometry.weight_shape, dtype=weight_spec.fmt.storage_dtype)
+        self.register_buffer("qweight", qweight)
         self.register_buffer("weight_scale", torch.ones(scale_shape))
         self.register_buffer("input_scale", torch.ones(()))
         self.register_buffer("input_zero_point", torch.zeros((), dtype=torch.int32))
@@ -45,7 +59,8 @@ class IntegerLayer(nn.Module):
         w = fake.weight.detach()
         scale, zero = qparams_for(w, fake.weight_spec)
         layer.to(w.device)
-        layer.qweight.copy_(quantize(w, fake.weight_spec, scale, zero))
+        codes = quantize(w, fake.weight_spec, scale, zero)
+        layer.qweight.copy_(pack_int4(codes.reshape(len(codes), -1), fake.weight_spec.fmt.signed) if layer.packed else codes)
         layer.weight_scale.copy_(scale)
         layer.input_scale.copy_(iq.scale)
         layer.input_zero_point.copy_(iq.zero_point)
@@ -53,18 +68,27 @@ class IntegerLayer(nn.Module):
             layer.bias.copy_(fake.bias.detach().float())
         return layer
 
+    def weight_codes(self) -> torch.Tensor:
+        """The weight codes in the layer's weight shape (unpacked when stored packed)."""
+        if not self.packed:
+            return self.qweight
+        codes = unpack_int4(self.qweight, self.geometry.reduction_size, signed=self.weight_spec.fmt.signed)
+        return codes.reshape(self.geometry.weight_shape)
+
     def _uses_gemm_kernel(self, x: torch.Tensor) -> bool:
-        """On CUDA a linear layer with int8 codes and a symmetric signed input runs the Triton
-        INT8 GEMM (kernels/triton), which computes the same integers and epilogue."""
-        return (x.is_cuda and self.geometry.kind == "linear" and self.qweight.dtype == torch.int8
-                and self.input_spec.symmetric and self.input_spec.fmt.signed and self.input_spec.fmt.bits <= 8
+        """On CUDA a linear layer with int8 (or packed signed int4) weights and a symmetric input whose
+        codes fit int8 runs the Triton GEMM (kernels/triton), which computes the same integers and epilogue."""
+        return (x.is_cuda and self.geometry.kind == "linear" and self.weight_spec.fmt.signed
+                and self.qweight.dtype in (torch.int8, torch.uint8) and self.input_spec.symmetric
+                and codes_fit_int8(self.input_spec.fmt)
                 and x.dtype in (torch.float32, torch.bfloat16, torch.float16) and triton_available())
 
     def _gemm_kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
         from ..kernels.triton import int8_gemm, quantize_int8
 
         x2 = x.reshape(-1, x.shape[-1])
-        qx, _ = quantize_int8(x2, self.input_scale, qmax=self.input_spec.fmt.qmax)
+        fmt = self.input_spec.fmt
+        qx, _ = quantize_int8(x2, self.input_scale, qmin=fmt.qmin, qmax=fmt.qmax)
         w_scale = self.weight_scale.expand(self.geometry.out_channels).contiguous()
         y = int8_gemm(qx, self.qweight, self.input_scale, w_scale, self.bias, out_dtype=x.dtype)
         return y.reshape(*x.shape[:-1], self.geometry.out_channels)
@@ -74,10 +98,11 @@ class IntegerLayer(nn.Module):
             return self._gemm_kernel_forward(x)
         qx = quantize(x, self.input_spec, self.input_scale, self.input_zero_point)
         zx = int(self.input_zero_point)
+        qw = self.weight_codes()
         if self.geometry.kind == "linear":
-            acc, channel_dim = integer_linear_acc(qx, zx, self.qweight), -1
+            acc, channel_dim = integer_linear_acc(qx, zx, qw), -1
         else:
-            acc, channel_dim = integer_conv_acc(qx, zx, self.qweight, self.geometry), 1
+            acc, channel_dim = integer_conv_acc(qx, zx, qw, self.geometry), 1
         return rescale(acc, self.input_scale, self.weight_scale, self.bias, channel_dim).to(x.dtype)
 
     def describe(self) -> dict:

@@ -23,6 +23,8 @@ class Scheme:
     summary: ClassVar[str]
     defaults: ClassVar[dict]
     needs_calibration: ClassVar[bool] = True
+    # The calibrator (and its options) used when the caller names none.
+    default_calibrator: ClassVar[tuple[str, dict]] = ("entropy", {})
 
     def __init__(self, **options):
         unknown = sorted(set(options) - set(self.defaults))
@@ -34,6 +36,11 @@ class Scheme:
 
     def validate(self) -> None:
         """Raise ConfigError for invalid option values."""
+
+    def layer_policy(self, names: list[str]) -> dict[str, dict]:
+        """Option changes for particular layers, given every quantizable layer's name in model
+        order (e.g. "keep the first and last layer at 8 bits"). Users' overrides win over it."""
+        return {}
 
     def prepare(self, module: nn.Module, name: str, calibrator: str, calibrator_options: dict) -> nn.Module:
         raise NotImplementedError

@@ -135,15 +135,46 @@ def test_static_quantize_keeps_layout():
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[2], (2, 128, 9, 7, 200, (3, 3), (2, 1), (1, 1, 1, 1), (1, 1))],
                          ids=["generic", "c48", "aligned"])
-def test_every_config_is_exact(case, pinned_config):
+@pytest.mark.parametrize("int4", [False, True], ids=["int8", "int4"])
+def test_every_config_is_exact(case, int4, pinned_config):
     """Tests run one config per shape (LOWBIT_AUTOTUNE=0); here each candidate runs alone."""
     from lowbit.kernels.triton import conv, conv_weight_nhwc, int8_conv2d
+    from lowbit.numerics import pack_int4
 
     x, wt, geo = _case(*case, seed=11)
+    if int4:
+        if geo.in_channels % 2:
+            pytest.skip("packed INT4 needs an even channel count")
+        wt = torch.clamp(wt, -8, 7)
     ref = _acc_ref(x, wt, geo)
+    w = pack_int4(conv_weight_nhwc(wt)) if int4 else conv_weight_nhwc(wt)
     one, ones = torch.ones((), device="cuda"), torch.ones(geo.out_channels, device="cuda")
     for config in conv.conv_configs():
         with pinned_config(conv._int8_conv_kernel, config):
-            acc = int8_conv2d(x, conv_weight_nhwc(wt), one, ones, stride=geo.stride, pads=geo.pads,
-                              dilation=geo.dilation, out_dtype=torch.int32)
+            acc = int8_conv2d(x, w, one, ones, stride=geo.stride, pads=geo.pads, dilation=geo.dilation,
+                              out_dtype=torch.int32)
         assert torch.equal(acc.cpu(), ref), config
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[3], CASES[6], CASES[8]],
+                         ids=["c64k3", "c48", "c128k1", "c64k5x1", "c512k3"])
+def test_packed_int4_weights_exact(case):
+    from lowbit.kernels.triton import conv_weight_nhwc, int8_conv2d
+    from lowbit.numerics import pack_int4
+
+    x, _, geo = _case(*case, seed=5)
+    g = torch.Generator(device="cuda").manual_seed(6)
+    wt = torch.randint(-8, 8, (geo.out_channels, geo.in_channels, *geo.kernel_size), dtype=torch.int8,
+                       device="cuda", generator=g)
+    packed = pack_int4(conv_weight_nhwc(wt))
+    one, ones = torch.ones((), device="cuda"), torch.ones(geo.out_channels, device="cuda")
+    acc = int8_conv2d(x, packed, one, ones, stride=geo.stride, pads=geo.pads, dilation=geo.dilation,
+                      out_dtype=torch.int32)
+    assert torch.equal(acc.cpu(), _acc_ref(x, wt, geo))
+    codes = int8_conv2d(x, packed, torch.tensor(0.01, device="cuda"), ones * 0.01, relu=True, stride=geo.stride,
+                        pads=geo.pads, dilation=geo.dilation, out_scale=0.02, out_range=(0, 15))
+    ref = epilogue(_acc_ref(x, wt, geo), torch.tensor(0.01), torch.ones(geo.out_channels) * 0.01, None, 1,
+                   relu=True, out_scale=torch.tensor(0.02), out_range=(0, 15))
+    assert torch.equal(codes.cpu(), ref)
+    with pytest.raises(ValueError, match="even channel count"):
+        int8_conv2d(x[:, :1], packed[..., :1], one, ones, stride=geo.stride, pads=geo.pads, dilation=geo.dilation)

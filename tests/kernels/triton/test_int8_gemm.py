@@ -173,3 +173,76 @@ def test_every_config_is_exact(m, k, n, pinned_config):
         with pinned_config(kernel, config):
             acc = int8_gemm(a, w, torch.ones((), device="cuda"), torch.ones(n, device="cuda"), out_dtype=torch.int32)
         assert torch.equal(acc.cpu().long(), ref), config
+
+
+def _int4_operands(m, k, n, seed):
+    from lowbit.numerics import pack_int4
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    a = torch.randint(-127, 128, (m, k), dtype=torch.int8, device="cuda", generator=g)
+    w = torch.randint(-8, 8, (n, k), dtype=torch.int8, device="cuda", generator=g)
+    return a, w, pack_int4(w)
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_packed_int4_weights_exact(m, k, n):
+    """Packed signed INT4 weights (odd K included: the last byte's high nibble is padding)."""
+    from lowbit.kernels.triton import int8_gemm
+
+    a, w, packed = _int4_operands(m, k, n, seed=m * 3 + k + n)
+    assert packed.dtype == torch.uint8 and packed.shape == (n, (k + 1) // 2)
+    acc = int8_gemm(a, packed, torch.ones((), device="cuda"), torch.ones(n, device="cuda"), out_dtype=torch.int32)
+    assert torch.equal(acc.cpu().long(), a.cpu().long() @ w.cpu().long().t())
+
+
+@pytest.mark.parametrize("m,k,n", [(300, 129, 257), (17, 2001, 300)], ids=["tile", "split_k"])
+def test_every_config_is_exact_with_packed_int4(m, k, n, pinned_config):
+    from lowbit.kernels.triton import gemm, int8_gemm
+
+    a, w, packed = _int4_operands(m, k, n, seed=7)
+    kernel, configs = ((gemm._int8_gemm_splitk_kernel, gemm._splitk_configs()) if m <= gemm.SMALL_M
+                       else (gemm._int8_gemm_kernel, gemm._tile_configs()))
+    ref = a.cpu().long() @ w.cpu().long().t()
+    for config in configs:
+        with pinned_config(kernel, config):
+            acc = int8_gemm(a, packed, torch.ones((), device="cuda"), torch.ones(n, device="cuda"),
+                            out_dtype=torch.int32)
+        assert torch.equal(acc.cpu().long(), ref), config
+
+
+def test_unsigned_codes_out_and_in():
+    """u4 output codes ([0, 15]) from the epilogue, and u4 input codes from the quantizer."""
+    from lowbit.kernels.triton import int8_gemm, quantize_int8
+
+    a, w, packed = _int4_operands(40, 256, 72, seed=9)
+    sa, sw = torch.tensor(0.02, device="cuda"), torch.full((72,), 0.01, device="cuda")
+    out = int8_gemm(a, packed, sa, sw, out_dtype=torch.int8, out_scale=0.05, out_range=(0, 15))
+    ref = epilogue(a.cpu().long() @ w.cpu().long().t(), sa.cpu(), sw.cpu(), None, -1, out_scale=torch.tensor(0.05),
+                   out_range=(0, 15))
+    assert torch.equal(out.cpu(), ref) and int(out.min()) == 0 and int(out.max()) == 15
+    x = torch.randn(33, 65, device="cuda")
+    q, _ = quantize_int8(x, torch.tensor(0.1, device="cuda"), qmin=0, qmax=15)
+    spec = QuantSpec(IntFormat(4, signed=False))
+    assert torch.equal(q.cpu(), quantize(x.cpu(), spec, torch.tensor(0.1), torch.zeros((), dtype=torch.int32)))
+    with pytest.raises(ValueError, match="out_range"):
+        int8_gemm(a, packed, sa, sw, out_dtype=torch.int8, out_scale=0.05, out_range=(0, 200))
+    with pytest.raises(ValueError, match=r"w \(packed INT4\) has shape \(72, 127\), expected \(72, 128\)"):
+        int8_gemm(a, packed[:, :127], sa, sw)
+
+
+def test_int4_linear_on_cuda_runs_the_kernel():
+    import copy
+
+    from torch import nn
+
+    import lowbit
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(301, 130), nn.ReLU(), nn.Linear(130, 64), nn.ReLU(), nn.Linear(64, 10))
+    q_cpu = lowbit.quantize(model, "int4", [torch.randn(16, 301) for _ in range(2)], "max")
+    middle = q_cpu[2]
+    assert middle.packed and middle.input_spec.fmt.name == "u4"
+    q_gpu = copy.deepcopy(q_cpu).cuda()
+    x = torch.randn(9, 301)
+    with torch.no_grad():
+        assert torch.equal(q_gpu(x.cuda()).cpu(), q_cpu(x))

@@ -1,7 +1,8 @@
 """INT8 convolution as an implicit GEMM on channels-last int8 tensors (Triton, Hopper tensor cores).
 
 GEMM view: M = B*OH*OW output pixels, N = output channels, K = KH*KW*C ordered (kh, kw, c), with the
-weight stored [O, KH, KW, C] (:func:`conv_weight_nhwc`). Each A tile is gathered straight from the
+weight stored [O, KH, KW, C] (:func:`conv_weight_nhwc`), int8 or signed INT4 packed along C into
+[O, KH, KW, C/2] bytes (C even), whose nibbles meet the even and odd channels in two int8 dots, as in the GEMM. Each A tile is gathered straight from the
 input, no im2col in memory: when C is a multiple of BLOCK_K a k block lies inside one (kh, kw) tap and
 is contiguous; otherwise (the 3-channel stem) each element's tap is decoded. Padding reads code 0,
 which is real 0 for the symmetric activations this kernel takes. The epilogue is the GEMM's
@@ -15,8 +16,8 @@ import triton
 import triton.language as tl
 
 from .autotune import candidate_configs
-from .gemm import (_OUT_KINDS, _check, _epilogue, _grouped_tile, check_int32_accumulation, check_int32_indexable,
-                   scale_arg)
+from .gemm import (_OUT_KINDS, _check, _epilogue, _grouped_tile, _dot_weights, check_int32_accumulation,
+                   check_int32_indexable, check_out_range, scale_arg)
 
 
 def conv_configs():
@@ -32,7 +33,8 @@ def _keep_aligned_configs(configs, named_args, **kwargs):
     return aligned or configs
 
 
-@triton.autotune(configs=candidate_configs(conv_configs()), key=["M", "N", "K", "C", "KW", "OUT_KIND", "RES_KIND"],
+@triton.autotune(configs=candidate_configs(conv_configs()),
+                 key=["M", "N", "K", "C", "KW", "OUT_KIND", "RES_KIND", "W_PACKED"],
                  prune_configs_by={"early_config_prune": _keep_aligned_configs})
 @triton.heuristics({"C_ALIGNED": lambda args: args["C"] % args["BLOCK_K"] == 0})
 @triton.jit
@@ -40,21 +42,20 @@ def _int8_conv_kernel(x_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale
                       M, N, K, C, H, W, OH, OW, KW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                       sxb, sxh, sxw, stride_om, stride_on, stride_rm, stride_rn,
                       HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr, RES_KIND: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                      QMIN: tl.constexpr, QMAX: tl.constexpr, W_PACKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                       C_ALIGNED: tl.constexpr):
     pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
-    mask_n = offs_n[None, :] < N
     ow = offs_m % OW
     oh = (offs_m // OW) % OH
     img = offs_m // (OW * OH)
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
     row_ptr = x_ptr + img.to(tl.int64) * sxb  # [BLOCK_M]: the image each output pixel reads
-    w_ptrs = w_ptr + offs_n[None, :] * K + offs_k[:, None]  # [BLOCK_K, BLOCK_N] view of W^T
+    stride_wn = K // 2 if W_PACKED else K
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for kb in range(0, tl.cdiv(K, BLOCK_K)):
         k0 = kb * BLOCK_K
@@ -67,7 +68,7 @@ def _int8_conv_kernel(x_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale
             inside = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a_ptrs = row_ptr + ih * sxh + iw * sxw + c0
             a = tl.load(a_ptrs[:, None] + offs_k[None, :], mask=inside[:, None], other=0)
-            w = tl.load(w_ptrs, mask=mask_n, other=0)
+            acc = _dot_weights(acc, a, w_ptr, offs_n, k0, N, K, stride_wn, 1, BLOCK_M, BLOCK_K, BLOCK_N, W_PACKED, False)
         else:  # decode (kh, kw, c) per element
             k = k0 + offs_k
             c = k % C
@@ -77,11 +78,9 @@ def _int8_conv_kernel(x_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale
             iw = iw0[:, None] + ((tap - kh * KW) * dil_w)[None, :]
             inside = mask_m[:, None] & (k[None, :] < K) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a = tl.load(row_ptr[:, None] + ih * sxh + iw * sxw + c[None, :], mask=inside, other=0)
-            w = tl.load(w_ptrs, mask=mask_n & (k[:, None] < K), other=0)
-        acc = tl.dot(a, w, acc, out_dtype=tl.int32)
-        w_ptrs += BLOCK_K
+            acc = _dot_weights(acc, a, w_ptr, offs_n, k0, N, K, stride_wn, 1, BLOCK_M, BLOCK_K, BLOCK_N, W_PACKED, True)
     _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr,
-              res_ptr, stride_rm, stride_rn, res_scale_ptr, False, HAS_BIAS, ACT, OUT_KIND, RES_KIND)
+              res_ptr, stride_rm, stride_rn, res_scale_ptr, False, HAS_BIAS, ACT, OUT_KIND, RES_KIND, QMIN, QMAX)
 
 
 def conv_weight_nhwc(weight: torch.Tensor) -> torch.Tensor:
@@ -97,14 +96,15 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_scale
                 bias: torch.Tensor | None = None, *, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1),
                 residual: torch.Tensor | None = None, residual_scale: float | torch.Tensor | None = None,
                 relu: bool = False, out_dtype: torch.dtype = torch.int8,
-                out_scale: float | torch.Tensor | None = None) -> torch.Tensor:
+                out_scale: float | torch.Tensor | None = None, out_range: tuple[int, int] = (-127, 127)) -> torch.Tensor:
     """Convolution of int8 codes, groups = 1, zero padding.
 
     x [B, C, H, W] int8 (channels-last memory is read directly; other layouts are copied to it),
-    w [O, KH, KW, C] int8 (:func:`conv_weight_nhwc`), x_scale float32 scalar, w_scale float32 [O],
+    w [O, KH, KW, C] int8 (:func:`conv_weight_nhwc`) or signed INT4 packed along C, uint8
+    [O, KH, KW, C/2] (C even), x_scale float32 scalar, w_scale float32 [O],
     bias float32 [O], pads in F.pad order (left, right, top, bottom). ``residual`` [B, O, OH, OW]
     is int8 codes with ``residual_scale``, or bf16 / float32. Returns [B, O, OH, OW] channels-last:
-    int8 codes at ``out_scale``, float, or the raw int32 accumulators. Scales are float32 scalar
+    int8 codes in ``out_range`` at ``out_scale``, float, or the raw int32 accumulators. Scales are float32 scalar
     tensors (or Python numbers); the call never waits for the GPU, so it can be graph-captured.
     """
     if x.dim() != 4 or w.dim() != 4:
@@ -115,9 +115,16 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_scale
     b, c, h, wd = x.shape
     o, kh, kw = w.shape[:3]
     _check(x, "x", torch.int8, device)
-    _check(w, "w", torch.int8, device, (o, kh, kw, c))
+    packed = w.dtype == torch.uint8
+    if packed:
+        if c % 2:
+            raise ValueError(f"packed INT4 conv weights need an even channel count, x has {c} channels")
+        _check(w, "w (packed INT4)", torch.uint8, device, (o, kh, kw, c // 2))
+    else:
+        _check(w, "w", torch.int8, device, (o, kh, kw, c))
     if not w.is_contiguous():
         raise ValueError("w must be contiguous [O, KH, KW, C] (see conv_weight_nhwc)")
+    qmin, qmax = check_out_range(out_range)
     _check(x_scale, "x_scale", torch.float32, device, ())
     _check(w_scale, "w_scale", torch.float32, device, (o,))
     if bias is not None:
@@ -158,5 +165,6 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_scale
         x, w, out, x_scale, w_scale, bias_arg, out_scale, res_arg, res_scale,
         m, o, k, c, h, wd, oh, ow, kw, sh, sw, pt, pl, dh, dw,
         x.stride(0), x.stride(2), x.stride(3), o, 1, o, 1,
-        HAS_BIAS=bias is not None, ACT=1 if relu else 0, OUT_KIND=kind, RES_KIND=res_kind, enable_fp_fusion=False)
+        HAS_BIAS=bias is not None, ACT=1 if relu else 0, OUT_KIND=kind, RES_KIND=res_kind, QMIN=qmin, QMAX=qmax,
+        W_PACKED=packed, enable_fp_fusion=False)
     return out

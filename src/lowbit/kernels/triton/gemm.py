@@ -1,11 +1,14 @@
 """INT8 GEMM for Hopper in Triton: int8 x int8 -> int32 on tensor cores, fused epilogue.
 
+The weights are int8, or signed INT4 packed two per byte (lowbit.numerics.pack_int4): Hopper has no
+INT4 tensor cores, so the nibbles are sign-extended to int8 in registers and the dots are int8 ones;
+INT4 halves the bytes streamed from memory, which is what bounds small batches.
 Computes exactly what kernels/reference.py defines for an integer linear layer:
   acc[m, n] = sum_k a[m, k] * w[n, k]                         (int32, exact)
   y[m, n]   = float32(acc) * (sa[m or 0] * sw[n]) + bias[n]    then ReLU/GELU, then the output cast
-Output: bf16/fp16/fp32, the raw int32 accumulators (for exactness checks), or int8
+Output: bf16/fp16/fp32, the raw int32 accumulators (for exactness checks), or int8 codes
 requantized with a per-tensor ``out_scale`` (times its float32 reciprocal, round half even, saturating
-to [-127, 127]).
+to ``out_range``: [-127, 127] for s8, [0, 15] for u4...).
 Scales are read from device memory (float32 scalar tensors; Python floats are put there), so a
 call never waits for the GPU and can be captured in a CUDA graph.
 """
@@ -33,7 +36,8 @@ def _tile_configs():
 
 def _splitk_configs():
     return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_stages=s, num_warps=4)
-            for bn, bk, sk, s in [(64, 256, 2, 3), (64, 256, 2, 5), (64, 128, 8, 3), (128, 256, 2, 3)]]
+            for bn, bk, sk, s in [(64, 256, 2, 3), (64, 256, 2, 5), (64, 128, 8, 3), (128, 256, 2, 3),
+                                  (64, 512, 2, 3)]]  # the last: packed INT4 moves as many bytes per step
 
 
 @triton.jit
@@ -50,10 +54,35 @@ def _grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: t
 
 
 @triton.jit
+def _dot_weights(acc, a, w_ptr, offs_n, k0, N, K, stride_wn, stride_wk, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                 BLOCK_N: tl.constexpr, W_PACKED: tl.constexpr, MASK_K: tl.constexpr):
+    """acc + a @ W^T[k0 : k0+BLOCK_K]: ``a`` is the int8 [BLOCK_M, BLOCK_K] tile of inputs k0..; W rows past
+    N (and past K with MASK_K) read 0. W is int8 [N, K], or with W_PACKED uint8 [N, ceil(K/2)] rows of
+    unit stride, code 2i in the low nibble of byte i and 2i+1 in the high one (an odd K's last high
+    nibble is code 0). Packed bytes are not re-interleaved: the low nibbles (sign-extended by shifts)
+    meet the even inputs and the high nibbles the odd ones, in two int8 dots of half the depth."""
+    mask_n = offs_n[None, :] < N
+    if W_PACKED:
+        offs_b = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        mask = mask_n & (offs_b[:, None] < (K + 1) // 2) if MASK_K else mask_n
+        p = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_b[:, None], mask=mask, other=0)
+        p = p.to(tl.int8, bitcast=True)  # [BLOCK_K/2, BLOCK_N]
+        a_even, a_odd = tl.split(tl.reshape(a, (BLOCK_M, BLOCK_K // 2, 2)))
+        acc = tl.dot(a_even, (p << 4) >> 4, acc, out_dtype=tl.int32)
+        acc = tl.dot(a_odd, p >> 4, acc, out_dtype=tl.int32)
+    else:
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask = mask_n & (offs_k[:, None] < K) if MASK_K else mask_n
+        w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk, mask=mask, other=0)
+        acc = tl.dot(a, w, acc, out_dtype=tl.int32)
+    return acc
+
+
+@triton.jit
 def _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr,
               res_ptr, stride_rm, stride_rn, res_scale_ptr,
               PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr,
-              RES_KIND: tl.constexpr):
+              RES_KIND: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
     """int32 tile -> output, in the order of kernels/reference.py's ``epilogue``: float32(acc) * (sa * sw)
     + bias, + residual (RES_KIND 1: int8 codes * res_scale, 2: float), activation, cast or requantize.
     Launches pass enable_fp_fusion=False: a fused multiply-add would round differently from the reference."""
@@ -81,20 +110,21 @@ def _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, 
             y = tl.maximum(y, 0.0)
         elif ACT == 2:
             y = 0.5 * y * (1.0 + libdevice.erf(y * 0.7071067811865476))
-        if OUT_KIND == 1:  # requantize to int8 for the next layer
+        if OUT_KIND == 1:  # requantize to the next layer's codes
             q = libdevice.rint(y * tl.math.div_rn(1.0, tl.load(out_scale_ptr)))
-            q = tl.minimum(tl.maximum(q, -127.0), 127.0)
+            q = tl.minimum(tl.maximum(q, QMIN * 1.0), QMAX * 1.0)
             tl.store(out_ptrs, q.to(tl.int8), mask=out_mask)
         else:
             tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-@triton.autotune(configs=candidate_configs(_tile_configs()), key=["M_BUCKET", "N", "K", "OUT_KIND"])
+@triton.autotune(configs=candidate_configs(_tile_configs()), key=["M_BUCKET", "N", "K", "OUT_KIND", "W_PACKED"])
 @triton.jit
 def _int8_gemm_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr,
                       M, N, K, M_BUCKET,
                       stride_am, stride_ak, stride_wn, stride_wk, stride_om, stride_on,
                       PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr,
+                      QMIN: tl.constexpr, QMAX: tl.constexpr, W_PACKED: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
@@ -102,28 +132,25 @@ def _int8_gemm_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
-    w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk  # [BLOCK_K, BLOCK_N] view of W^T
     mask_m = offs_m[:, None] < M
-    mask_n = offs_n[None, :] < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
-        k_left = K - k * BLOCK_K
-        a = tl.load(a_ptrs, mask=mask_m & (offs_k[None, :] < k_left), other=0)
-        w = tl.load(w_ptrs, mask=mask_n & (offs_k[:, None] < k_left), other=0)
-        acc = tl.dot(a, w, acc, out_dtype=tl.int32)
+        a = tl.load(a_ptrs, mask=mask_m & (offs_k[None, :] < K - k * BLOCK_K), other=0)
+        acc = _dot_weights(acc, a, w_ptr, offs_n, k * BLOCK_K, N, K, stride_wn, stride_wk, BLOCK_M, BLOCK_K, BLOCK_N,
+                           W_PACKED, True)
         a_ptrs += BLOCK_K * stride_ak
-        w_ptrs += BLOCK_K * stride_wk
     _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr,
-              out_ptr, 0, 0, out_scale_ptr, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, 0)
+              out_ptr, 0, 0, out_scale_ptr, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, 0, QMIN, QMAX)
 
 
-@triton.autotune(configs=candidate_configs(_splitk_configs()), key=["M_BUCKET", "N", "K", "OUT_KIND"])
+@triton.autotune(configs=candidate_configs(_splitk_configs()), key=["M_BUCKET", "N", "K", "OUT_KIND", "W_PACKED"])
 @triton.jit
 def _int8_gemm_splitk_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr, ws_ptr, count_ptr,
                              M, N, K, M_BUCKET,
                              stride_am, stride_ak, stride_wn, stride_wk, stride_om, stride_on,
                              PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-                             OUT_KIND: tl.constexpr, BLOCK_M: tl.constexpr,
+                             OUT_KIND: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
+                             W_PACKED: tl.constexpr, BLOCK_M: tl.constexpr,
                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
     """Few rows: the weights dominate, so K is split over SPLIT_K programs per column tile
     to put every SM to streaming them. Partial sums meet in an int32 workspace by atomic
@@ -138,17 +165,14 @@ def _int8_gemm_splitk_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, ou
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = k_start + tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
-    w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
     mask_m = offs_m[:, None] < M
     mask_n = offs_n[None, :] < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for kk in range(0, k_per_split, BLOCK_K):  # k_per_split is a multiple of BLOCK_K: only K itself masks
-        k_left = K - k_start - kk
-        a = tl.load(a_ptrs, mask=mask_m & (tl.arange(0, BLOCK_K)[None, :] < k_left), other=0)
-        w = tl.load(w_ptrs, mask=mask_n & (tl.arange(0, BLOCK_K)[:, None] < k_left), other=0)
-        acc = tl.dot(a, w, acc, out_dtype=tl.int32)
+        a = tl.load(a_ptrs, mask=mask_m & (tl.arange(0, BLOCK_K)[None, :] < K - k_start - kk), other=0)
+        acc = _dot_weights(acc, a, w_ptr, offs_n, k_start + kk, N, K, stride_wn, stride_wk, BLOCK_M, BLOCK_K,
+                           BLOCK_N, W_PACKED, True)
         a_ptrs += BLOCK_K * stride_ak
-        w_ptrs += BLOCK_K * stride_wk
     ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
     tile_mask = mask_m & mask_n
     tl.atomic_add(ws_ptrs, acc, mask=tile_mask, sem="relaxed")
@@ -160,7 +184,7 @@ def _int8_gemm_splitk_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, ou
         tl.store(ws_ptrs, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32), mask=tile_mask)
         tl.atomic_xchg(count_ptr + pid_n, 0)
         _epilogue(total, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr,
-                  out_scale_ptr, out_ptr, 0, 0, out_scale_ptr, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, 0)
+                  out_scale_ptr, out_ptr, 0, 0, out_scale_ptr, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, 0, QMIN, QMAX)
 
 
 _WORKSPACES: dict = {}
@@ -202,6 +226,28 @@ def check_int32_indexable(t: torch.Tensor | None, name: str, kernel: str) -> Non
         raise ValueError(f"{name} has {t.numel()} elements; {kernel} indexes with 32 bits: split the batch")
 
 
+def check_weight(w: torch.Tensor, n: int, k: int, device: torch.device, kernel: str) -> bool:
+    """``w`` must be int8 [n, k] or packed INT4, uint8 [n, ceil(k/2)] with contiguous rows; True if packed."""
+    if w.dtype == torch.uint8:
+        _check(w, "w (packed INT4)", torch.uint8, device, (n, (k + 1) // 2))
+        if w.shape[1] > 1 and w.stride(1) != 1:
+            raise ValueError(f"{kernel}: packed INT4 weights need contiguous rows (stride 1 along K)")
+        return True
+    _check(w, "w", torch.int8, device, (n, k))
+    return False
+
+
+def check_out_range(out_range) -> tuple[int, int]:
+    """(qmin, qmax) of int8 output codes: inside [-128, 127], qmin < qmax."""
+    try:
+        qmin, qmax = (int(v) for v in out_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"out_range={out_range!r}: expected (qmin, qmax)") from None
+    if not -128 <= qmin < qmax <= 127:
+        raise ValueError(f"out_range={out_range!r}: int8 codes need -128 <= qmin < qmax <= 127")
+    return qmin, qmax
+
+
 def scale_arg(value, name: str, device: torch.device) -> torch.Tensor:
     """A per-tensor scale as the float32 scalar tensor kernels read. A tensor is taken as it is
     (its value is not checked: that would wait for the GPU); a Python number must be > 0."""
@@ -217,9 +263,11 @@ def scale_arg(value, name: str, device: torch.device) -> torch.Tensor:
 
 def int8_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: torch.Tensor,
               bias: torch.Tensor | None = None, *, activation: str | None = None,
-              out_dtype: torch.dtype = torch.bfloat16, out_scale: float | torch.Tensor | None = None) -> torch.Tensor:
-    """a [M, K] int8 (any strides), w [N, K] int8, a_scale float32 scalar or [M] (per token),
-    w_scale float32 [N], bias float32 [N] -> [M, N] in ``out_dtype``."""
+              out_dtype: torch.dtype = torch.bfloat16, out_scale: float | torch.Tensor | None = None,
+              out_range: tuple[int, int] = (-127, 127)) -> torch.Tensor:
+    """a [M, K] int8 (any strides), w [N, K] int8 or packed signed INT4 uint8 [N, ceil(K/2)]
+    (lowbit.numerics.pack_int4), a_scale float32 scalar or [M] (per token), w_scale float32 [N],
+    bias float32 [N] -> [M, N] in ``out_dtype`` (int8: codes in ``out_range`` at ``out_scale``)."""
     if a.dim() != 2 or w.dim() != 2:
         raise ValueError(f"int8_gemm takes 2-D a and w, got {tuple(a.shape)} and {tuple(w.shape)}")
     device = a.device
@@ -228,7 +276,8 @@ def int8_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: 
     m, k = a.shape
     n = w.shape[0]
     _check(a, "a", torch.int8, device)
-    _check(w, "w", torch.int8, device, (n, k))
+    packed = check_weight(w, n, k, device, "int8_gemm")
+    qmin, qmax = check_out_range(out_range)
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation={activation!r}: expected one of None, 'relu', 'gelu'")
     if out_dtype not in _OUT_KINDS:
@@ -240,7 +289,7 @@ def int8_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: 
     if m == 0 or n == 0:
         return out
     if k == 0:
-        return out.zero_() if kind == 0 else _empty_k(m, n, bias, activation, out_dtype, out_scale, device)
+        return out.zero_() if kind == 0 else _empty_k(m, n, bias, activation, out_dtype, out_scale, out_range, device)
     per_token = a_scale.dim() == 1
     _check(a_scale, "a_scale", torch.float32, device, (m,) if per_token else ())
     _check(w_scale, "w_scale", torch.float32, device, (n,))
@@ -249,7 +298,8 @@ def int8_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: 
 
     common = (m, n, k, triton.next_power_of_2(m) if m <= 256 else 512 * triton.cdiv(m, 512),
               a.stride(0), a.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1))
-    flags = {"PER_TOKEN": per_token, "HAS_BIAS": bias is not None, "ACT": _ACTIVATIONS[activation], "OUT_KIND": kind}
+    flags = {"PER_TOKEN": per_token, "HAS_BIAS": bias is not None, "ACT": _ACTIVATIONS[activation], "OUT_KIND": kind,
+             "QMIN": qmin, "QMAX": qmax, "W_PACKED": packed}
     bias_arg = bias if bias is not None else w_scale  # never read without HAS_BIAS
     out_scale_arg = out_scale if out_scale is not None else w_scale  # read only for int8 output
     if m <= SMALL_M:
@@ -263,7 +313,7 @@ def int8_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: 
     return out
 
 
-def _empty_k(m, n, bias, activation, out_dtype, out_scale, device):
+def _empty_k(m, n, bias, activation, out_dtype, out_scale, out_range, device):
     """K = 0: the sum is empty, so the output is the epilogue of zero."""
     y = torch.zeros(m, n, device=device) + (bias if bias is not None else 0.0)
     if activation == "relu":
@@ -271,5 +321,5 @@ def _empty_k(m, n, bias, activation, out_dtype, out_scale, device):
     elif activation == "gelu":
         y = torch.nn.functional.gelu(y)
     if out_dtype == torch.int8:
-        return torch.clamp(torch.round(y * torch.reciprocal(out_scale)), -127, 127).to(torch.int8)
+        return torch.clamp(torch.round(y * torch.reciprocal(out_scale)), *out_range).to(torch.int8)
     return y.to(out_dtype)

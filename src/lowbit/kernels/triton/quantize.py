@@ -1,5 +1,6 @@
 """Activation quantization to int8 on the GPU, matching lowbit.numerics.quantize exactly:
-q = clamp(round_half_even(float32(x) / scale), -127, 127), with IEEE division."""
+q = clamp(round_half_even(float32(x) / scale), qmin, qmax), with IEEE division ([-127, 127] for s8,
+[0, 15] for u4...)."""
 
 from __future__ import annotations
 
@@ -31,20 +32,22 @@ def _quantize_rows_kernel(x_ptr, q_ptr, scale_ptr, N, stride_xm, stride_qm, QMAX
 
 
 @triton.jit
-def _quantize_elements_kernel(x_ptr, q_ptr, scale_ptr, numel, QMAX: tl.constexpr, BLOCK: tl.constexpr):
+def _quantize_elements_kernel(x_ptr, q_ptr, scale_ptr, numel, QMIN: tl.constexpr, QMAX: tl.constexpr,
+                              BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(x_ptr + offs, mask=offs < numel, other=0.0).to(tl.float32)
     q = libdevice.rint(tl.math.div_rn(x, tl.load(scale_ptr)))
-    q = tl.minimum(tl.maximum(q, -QMAX * 1.0), QMAX * 1.0)
+    q = tl.minimum(tl.maximum(q, QMIN * 1.0), QMAX * 1.0)
     tl.store(q_ptr + offs, q.to(tl.int8), mask=offs < numel)
 
 
-def quantize_int8(x: torch.Tensor, scale: torch.Tensor | None = None, qmax: int = 127):
+def quantize_int8(x: torch.Tensor, scale: torch.Tensor | None = None, qmax: int = 127, qmin: int | None = None):
     """x float (bf16/fp16/fp32) on CUDA -> (int8 codes, scale).
 
-    With ``scale`` (a float32 scalar tensor): static per-tensor quantization of any shape;
-    the codes keep x's memory layout (channels-last stays channels-last). Without it:
-    dynamic per-token quantization of a 2-D x [M, K]; the returned scale is float32 [M].
+    With ``scale`` (a float32 scalar tensor): static per-tensor quantization of any shape to
+    codes in [qmin, qmax] (qmin defaults to -qmax; 0 for unsigned codes); the codes keep x's
+    memory layout (channels-last stays channels-last). Without it: dynamic symmetric per-token
+    quantization of a 2-D x [M, K]; the returned scale is float32 [M].
     """
     if x.device.type != "cuda":
         raise ValueError(f"quantize_int8 runs on CUDA tensors, x is on {x.device}")
@@ -52,6 +55,9 @@ def quantize_int8(x: torch.Tensor, scale: torch.Tensor | None = None, qmax: int 
         raise ValueError(f"quantize_int8 takes a float tensor, got {x.dtype}")
     if not 1 <= qmax <= 127:
         raise ValueError(f"qmax={qmax}: int8 codes need 1 <= qmax <= 127")
+    qmin = -qmax if qmin is None else qmin
+    if not -128 <= qmin < qmax:
+        raise ValueError(f"qmin={qmin}: int8 codes need -128 <= qmin < qmax={qmax}")
     if scale is not None:
         if scale.dtype != torch.float32 or scale.dim() != 0 or scale.device != x.device:
             raise ValueError("a static scale must be a float32 scalar tensor on x's device")
@@ -61,9 +67,11 @@ def quantize_int8(x: torch.Tensor, scale: torch.Tensor | None = None, qmax: int 
         q = torch.empty_like(x, dtype=torch.int8)  # same strides: element i of both is the same in memory
         if x.numel():
             block = 4096
-            _quantize_elements_kernel[(triton.cdiv(x.numel(), block),)](x, q, scale, x.numel(), QMAX=qmax,
-                                                                        BLOCK=block, num_warps=8)
+            _quantize_elements_kernel[(triton.cdiv(x.numel(), block),)](x, q, scale, x.numel(), QMIN=qmin,
+                                                                        QMAX=qmax, BLOCK=block, num_warps=8)
         return q, scale
+    if qmin != -qmax:
+        raise ValueError("dynamic per-token quantization is symmetric: leave qmin at -qmax")
     if x.dim() != 2:
         raise ValueError(f"dynamic per-token quantization takes a 2-D [tokens, features] tensor, got {tuple(x.shape)}")
     if x.stride(1) != 1:

@@ -1,0 +1,5 @@
+"""Algorithms that change a quantized model's numbers: quantization-aware fine-tuning (qat)."""
+
+from .qat import PRESETS, EpochRecord, finetune
+
+__all__ = ["EpochRecord", "PRESETS", "finetune"]
