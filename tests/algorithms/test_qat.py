@@ -194,3 +194,15 @@ def test_exploding_loss_stops():
     x, y = _task()
     with pytest.raises(TrainingError, match="exploding"):
         lowbit.finetune(_prepared(), _batches(x, y, 16) * 4, epochs=1, lr=1e4, preset="step", divergence_factor=3)
+
+
+@pytest.mark.gpu
+def test_finetune_on_cuda_with_bf16_autocast():
+    x, y = _task()
+    qat = _prepared().cuda().train()
+    before = _accuracy(qat.eval(), x.cuda(), y.cuda())
+    history = lowbit.finetune(qat.train(), _batches(x, y), epochs=3, lr=0.05)  # batches move to the model's GPU
+    assert all(math.isfinite(r.loss) for r in history)
+    deployed = lowbit.convert(qat)
+    assert deployed[2].qweight.is_cuda and deployed[2].packed
+    assert _accuracy(deployed, x.cuda(), y.cuda()) > before
