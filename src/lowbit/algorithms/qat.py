@@ -181,8 +181,8 @@ def finetune(qmodel: nn.Module, train_data: Iterable, epochs: int | None = None,
              eval_data: Iterable | None = None, checkpoint_dir=None, resume: bool = False,
              weight_decay: float = 1e-4, amp: bool | None = None, divergence_factor: float | None = 10.0,
              progress: bool | None = None) -> list[EpochRecord]:
-    """Fine-tune ``qmodel`` (from :func:`lowbit.prepare`, in train mode) in place; returns one record
-    per epoch. Convert it for deployment afterwards with :func:`lowbit.convert`.
+    """Fine-tune ``qmodel`` (from :func:`lowbit.prepare`, in train mode) in place and leave it in eval
+    mode; returns one record per epoch. Convert it for deployment afterwards with :func:`lowbit.convert`.
 
     train_data:     an iterable of (inputs, targets) batches, iterated once per epoch (a DataLoader;
                     an object with ``set_epoch(epoch)`` is told the epoch first).
