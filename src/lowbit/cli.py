@@ -273,8 +273,9 @@ def _model_and_calib(args, command: str, device, progress):
 
 def _prepare_options(args, progress) -> dict:
     """Keyword arguments of lowbit.prepare / lowbit.quantize from the shared options."""
-    return {"skip": args.skip, "calibrator_options": {"percentile": args.percentile} if args.percentile is not None else None,
-            "calib_batches": args.calib_batches, "inplace": True, "progress": progress, **dict(args.option)}
+    percentile = {"percentile": args.percentile} if args.percentile is not None else None
+    return {"skip": args.skip, "calibrator_options": percentile, "calib_batches": args.calib_batches,
+            "inplace": True, "progress": progress, **dict(args.option)}
 
 
 def _saved_message(args, qmodel) -> str:
@@ -302,8 +303,8 @@ def _quantize(args) -> int:
 def _finetune(args) -> int:
     from . import checkpoint, pipeline
     from .algorithms import finetune
-    from .evaluate import tensor_batches, top1_accuracy
-    from .evaluate.runner import default_train_batches
+    from .evaluate import top1_accuracy
+    from .evaluate.runner import default_test_batches, default_train_batches
     from .fileio import check_writable
 
     check_writable(args.output)
@@ -319,11 +320,8 @@ def _finetune(args) -> int:
         train = _call(args.train_data, "--train-data")
         evaluation = _call(args.eval_data, "--eval-data") if args.eval_data else None
     else:
-        from .data import load_fashion_mnist, normalize
-
         train = default_train_batches(args.data_dir)
-        test_x, test_y = load_fashion_mnist("test", args.data_dir)
-        evaluation = tensor_batches(normalize(test_x), test_y, 500)
+        evaluation = default_test_batches(args.data_dir)
     model, calib = _model_and_calib(args, "finetune", device, progress)
     qat = pipeline.prepare(model, args.scheme, calib, args.calibrator, **_prepare_options(args, progress)).train()
     if evaluation is not None and not args.resume:

@@ -167,12 +167,12 @@ def calibrate(model: nn.Module, calib_data, *, max_batches: int | None = None, p
 
 
 def _calibrator_for(handler: Scheme, calibrator: str | None, options: dict | None) -> tuple[str, dict]:
-    """The caller's calibrator, or the scheme's default one; the caller's options go on top."""
-    if calibrator is None:
-        name, defaults = handler.default_calibrator
-        options = {**defaults, **(options or {})}
-    else:
-        name, options = calibrator, dict(options or {})
+    """The caller's calibrator (checked by :func:`prepare`), or the scheme's default one with the
+    caller's options on top (checked here: they must suit that default)."""
+    if calibrator is not None:
+        return calibrator, dict(options or {})
+    name, defaults = handler.default_calibrator
+    options = {**defaults, **(options or {})}
     check_calibrator(name, options)
     return name, options
 
@@ -210,8 +210,9 @@ def prepare(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator:
             if layer.input_quantizer.collector is not None and layer.input_quantizer.collector.empty:
                 raise CalibrationError(f"layer {name!r} never ran during calibration, so its input range is unknown; "
                                        "skip it or check that calib_data reaches it")
-        for layer in prepared.values():
-            layer.input_quantizer.finish_calibration()
+        for name, layer in prepared.items():
+            if plan[name].needs_calibration:
+                layer.input_quantizer.finish_calibration()
     return model
 
 

@@ -116,10 +116,14 @@ def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.
                            lr=lr, momentum=0.9)
 
 
+def _ordered_parameters(opt: torch.optim.SGD) -> list[nn.Parameter]:
+    """The optimizer's parameters in a fixed order: checkpoints name momentum buffers by this index."""
+    return [p for group in opt.param_groups for p in group["params"]]
+
+
 def _save(path: Path, model: nn.Module, opt: torch.optim.SGD, history: list[EpochRecord], settings: dict) -> None:
     tensors = {f"model.{k}": v for k, v in state_tensors(model).items()}
-    params = [p for group in opt.param_groups for p in group["params"]]
-    for i, p in enumerate(params):
+    for i, p in enumerate(_ordered_parameters(opt)):
         buf = opt.state.get(p, {}).get("momentum_buffer")
         if buf is not None:
             tensors[f"optim.{i}.momentum_buffer"] = buf
@@ -154,8 +158,7 @@ def _resume(path: Path, model: nn.Module, opt: torch.optim.SGD) -> list[EpochRec
     amax = json.loads(meta["amax"])
     for name, layer in prepared_layers(model):
         layer.input_quantizer.amax = amax[name]
-    params = [p for group in opt.param_groups for p in group["params"]]
-    for i, p in enumerate(params):
+    for i, p in enumerate(_ordered_parameters(opt)):
         buf = tensors.get(f"optim.{i}.momentum_buffer")
         if buf is not None:
             opt.state[p]["momentum_buffer"] = buf.to(p.device, p.dtype)

@@ -63,8 +63,8 @@ def evaluate_classifier(name: str, model: nn.Module, calib_data: Iterable, test_
                         device=None, progress: bool | None = None) -> list[Row]:
     """Top-1 accuracy of the FP32 model and of every (scheme, calibrator) pair on the same batches
     (``calibrators``: see :func:`scheme_calibrators`). With ``qat_epochs``, each int4 configuration
-    is also fine-tuned on ``train_data`` (preset "cosine", from ``qat_lr`` if given) and evaluated after conversion. Every
-    quantized row carries ``qat_epochs`` (0 for post-training quantization)."""
+    is also fine-tuned on ``train_data`` (preset "cosine", from ``qat_lr`` if given) and evaluated
+    after conversion. Every quantized row carries ``qat_epochs`` (0 for post-training quantization)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(device).eval()
     fp32, samples = top1_accuracy(model, test_batches, device=device, progress=progress, desc="FP32")
@@ -98,14 +98,19 @@ def evaluate_default(*, schemes: Sequence[str] = DEFAULT_SCHEMES, calibrators: S
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = default_model(retrain=retrain, device=device, data_root=data_root, progress=progress)
     calib = default_calib_batches(calib_samples, data_root)
-    test_x, test_y = load_fashion_mnist("test", data_root)
-    if limit is not None:
-        test_x, test_y = test_x[:limit], test_y[:limit]
-    test = tensor_batches(normalize(test_x), test_y, batch_size)
+    test = default_test_batches(data_root, limit, batch_size)
     train = default_train_batches(data_root) if qat_epochs else None
     return evaluate_classifier(DEFAULT_NAME, model, calib, test, schemes=schemes, calibrators=calibrators,
                                train_data=train, qat_epochs=qat_epochs, qat_lr=DEFAULT_QAT_LR, device=device,
                                progress=progress)
+
+
+def default_test_batches(data_root=None, limit: int | None = None, batch_size: int = 500) -> list:
+    """(images, labels) batches of the default model's test set: the 10k test images, or the first ``limit``."""
+    images, labels = load_fashion_mnist("test", data_root)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return tensor_batches(normalize(images), labels, batch_size)
 
 
 def default_train_batches(data_root=None, batch_size: int = 128) -> ShuffledBatches:

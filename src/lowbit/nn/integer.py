@@ -60,7 +60,9 @@ class IntegerLayer(nn.Module):
         scale, zero = qparams_for(w, fake.weight_spec)
         layer.to(w.device)
         codes = quantize(w, fake.weight_spec, scale, zero)
-        layer.qweight.copy_(pack_int4(codes.reshape(len(codes), -1), fake.weight_spec.fmt.signed) if layer.packed else codes)
+        if layer.packed:
+            codes = pack_int4(codes.reshape(len(codes), -1), fake.weight_spec.fmt.signed)
+        layer.qweight.copy_(codes)
         layer.weight_scale.copy_(scale)
         layer.input_scale.copy_(iq.scale)
         layer.input_zero_point.copy_(iq.zero_point)

@@ -40,4 +40,4 @@ class Int4Scheme(Int8Scheme):
     def layer_policy(self, names: list[str]) -> dict[str, dict]:
         if not self.options["int8_edges"] or not names:
             return {}
-        return {names[0]: FIRST_LAYER, names[-1]: LAST_LAYER} if len(names) > 1 else {names[0]: FIRST_LAYER}
+        return {names[-1]: LAST_LAYER, names[0]: FIRST_LAYER}  # one layer alone is the first

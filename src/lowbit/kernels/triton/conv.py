@@ -2,7 +2,8 @@
 
 GEMM view: M = B*OH*OW output pixels, N = output channels, K = KH*KW*C ordered (kh, kw, c), with the
 weight stored [O, KH, KW, C] (:func:`conv_weight_nhwc`), int8 or signed INT4 packed along C into
-[O, KH, KW, C/2] bytes (C even), whose nibbles meet the even and odd channels in two int8 dots, as in the GEMM. Each A tile is gathered straight from the
+[O, KH, KW, C/2] bytes (C even), whose nibbles meet the even and odd channels in two int8 dots, as in
+the GEMM. Each A tile is gathered straight from the
 input, no im2col in memory: when C is a multiple of BLOCK_K a k block lies inside one (kh, kw) tap and
 is contiguous; otherwise (the 3-channel stem) each element's tap is decoded. Padding reads code 0,
 which is real 0 for the symmetric activations this kernel takes. The epilogue is the GEMM's
@@ -42,7 +43,8 @@ def _int8_conv_kernel(x_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale
                       M, N, K, C, H, W, OH, OW, KW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                       sxb, sxh, sxw, stride_om, stride_on, stride_rm, stride_rn,
                       HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr, RES_KIND: tl.constexpr,
-                      QMIN: tl.constexpr, QMAX: tl.constexpr, W_PACKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                      QMIN: tl.constexpr, QMAX: tl.constexpr, W_PACKED: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                       C_ALIGNED: tl.constexpr):
     pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -68,7 +70,8 @@ def _int8_conv_kernel(x_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale
             inside = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a_ptrs = row_ptr + ih * sxh + iw * sxw + c0
             a = tl.load(a_ptrs[:, None] + offs_k[None, :], mask=inside[:, None], other=0)
-            acc = _dot_weights(acc, a, w_ptr, offs_n, k0, N, K, stride_wn, 1, BLOCK_M, BLOCK_K, BLOCK_N, W_PACKED, False)
+            acc = _dot_weights(acc, a, w_ptr, offs_n, k0, N, K, stride_wn, 1, BLOCK_M, BLOCK_K, BLOCK_N, W_PACKED,
+                               False)
         else:  # decode (kh, kw, c) per element
             k = k0 + offs_k
             c = k % C
@@ -78,7 +81,8 @@ def _int8_conv_kernel(x_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale
             iw = iw0[:, None] + ((tap - kh * KW) * dil_w)[None, :]
             inside = mask_m[:, None] & (k[None, :] < K) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a = tl.load(row_ptr[:, None] + ih * sxh + iw * sxw + c[None, :], mask=inside, other=0)
-            acc = _dot_weights(acc, a, w_ptr, offs_n, k0, N, K, stride_wn, 1, BLOCK_M, BLOCK_K, BLOCK_N, W_PACKED, True)
+            acc = _dot_weights(acc, a, w_ptr, offs_n, k0, N, K, stride_wn, 1, BLOCK_M, BLOCK_K, BLOCK_N, W_PACKED,
+                               True)
     _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr,
               res_ptr, stride_rm, stride_rn, res_scale_ptr, False, HAS_BIAS, ACT, OUT_KIND, RES_KIND, QMIN, QMAX)
 

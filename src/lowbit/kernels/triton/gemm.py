@@ -226,12 +226,12 @@ def check_int32_indexable(t: torch.Tensor | None, name: str, kernel: str) -> Non
         raise ValueError(f"{name} has {t.numel()} elements; {kernel} indexes with 32 bits: split the batch")
 
 
-def check_weight(w: torch.Tensor, n: int, k: int, device: torch.device, kernel: str) -> bool:
+def _check_weight(w: torch.Tensor, n: int, k: int, device: torch.device) -> bool:
     """``w`` must be int8 [n, k] or packed INT4, uint8 [n, ceil(k/2)] with contiguous rows; True if packed."""
     if w.dtype == torch.uint8:
         _check(w, "w (packed INT4)", torch.uint8, device, (n, (k + 1) // 2))
         if w.shape[1] > 1 and w.stride(1) != 1:
-            raise ValueError(f"{kernel}: packed INT4 weights need contiguous rows (stride 1 along K)")
+            raise ValueError("int8_gemm: packed INT4 weights need contiguous rows (stride 1 along K)")
         return True
     _check(w, "w", torch.int8, device, (n, k))
     return False
@@ -276,7 +276,7 @@ def int8_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: 
     m, k = a.shape
     n = w.shape[0]
     _check(a, "a", torch.int8, device)
-    packed = check_weight(w, n, k, device, "int8_gemm")
+    packed = _check_weight(w, n, k, device)
     qmin, qmax = check_out_range(out_range)
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation={activation!r}: expected one of None, 'relu', 'gelu'")
