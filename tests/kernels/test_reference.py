@@ -8,6 +8,7 @@ from torch import nn
 from lowbit.config import IntFormat, QuantSpec
 from lowbit.kernels.reference import integer_conv_acc, integer_linear_acc, integer_matmul
 from lowbit.nn import ActivationQuantizer, IntegerLayer, LayerGeometry, fake_quant_layer
+from lowbit.nn.weight_quantizer import IntWeightQuantizer
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 17, 5), (40, 129, 33), (17, 8, 8)])
@@ -102,7 +103,7 @@ def test_integer_layer_matches_fake_quant_simulation(make, wspec, ispec, unsigne
     if unsigned == "auto":
         data = [d.relu() for d in data]
     quantizer = ActivationQuantizer(ispec, "percentile", {"percentile": 99.0}, unsigned=unsigned)
-    fake = fake_quant_layer(float_layer, wspec, quantizer)
+    fake = fake_quant_layer(float_layer, IntWeightQuantizer(wspec), quantizer)
     for d in data:
         fake(d)
     quantizer.finish_calibration()

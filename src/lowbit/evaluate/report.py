@@ -8,10 +8,15 @@ from dataclasses import asdict, dataclass, field
 from ..fileio import atomic_path, write_text_atomic
 
 
+LOWER_IS_BETTER = ("perplexity",)
+
+
 @dataclass
 class Row:
-    """One model / scheme / calibrator result. ``value`` and ``fp32`` are fractions,
-    ``drop`` is in percentage points (fp32 - value) * 100."""
+    """One model / scheme / calibrator result. For accuracy metrics ``value`` and ``fp32`` are
+    fractions and ``drop`` is in percentage points, (fp32 - value) * 100. For perplexity they are
+    perplexities and ``drop`` is the increase in percent, (value / fp32 - 1) * 100: either way a
+    positive drop is a loss."""
 
     model: str
     scheme: str
@@ -25,7 +30,12 @@ class Row:
 
     @property
     def drop(self) -> float:
+        if self.metric in LOWER_IS_BETTER:
+            return round((self.value / self.fp32 - 1) * 100, 4)
         return round((self.fp32 - self.value) * 100, 4)
+
+    def formatted(self, value: float) -> str:
+        return f"{value:.3f}" if self.metric in LOWER_IS_BETTER else f"{100 * value:.2f}%"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -34,12 +44,13 @@ class Row:
 
 
 def format_table(rows: list[Row]) -> str:
-    headers = ["model", "scheme", "calibrator", "metric", "value", "fp32", "drop (pts)", "samples", "size"]
+    drop = "drop (%)" if rows and rows[0].metric in LOWER_IS_BETTER else "drop (pts)"
+    headers = ["model", "scheme", "calibrator", "metric", "value", "fp32", drop, "samples", "size"]
     extra_keys = sorted({k for r in rows for k in r.extra})
     headers[3:3] = extra_keys
     body = []
     for r in rows:
-        cells = [r.model, r.scheme, r.calibrator or "-", r.metric, f"{100 * r.value:.2f}%", f"{100 * r.fp32:.2f}%",
+        cells = [r.model, r.scheme, r.calibrator or "-", r.metric, r.formatted(r.value), r.formatted(r.fp32),
                  f"{r.drop:+.2f}", str(r.samples), _human_bytes(r.size_bytes)]
         cells[3:3] = [str(r.extra.get(k, "-")) for k in extra_keys]
         body.append(cells)
@@ -69,14 +80,17 @@ def plot_rows(rows: list[Row], path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [f"{r.scheme}\n{r.calibrator or ''}".strip()
-              + (f"\nQAT {r.extra['qat_epochs']} ep" if r.extra.get("qat_epochs") else "") for r in rows]
+              + (f"\nQAT {r.extra['qat_epochs']} ep" if r.extra.get("qat_epochs") else "")
+              + (f"\n{r.extra['algorithm']} g{r.extra['group_size']}" if "algorithm" in r.extra else "") for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(rows) * 2), 4.5))
     ax1.bar(labels, [r.drop for r in rows], color=["#888" if r.scheme == "fp32" else "#3a7" for r in rows])
     ax1.axhline(0, color="black", linewidth=0.8)
-    ax1.set_ylabel(f"{rows[0].metric} drop vs FP32 (points)")
-    ax1.set_title(f"{rows[0].model}: accuracy cost ({rows[0].samples} samples)")
-    ax2.bar(labels, [r.size_bytes / 1024 for r in rows], color="#37a")
-    ax2.set_ylabel("weights (KiB)")
+    relative = rows[0].metric in LOWER_IS_BETTER
+    ax1.set_ylabel(f"{rows[0].metric} {'increase' if relative else 'drop'} vs FP32 ({'%' if relative else 'points'})")
+    ax1.set_title(f"{rows[0].model}: accuracy cost ({rows[0].samples} {'tokens' if relative else 'samples'})")
+    unit = 1 << 20 if max(r.size_bytes for r in rows) > 1 << 24 else 1 << 10
+    ax2.bar(labels, [r.size_bytes / unit for r in rows], color="#37a")
+    ax2.set_ylabel("weights (MiB)" if unit == 1 << 20 else "weights (KiB)")
     ax2.set_title("model size")
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", labelsize=8)

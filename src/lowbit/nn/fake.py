@@ -13,24 +13,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import QuantSpec
-from ..numerics import fake_quantize, qparams_for
-from .quantizer import ActivationQuantizer
 
 
 class _FakeQuantMixin:
-    weight_spec: QuantSpec
-    input_quantizer: ActivationQuantizer
+    weight_quantizer: nn.Module  # nn/weight_quantizer.py
+    input_quantizer: nn.Module  # nn/quantizer.py
+
+    @property
+    def weight_spec(self) -> QuantSpec:
+        """The integer weight spec (integer schemes)."""
+        return self.weight_quantizer.spec
 
     def fake_weight(self) -> torch.Tensor:
-        """The weight on its quantization grid (per-channel max range, recomputed from the current weight)."""
-        return fake_quantize(self.weight, self.weight_spec, *qparams_for(self.weight, self.weight_spec))
+        """The weight on its quantization grid, recomputed from the current weight."""
+        return self.weight_quantizer(self.weight)
 
     def _quantized_operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.input_quantizer(x)
         return x, self.weight if self.input_quantizer.calibrating else self.fake_weight()
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, weight={self.weight_spec.describe()}"
+        return f"{super().extra_repr()}, weight={self.weight_quantizer.describe()}"
 
 
 class FakeQuantLinear(_FakeQuantMixin, nn.Linear):
@@ -54,7 +57,7 @@ class FakeQuantConv2d(_FakeQuantMixin, nn.Conv2d):
 _FAKE_FOR = {nn.Linear: FakeQuantLinear, nn.Conv1d: FakeQuantConv1d, nn.Conv2d: FakeQuantConv2d}
 
 
-def fake_quant_layer(module: nn.Module, weight_spec: QuantSpec, input_quantizer: ActivationQuantizer) -> nn.Module:
+def fake_quant_layer(module: nn.Module, weight_quantizer: nn.Module, input_quantizer: nn.Module) -> nn.Module:
     """A fake-quantized twin of a float Linear/Conv1d/Conv2d that shares its parameters."""
     base = next(b for b in _FAKE_FOR if isinstance(module, b))
     cls = _FAKE_FOR[base]
@@ -66,6 +69,6 @@ def fake_quant_layer(module: nn.Module, weight_spec: QuantSpec, input_quantizer:
     new.weight = module.weight
     new.bias = module.bias
     new.train(module.training)
-    new.weight_spec = weight_spec
+    new.weight_quantizer = weight_quantizer
     new.input_quantizer = input_quantizer
     return new

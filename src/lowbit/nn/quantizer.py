@@ -9,7 +9,8 @@ from torch import nn
 
 from ..calib import HistogramCollector, amax_from_collector
 from ..config import IntFormat, QuantSpec
-from ..numerics import fake_quantize, qparams_from_range
+from ..errors import ConfigError
+from ..numerics import fake_quantize, fp8_activation_grid, fp8_scale, per_token_fp8_scale, qparams_from_range
 
 
 class ActivationQuantizer(nn.Module):
@@ -77,3 +78,67 @@ class ActivationQuantizer(nn.Module):
     def extra_repr(self) -> str:
         state = "calibrating" if self.calibrating else f"amax={self.amax:.6g}"
         return f"{self.spec.describe()}, calibrator={self.calibrator}, {state}"
+
+
+FP8_CALIBRATORS = ("max", "percentile")
+
+
+class FP8ActivationQuantizer(nn.Module):
+    """FP8 E4M3 activations: a static per-tensor scale (amax / 448, amax from the max or percentile
+    calibrator) or, with ``dynamic``, a scale per token (row) computed at run time from its own max."""
+
+    def __init__(self, dynamic: bool, calibrator: str = "max", calibrator_options: dict | None = None,
+                 name: str = "input"):
+        super().__init__()
+        if not dynamic and calibrator not in FP8_CALIBRATORS:
+            raise ConfigError(f"{name}: FP8 activations take the {' or '.join(FP8_CALIBRATORS)} calibrator, not "
+                              f"{calibrator!r} (mse and entropy model an integer grid)")
+        self.dynamic = dynamic
+        self.calibrator = "dynamic" if dynamic else calibrator
+        self.calibrator_options = {} if dynamic else dict(calibrator_options or {})
+        self.name = name
+        self.collector = None if dynamic else HistogramCollector(self.calibrator_options.get("num_bins", 2048),
+                                                                 name=name)
+        self.amax: float | None = None
+        self.register_buffer("scale", torch.ones(()))
+
+    @property
+    def calibrating(self) -> bool:
+        return self.collector is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.collector is not None:
+            self.collector.update(x)
+            return x
+        scale = per_token_fp8_scale(x) if self.dynamic else self.scale
+        q = fp8_activation_grid(x, scale, name=self.name) * scale
+        return x + (q.to(x.dtype) - x).detach()
+
+    def finish_calibration(self) -> None:
+        c = self.collector
+        if c is None:
+            return
+        if c.empty:
+            raise RuntimeError(f"{self.name}: no data reached this layer during calibration")
+        self.amax = amax_from_collector(c, self.calibrator, 8, **self.calibrator_options)
+        self.scale.copy_(fp8_scale(self.amax, "e4m3"))
+        self.collector = None
+
+    def extra_repr(self) -> str:
+        state = "per-token" if self.dynamic else ("calibrating" if self.calibrating else f"amax={self.amax:.6g}")
+        return f"e4m3, {state}"
+
+
+class BF16ActivationRounding(nn.Module):
+    """Weight-only schemes' activations: rounded to bfloat16, as the kernel reads them; nothing to calibrate."""
+
+    collector = None
+    calibrating = False
+    calibrator = "none"
+    amax = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + (x.to(torch.bfloat16).to(x.dtype) - x).detach()
+
+    def finish_calibration(self) -> None:
+        pass

@@ -59,3 +59,19 @@ def from_fp8(q: torch.Tensor, scale) -> torch.Tensor:
 def fake_fp8(x: torch.Tensor, scale, fmt: str = "e4m3", name: str = "tensor") -> torch.Tensor:
     """Round ``x`` to the scaled FP8 grid, returned in x's dtype."""
     return from_fp8(to_fp8(x, scale, fmt, name), scale).to(x.dtype)
+
+
+def per_token_fp8_scale(x: torch.Tensor, fmt: str = "e4m3") -> torch.Tensor:
+    """Dynamic per-token scales [..., 1]: each row's max |x| onto the format's maximum (1 for a zero row)."""
+    return fp8_scale(x.detach().float().abs().amax(-1, keepdim=True), fmt)
+
+
+def fp8_activation_grid(x: torch.Tensor, scale: torch.Tensor, fmt: str = "e4m3", name: str = "input") -> torch.Tensor:
+    """The FP8 codes of ``x * (1 / scale)`` as float32 values (saturating; a NaN is an error). The float32
+    reciprocal is taken once per scale, as the kernels do, instead of a division per element."""
+    f = fp8_format(fmt)
+    inv = 1.0 / torch.as_tensor(scale, dtype=torch.float32, device=x.device)
+    y = x.float() * inv
+    if torch.isnan(y).any():
+        raise ValueError(f"{name} has NaN values: they have no FP8 code")
+    return y.clamp(-f.max, f.max).to(f.dtype).float()

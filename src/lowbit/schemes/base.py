@@ -25,6 +25,8 @@ class Scheme:
     needs_calibration: ClassVar[bool] = True
     # The calibrator (and its options) used when the caller names none.
     default_calibrator: ClassVar[tuple[str, dict]] = ("entropy", {})
+    # The weight algorithms lowbit.quantize(..., algorithm=) accepts (lowbit.algorithms.gptq).
+    algorithms: ClassVar[tuple[str, ...]] = ("rtn",)
 
     def __init__(self, **options):
         unknown = sorted(set(options) - set(self.defaults))
@@ -37,9 +39,14 @@ class Scheme:
     def validate(self) -> None:
         """Raise ConfigError for invalid option values."""
 
-    def layer_policy(self, names: list[str]) -> dict[str, dict]:
+    def supports(self, module: nn.Module) -> bool:
+        """Whether this scheme quantizes ``module`` (a Linear, Conv1d or Conv2d)."""
+        return True
+
+    def layer_policy(self, names: list[str]) -> dict[str, dict | None]:
         """Option changes for particular layers, given every quantizable layer's name in model
-        order (e.g. "keep the first and last layer at 8 bits"). Users' overrides win over it."""
+        order (e.g. "keep the first and last layer at 8 bits"); None keeps a layer in float.
+        Users' overrides win over it."""
         return {}
 
     def prepare(self, module: nn.Module, name: str, calibrator: str, calibrator_options: dict) -> nn.Module:

@@ -14,6 +14,7 @@ from torch import nn
 from ..config import IntFormat, QuantSpec, check_bits
 from ..errors import ConfigError
 from ..nn import ActivationQuantizer, IntegerLayer, fake_quant_layer
+from ..nn.weight_quantizer import IntWeightQuantizer
 from .base import Scheme, register_scheme
 
 
@@ -52,7 +53,7 @@ class Int8Scheme(Scheme):
         quantizer = ActivationQuantizer(self.input_spec(), calibrator, calibrator_options,
                                         unsigned=o["act_unsigned"] if o["act_symmetric"] else False,
                                         name=f"layer {name!r} input")
-        return fake_quant_layer(module, self.weight_spec(), quantizer)
+        return fake_quant_layer(module, IntWeightQuantizer(self.weight_spec()), quantizer)
 
     def convert(self, prepared: nn.Module, name: str) -> nn.Module:
         return IntegerLayer.from_fake(prepared, {"scheme": self.name, "calibrator": prepared.input_quantizer.calibrator})

