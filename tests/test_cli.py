@@ -75,6 +75,16 @@ def test_quantize_user_model_then_info(user_module, capsys):
     assert json.loads(capsys.readouterr().out)["layers"]["3"]["calibrator"] == "percentile"
 
 
+def test_quantize_w4a8_with_dpq_then_info(user_module, capsys):
+    out = user_module / "w.safetensors"
+    code = main(["quantize", "usermodel:build", "--calib-data", "usermodel:calib", "-o", str(out), "--scheme", "w4a8",
+                 "--algorithm", "dpq", "--gar", "--option", "group_size=64", "--no-progress"])
+    assert code == 0 and "1 layers in w4a8" in capsys.readouterr().out  # the conv stays float
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "3: linear 288->5  w4a8  activation=static group_size=64 symmetric=False  algorithm=dpq+gar  damp=0.01" in text
+
+
 def test_eval_user_model_writes_json_and_plot(user_module, capsys):
     code = main(["eval", "usermodel:build", "--data", "usermodel:data", "--calibrators", "max,entropy",
                  "--schemes", "int8", "--json", "r.json", "--plot", "r.png", "--no-progress", "--device", "cpu"])

@@ -205,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="module:function (or file.py:function) returning an FP32 nn.Module; needs --calib-data")
     qu.add_argument("-o", "--output", required=True, metavar="PATH", help="checkpoint to write (.safetensors)")
     _quantize_options(qu)
+    qu.add_argument("--algorithm", choices=["rtn", "gptq", "dpq"], default="rtn",
+                    help="weight rounding: rtn (to nearest, default), gptq or dpq (GPTQ through the INT4 -> FP8 "
+                         "quantizer); gptq for w4a16 and w4a8, dpq for w4a8")
+    qu.add_argument("--gar", action="store_true", help="with gptq/dpq: group-aware reordering of the columns")
     _common(qu)
 
     ft = sub.add_parser(
@@ -323,7 +327,8 @@ def _quantize(args) -> int:
     device = _device(args.device)
     progress = False if args.no_progress else None
     model, calib = _model_and_calib(args, "quantize", device, progress)
-    qmodel = pipeline.quantize(model, args.scheme, calib, args.calibrator, **_prepare_options(args, progress))
+    qmodel = pipeline.quantize(model, args.scheme, calib, args.calibrator, algorithm=args.algorithm, gar=args.gar,
+                               **_prepare_options(args, progress))
     checkpoint.save(qmodel, args.output)
     print(_saved_message(args, qmodel))
     return 0
@@ -379,6 +384,12 @@ def _info(args) -> int:
           f"model {meta.get('model_class')}, schemes {meta.get('schemes')}, {len(tensors)} tensors")
     for name, d in meta["layers"].items():
         g = d["geometry"]
+        if "weight" not in d:  # w4a16 / w4a8 / fp8 layers describe themselves by options
+            options = " ".join(f"{k}={v}" for k, v in d.get("options", {}).items())
+            damp = f"  damp={d['gptq']['damp']:g}" if "gptq" in d else ""
+            print(f"  {name}: {g['kind']} {g['in_channels']}->{g['out_channels']}  {d['type']}  {options}  "
+                  f"algorithm={d.get('algorithm', 'rtn')}{damp}  calibrator={d.get('calibrator', '-')}")
+            continue
         w, i = d["weight"], d["input"]
         print(f"  {name}: {g['kind']} {g['in_channels']}->{g['out_channels']}  weight {w['fmt']['bits']}-bit "
               f"{w['granularity']}  input {'s' if i['fmt']['signed'] else 'u'}{i['fmt']['bits']} "

@@ -185,3 +185,15 @@ def test_algorithm_mistakes_are_clear_errors():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lowbit.quantize(model, "w4a8", iter(calib), algorithm="gptq", progress=False)  # a one-shot iterator works
+
+
+def test_fine_tuning_refuses_codes_that_gptq_froze_but_trains_a_w4a8_model():
+    model, calib = TinyLM(), _calib()
+    prepared = lowbit.prepare(model, "w4a8", calib, algorithm="gptq", group_size=32, progress=False).train()
+    data = [(x, torch.randn(2, 24, 30, generator=GEN)) for x in calib]
+    with pytest.raises(ConfigError, match="hold codes chosen by GPTQ/DPQ.*algorithm='rtn'"):
+        lowbit.finetune(prepared, data, epochs=1, loss_fn=nn.functional.mse_loss, progress=False)
+    prepared = lowbit.prepare(model, "w4a8", calib, group_size=32, progress=False).train()
+    before = prepared.layers[0].up.weight.detach().clone()
+    lowbit.finetune(prepared, data, epochs=1, lr=1e-2, loss_fn=nn.functional.mse_loss, progress=False)
+    assert not torch.equal(before, prepared.layers[0].up.weight)

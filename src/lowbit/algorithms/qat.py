@@ -89,8 +89,11 @@ def _settings(preset: str, epochs, lr, schedule) -> tuple[int, float, str]:
 def _layer_descriptions(model: nn.Module) -> dict:
     """What must match for a checkpoint to resume into ``model``: each fake-quantized layer's
     scheme, options and formats."""
+    def spec(quantizer: nn.Module):
+        return quantizer.spec.to_dict() if hasattr(quantizer, "spec") else type(quantizer).__name__
+
     return {name: {"scheme": layer.scheme.name, "options": layer.scheme.options,
-                   "weight": layer.weight_spec.to_dict(), "input": layer.input_quantizer.spec.to_dict()}
+                   "weight": spec(layer.weight_quantizer), "input": spec(layer.input_quantizer)}
             for name, layer in prepared_layers(model)}
 
 
@@ -99,6 +102,11 @@ def _check_trainable(model: nn.Module) -> list[nn.Parameter]:
         raise ConfigError(f"{type(model).__name__} has no fake-quantized layer: finetune trains a model returned by "
                           "lowbit.prepare(model, scheme, calib_data) (lowbit.quantize returns integer codes, "
                           "which cannot be trained)")
+    frozen = [n for n, layer in prepared_layers(model) if getattr(layer.weight_quantizer, "frozen", None) is not None]
+    if frozen:
+        raise ConfigError(f"layers {', '.join(map(repr, frozen[:3]))}{', ...' if len(frozen) > 3 else ''} hold codes "
+                          "chosen by GPTQ/DPQ, which fine-tuning would not change: prepare the model with "
+                          "algorithm='rtn' to fine-tune it")
     if not model.training:
         raise ConfigError(f"{type(model).__name__} is in eval mode: call .train() on it before finetune (fine-tuning "
                           "runs in train mode, so its BatchNorm layers update their statistics)")
