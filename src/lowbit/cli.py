@@ -12,7 +12,6 @@ from pathlib import Path
 from . import __version__
 from .calib import CALIBRATORS
 from .errors import ConfigError, LowbitError
-from .evaluate.runner import DEFAULT_SCHEMES
 from .schemes import SCHEMES
 
 EPILOG = """examples:
@@ -243,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _eval(args) -> int:
     from .evaluate import evaluate_classifier, evaluate_default, format_table, plot_rows, write_json
+    from .evaluate.runner import DEFAULT_SCHEMES
     from .fileio import check_writable
 
     for path in (args.json, args.plot):

@@ -3,6 +3,7 @@ the quantizers inside the swapped layers, so any model that runs can be quantize
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import inspect
@@ -146,32 +147,45 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _batches(calib_data) -> Iterable:
+    """``calib_data`` as an iterable of batches (a lone tensor is one batch); a clear error otherwise."""
+    if isinstance(calib_data, torch.Tensor):
+        return [calib_data]
+    if not isinstance(calib_data, Iterable):
+        raise CalibrationError(f"calib_data must be an iterable of batches, got {type(calib_data).__name__}")
+    return calib_data
+
+
+@contextlib.contextmanager
+def _evaluating(model: nn.Module):
+    """The model in eval mode without gradients, its training mode restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
 def calibrate(model: nn.Module, calib_data, *, max_batches: int | None = None, progress: bool | None = None) -> int:
     """Run ``model`` in eval mode without gradients over ``calib_data``; returns the number of batches."""
     if calib_data is None:
         raise CalibrationError("calib_data is required: this scheme calibrates activation ranges "
                                "(pass an iterable of input batches, e.g. a DataLoader)")
-    if isinstance(calib_data, torch.Tensor):
-        calib_data = [calib_data]
-    if not isinstance(calib_data, Iterable):
-        raise CalibrationError(f"calib_data must be an iterable of batches, got {type(calib_data).__name__}")
+    calib_data = _batches(calib_data)
     device = _model_device(model)
-    was_training = model.training
-    model.eval()
     seen = 0
     total = len(calib_data) if hasattr(calib_data, "__len__") else None
     if max_batches is not None and total is not None:
         total = min(total, max_batches)
-    try:
-        with torch.no_grad(), progress_bar(total=total, desc="calibrating", unit="batch", enable=progress) as bar:
-            for batch in calib_data:
-                if max_batches is not None and seen >= max_batches:
-                    break
-                run_batch(model, _to_device(batch, device))
-                seen += 1
-                bar.update(1)
-    finally:
-        model.train(was_training)
+    with _evaluating(model), progress_bar(total=total, desc="calibrating", unit="batch", enable=progress) as bar:
+        for batch in calib_data:
+            if max_batches is not None and seen >= max_batches:
+                break
+            run_batch(model, _to_device(batch, device))
+            seen += 1
+            bar.update(1)
     if seen == 0:
         raise CalibrationError("calib_data yielded no batches: calibration needs at least one input batch")
     return seen
@@ -212,13 +226,6 @@ def _check_algorithm(plan: dict[str, Scheme], algorithm: str, gar: bool, damp: f
                                "inputs on calibration batches")
 
 
-def _batch_list(calib_data, max_batches: int | None) -> list:
-    """The calibration batches as a list (GPTQ goes over them several times)."""
-    if isinstance(calib_data, torch.Tensor):
-        calib_data = [calib_data]
-    if not isinstance(calib_data, Iterable):
-        raise CalibrationError(f"calib_data must be an iterable of batches, got {type(calib_data).__name__}")
-    return list(itertools.islice(calib_data, max_batches))
 
 
 def prepare(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator: str | None = None, skip=(),
@@ -233,7 +240,7 @@ def prepare(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator:
     plan = plan_layers(model, scheme, scheme_options, skip, overrides)
     _check_algorithm(plan, algorithm, gar, damp, calib_data)
     if algorithm != "rtn":
-        calib_data = _batch_list(calib_data, calib_batches)
+        calib_data = list(itertools.islice(_batches(calib_data), calib_batches))  # GPTQ goes over them again
     calibrators = {name: _calibrator_for(handler, calibrator, calibrator_options) for name, handler in plan.items()}
     if not inplace:
         model = copy.deepcopy(model)
@@ -260,14 +267,9 @@ def prepare(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator:
         if not calib_data:
             raise CalibrationError("calib_data yielded no batches: GPTQ needs at least one input batch")
         device = _model_device(model)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                gptq_model(model, prepared, calib_data, lambda m, batch: run_batch(m, _to_device(batch, device)),
-                           algorithm=algorithm, gar=gar, damp=damp, progress=progress)
-        finally:
-            model.train(was_training)
+        with _evaluating(model):
+            gptq_model(model, prepared, calib_data, lambda m, batch: run_batch(m, _to_device(batch, device)),
+                       algorithm=algorithm, gar=gar, damp=damp, progress=progress)
     return model
 
 

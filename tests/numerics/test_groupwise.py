@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from lowbit.errors import ConfigError
-from lowbit.numerics.groupwise import (PROTECTIVE_RANGE, check_group_size, dequantize_groups, e4m3_grid,
-                                       group_qparams, num_groups, protective_scale, quantize_groups)
+from lowbit.numerics.fp8 import e4m3_grid
+from lowbit.numerics.groupwise import (PROTECTIVE_RANGE, check_group_size, dequantize_groups, group_qparams, num_groups,
+                                       protective_scale, quantize_groups)
 
 
 @pytest.mark.parametrize("symmetric", [True, False])

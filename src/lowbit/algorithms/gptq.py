@@ -140,7 +140,6 @@ class _HessianCollector:
 
     def __init__(self, layer: nn.Module):
         k = layer.weight.shape[1]
-        self.layer = layer
         self.sum = torch.zeros(k, k, device=layer.weight.device)
         self.rows = 0
 
@@ -191,15 +190,16 @@ def _execution_groups(run, first_input, layers: dict[str, nn.Module]) -> list[li
     return groups
 
 
+def _stop(*_):
+    raise _Stop
+
+
 def _quantize_group(run, inputs: Sequence, names: list[str], layers: dict[str, nn.Module], algorithm: str,
-                    gar: bool, damp: float, done: dict, stop_after: bool) -> None:
+                    gar: bool, damp: float, done: dict) -> None:
     """Collect the group's Hessian over ``inputs`` (stopping after its last layer), then quantize it."""
     collector = _HessianCollector(layers[names[0]])
-    hooks = [layers[names[0]].register_forward_pre_hook(collector)]
-    if stop_after:
-        def stop(*_):
-            raise _Stop
-        hooks.append(layers[names[-1]].register_forward_hook(stop))
+    hooks = [layers[names[0]].register_forward_pre_hook(collector),
+             layers[names[-1]].register_forward_hook(_stop)]
     try:
         _call_all(run, inputs)
     finally:
@@ -255,7 +255,8 @@ def _cache_block_inputs(model: nn.Module, block: nn.Module, batches: Sequence, r
 def gptq_model(model: nn.Module, layers: dict[str, nn.Module], batches: Sequence, run_batch, *, algorithm: str,
                gar: bool = False, damp: float = DEFAULT_DAMP, progress: bool | None = None) -> None:
     """GPTQ / DPQ of the fake-quantized ``layers`` of ``model`` (by name), in the order they run, on the
-    calibration ``batches`` (a list); each layer's weight quantizer keeps the codes chosen."""
+    calibration ``batches`` (a list); each layer's weight quantizer keeps the codes chosen. Call it with
+    the model in eval mode and gradients off (lowbit.prepare does)."""
     done: dict[int, GPTQResult] = {}
 
     def run_model(batch):
@@ -266,11 +267,11 @@ def gptq_model(model: nn.Module, layers: dict[str, nn.Module], batches: Sequence
     prefix, blocks = found if found is not None else ("", [])
     in_blocks = {n: m for n, m in layers.items() if found is not None and n.startswith(f"{prefix}.")}
     first = next((i for i, names in enumerate(groups) if names[0] in in_blocks), len(groups))
-    outside = [names for names in groups if names[0] not in in_blocks]
+    before = [names for names in groups[:first] if names[0] not in in_blocks]
+    after = [names for names in groups[first:] if names[0] not in in_blocks]
     # Layers outside the blocks, before them (an input projection), then the blocks, then the rest (a head).
-    for names in outside:
-        if groups.index(names) < first:
-            _quantize_group(run_model, batches, names, layers, algorithm, gar, damp, done, stop_after=True)
+    for names in before:
+        _quantize_group(run_model, batches, names, layers, algorithm, gar, damp, done)
     if in_blocks:
         inputs = _cache_block_inputs(model, blocks[0], batches, run_batch)
         for i, block in enumerate(progress_bar(blocks, desc=algorithm, unit="block", enable=progress)):
@@ -281,12 +282,10 @@ def gptq_model(model: nn.Module, layers: dict[str, nn.Module], batches: Sequence
 
             if mine:
                 for names in _execution_groups(run, inputs[0], mine):
-                    _quantize_group(run, inputs, names, mine, algorithm, gar, damp, done, stop_after=True)
-            with torch.no_grad():
-                outputs = [run(item) for item in inputs]
+                    _quantize_group(run, inputs, names, mine, algorithm, gar, damp, done)
+            outputs = [run(item) for item in inputs]
             inputs = [((out[0] if isinstance(out, tuple) else out, *args[1:]), kwargs)
                       for out, (args, kwargs) in zip(outputs, inputs)]
         del inputs
-    for names in outside:
-        if groups.index(names) >= first:
-            _quantize_group(run_model, batches, names, layers, algorithm, gar, damp, done, stop_after=True)
+    for names in after:
+        _quantize_group(run_model, batches, names, layers, algorithm, gar, damp, done)

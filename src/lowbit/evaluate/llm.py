@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..pipeline import quantize
+from ..schemes import get_scheme
 from ..sizes import model_size_bytes
 from .perplexity import lm_batches, perplexity, token_windows
 from .report import Row
@@ -70,7 +71,8 @@ def evaluate_lm(name: str, model: nn.Module, calib_batches: Sequence, windows: S
             options = {} if config.group_size is None else {"group_size": config.group_size}
             qmodel = quantize(model, config.scheme, calib_batches, algorithm=config.algorithm, gar=config.gar,
                               progress=progress, **options)
-            calibrator = "max" if config.scheme in ("fp8", "w4a8") else None
+            handler = get_scheme(config.scheme, **options)
+            calibrator = handler.default_calibrator[0] if handler.needs_calibration else None
             extra = {"algorithm": config.label,
                      "group_size": "-" if config.group_size is None else (config.group_size or "channel")}
         value, _ = perplexity(qmodel, windows, device=device, progress=progress,

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..numerics import fp8_activation_grid, fp8_format, pack_int4, per_token_fp8_scale, unpack_int4
-from ..numerics.groupwise import dequantize_groups, e4m3_grid, num_groups
+from ..numerics.fp8 import e4m3_grid
+from ..numerics.groupwise import dequantize_groups, num_groups
 from .geometry import LayerGeometry
 from .registry import register_layer
 

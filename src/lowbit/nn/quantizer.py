@@ -13,7 +13,53 @@ from ..errors import ConfigError
 from ..numerics import fake_quantize, fp8_activation_grid, fp8_scale, per_token_fp8_scale, qparams_from_range
 
 
-class ActivationQuantizer(nn.Module):
+def straight_through(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``q`` in the forward pass, the identity for gradients (the straight-through estimator)."""
+    return x + (q.to(x.dtype) - x).detach()
+
+
+class _CalibratedQuantizer(nn.Module):
+    """While calibrating, records a histogram of what passes and returns its input unchanged (so
+    calibration sees the float model); :meth:`finish_calibration` fixes the range with the calibrator,
+    after which forward quantizes. Without ``collect`` there is nothing to calibrate."""
+
+    def __init__(self, calibrator: str, calibrator_options: dict | None, name: str, collect: bool = True):
+        super().__init__()
+        self.calibrator = calibrator
+        self.calibrator_options = dict(calibrator_options or {})
+        self.name = name
+        self.collector: HistogramCollector | None = (
+            HistogramCollector(self.calibrator_options.get("num_bins", 2048), name=name) if collect else None)
+        self.amax: float | None = None
+
+    @property
+    def calibrating(self) -> bool:
+        return self.collector is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.collector is not None:
+            self.collector.update(x)
+            return x
+        return self.quantize(x)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def finish_calibration(self) -> None:
+        c = self.collector
+        if c is None:
+            return
+        if c.empty:
+            raise RuntimeError(f"{self.name}: no data reached this layer during calibration")
+        self.set_range(c)
+        self.collector = None
+
+    def set_range(self, collector: HistogramCollector) -> None:
+        """Fix ``amax`` and the scale from what calibration recorded."""
+        raise NotImplementedError
+
+
+class ActivationQuantizer(_CalibratedQuantizer):
     """Per-tensor activation quantizer with a range chosen by a calibrator.
 
     While calibrating it only records a histogram of what passes and returns its
@@ -28,34 +74,16 @@ class ActivationQuantizer(nn.Module):
 
     def __init__(self, spec: QuantSpec, calibrator: str = "entropy", calibrator_options: dict | None = None,
                  unsigned: bool | str = False, name: str = "input"):
-        super().__init__()
+        super().__init__(calibrator, calibrator_options, name)
         self.spec = spec
-        self.calibrator = calibrator
-        self.calibrator_options = dict(calibrator_options or {})
         self.unsigned = unsigned
-        self.name = name
-        self.collector: HistogramCollector | None = HistogramCollector(
-            self.calibrator_options.get("num_bins", 2048), name=name)
-        self.amax: float | None = None
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
 
-    @property
-    def calibrating(self) -> bool:
-        return self.collector is not None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.collector is not None:
-            self.collector.update(x)
-            return x
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quantize(x, self.spec, self.scale, self.zero_point)
 
-    def finish_calibration(self) -> None:
-        c = self.collector
-        if c is None:
-            return
-        if c.empty:
-            raise RuntimeError(f"{self.name}: no data reached this layer during calibration")
+    def set_range(self, c: HistogramCollector) -> None:
         nonnegative = c.min >= 0
         if self.unsigned is True or (self.unsigned == "auto" and nonnegative):
             self.spec = QuantSpec(IntFormat(self.spec.fmt.bits, signed=False), self.spec.symmetric,
@@ -73,7 +101,6 @@ class ActivationQuantizer(nn.Module):
         self.scale.copy_(scale)
         self.zero_point.copy_(zero_point)
         self.amax = amax
-        self.collector = None
 
     def extra_repr(self) -> str:
         state = "calibrating" if self.calibrating else f"amax={self.amax:.6g}"
@@ -83,62 +110,38 @@ class ActivationQuantizer(nn.Module):
 FP8_CALIBRATORS = ("max", "percentile")
 
 
-class FP8ActivationQuantizer(nn.Module):
+class FP8ActivationQuantizer(_CalibratedQuantizer):
     """FP8 E4M3 activations: a static per-tensor scale (amax / 448, amax from the max or percentile
     calibrator) or, with ``dynamic``, a scale per token (row) computed at run time from its own max."""
 
     def __init__(self, dynamic: bool, calibrator: str = "max", calibrator_options: dict | None = None,
                  name: str = "input"):
-        super().__init__()
         if not dynamic and calibrator not in FP8_CALIBRATORS:
             raise ConfigError(f"{name}: FP8 activations take the {' or '.join(FP8_CALIBRATORS)} calibrator, not "
                               f"{calibrator!r} (mse and entropy model an integer grid)")
+        super().__init__("dynamic" if dynamic else calibrator, None if dynamic else calibrator_options, name,
+                         collect=not dynamic)
         self.dynamic = dynamic
-        self.calibrator = "dynamic" if dynamic else calibrator
-        self.calibrator_options = {} if dynamic else dict(calibrator_options or {})
-        self.name = name
-        self.collector = None if dynamic else HistogramCollector(self.calibrator_options.get("num_bins", 2048),
-                                                                 name=name)
-        self.amax: float | None = None
         self.register_buffer("scale", torch.ones(()))
 
-    @property
-    def calibrating(self) -> bool:
-        return self.collector is not None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.collector is not None:
-            self.collector.update(x)
-            return x
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
         scale = per_token_fp8_scale(x) if self.dynamic else self.scale
-        q = fp8_activation_grid(x, scale, name=self.name) * scale
-        return x + (q.to(x.dtype) - x).detach()
+        return straight_through(x, fp8_activation_grid(x, scale, name=self.name) * scale)
 
-    def finish_calibration(self) -> None:
-        c = self.collector
-        if c is None:
-            return
-        if c.empty:
-            raise RuntimeError(f"{self.name}: no data reached this layer during calibration")
+    def set_range(self, c: HistogramCollector) -> None:
         self.amax = amax_from_collector(c, self.calibrator, 8, **self.calibrator_options)
         self.scale.copy_(fp8_scale(self.amax, "e4m3"))
-        self.collector = None
 
     def extra_repr(self) -> str:
         state = "per-token" if self.dynamic else ("calibrating" if self.calibrating else f"amax={self.amax:.6g}")
         return f"e4m3, {state}"
 
 
-class BF16ActivationRounding(nn.Module):
+class BF16ActivationRounding(_CalibratedQuantizer):
     """Weight-only schemes' activations: rounded to bfloat16, as the kernel reads them; nothing to calibrate."""
 
-    collector = None
-    calibrating = False
-    calibrator = "none"
-    amax = None
+    def __init__(self, name: str = "input"):
+        super().__init__("none", None, name, collect=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + (x.to(torch.bfloat16).to(x.dtype) - x).detach()
-
-    def finish_calibration(self) -> None:
-        pass
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return straight_through(x, x.to(torch.bfloat16))

@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 from ..config import QuantSpec
-from ..numerics import fake_quantize, fp8_format, fp8_scale, qparams_for
-from ..numerics.groupwise import (dequantize_groups, e4m3_grid, group_qparams, protective_scale, quantize_groups)
+from ..numerics import fake_quantize, fp8_scale, qparams_for, to_fp8
+from ..numerics.fp8 import e4m3_grid
+from ..numerics.groupwise import dequantize_groups, group_qparams, protective_scale, quantize_groups
+from .quantizer import straight_through
 
 
 class IntWeightQuantizer(nn.Module):
@@ -30,10 +32,6 @@ class IntWeightQuantizer(nn.Module):
 
     def describe(self) -> str:
         return self.spec.describe()
-
-
-def _straight_through(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    return w + (q.to(w.dtype) - w).detach()
 
 
 class _CachedGrid(nn.Module):
@@ -52,7 +50,7 @@ class _CachedGrid(nn.Module):
         key = (w.data_ptr(), w._version, w.device, id(getattr(self, "frozen", None)))
         if key != self._key:
             self._grid, self._key = self.grid(w), key
-        return _straight_through(w, self._grid)
+        return straight_through(w, self._grid)
 
 
 @dataclass
@@ -105,7 +103,10 @@ class Int4GroupWeightQuantizer(_CachedGrid):
         self.group_size = group_size  # resolved for this layer's K (per channel: K)
         self.symmetric = symmetric
         self.fp8 = fp8
-        self.frozen: Int4GroupCodes | None = None  # set by GPTQ / DPQ
+        # Set by GPTQ / DPQ (lowbit.algorithms.gptq): the codes it chose, its name and its report.
+        self.frozen: Int4GroupCodes | None = None
+        self.algorithm = "rtn"
+        self.report: dict | None = None
 
     def rtn(self, w: torch.Tensor) -> Int4GroupCodes:
         """Round-to-nearest codes of ``w`` [N, K]."""
@@ -143,7 +144,7 @@ class FP8WeightQuantizer(_CachedGrid):
     def codes_for(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(float8_e4m3fn codes [N, K], float32 scales [N])."""
         scale = self.scale_for(w)
-        return e4m3_grid(w.detach().float() / scale[:, None]).to(fp8_format("e4m3").dtype), scale
+        return to_fp8(w.detach(), scale[:, None], "e4m3", name="weight"), scale
 
     def grid(self, w: torch.Tensor) -> torch.Tensor:
         codes, scale = self.codes_for(w)

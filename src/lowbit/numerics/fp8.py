@@ -42,13 +42,23 @@ def fp8_scale(amax, fmt: str = "e4m3") -> torch.Tensor:
     return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
+def _saturating_cast(y: torch.Tensor, f: FP8Format) -> torch.Tensor:
+    """Round to nearest even, with values beyond the largest finite one saturating to it
+    (the kernels' ``cvt.rn.satfinite``)."""
+    return y.clamp(-f.max, f.max).to(f.dtype)
+
+
+def e4m3_grid(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to E4M3FN (saturating at +-448), as float32."""
+    return _saturating_cast(x.float(), fp8_format("e4m3")).float()
+
+
 def to_fp8(x: torch.Tensor, scale, fmt: str = "e4m3", name: str = "tensor") -> torch.Tensor:
     """Scale, saturate and cast to FP8. ``scale`` broadcasts against ``x``."""
-    f = fp8_format(fmt)
     y = x.float() / torch.as_tensor(scale, dtype=torch.float32, device=x.device)
     if torch.isnan(y).any():
         raise ValueError(f"{name} has NaN values (or a zero/NaN scale): they have no FP8 code")
-    return y.clamp(-f.max, f.max).to(f.dtype)
+    return _saturating_cast(y, fp8_format(fmt))
 
 
 def from_fp8(q: torch.Tensor, scale) -> torch.Tensor:
@@ -69,9 +79,8 @@ def per_token_fp8_scale(x: torch.Tensor, fmt: str = "e4m3") -> torch.Tensor:
 def fp8_activation_grid(x: torch.Tensor, scale: torch.Tensor, fmt: str = "e4m3", name: str = "input") -> torch.Tensor:
     """The FP8 codes of ``x * (1 / scale)`` as float32 values (saturating; a NaN is an error). The float32
     reciprocal is taken once per scale, as the kernels do, instead of a division per element."""
-    f = fp8_format(fmt)
     inv = 1.0 / torch.as_tensor(scale, dtype=torch.float32, device=x.device)
     y = x.float() * inv
     if torch.isnan(y).any():
         raise ValueError(f"{name} has NaN values: they have no FP8 code")
-    return y.clamp(-f.max, f.max).to(f.dtype).float()
+    return _saturating_cast(y, fp8_format(fmt)).float()

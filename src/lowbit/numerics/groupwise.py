@@ -26,7 +26,6 @@ import math
 import torch
 
 from ..errors import ConfigError
-from .fp8 import fp8_format
 
 CODE_MAX = 15
 SYMMETRIC_ZERO = 8
@@ -105,10 +104,3 @@ def dequantize_groups(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tens
     """(c - z) * s in float32 (exact), [N, K]."""
     g = _grouped(codes.float(), group_size)
     return ((g - zero.unsqueeze(-1).float()) * scale.unsqueeze(-1)).reshape(len(codes), -1)[:, :codes.shape[1]]
-
-
-def e4m3_grid(x: torch.Tensor) -> torch.Tensor:
-    """x rounded to E4M3FN (nearest even, saturating at +-448), as float32: the kernel's
-    ``cvt.rn.satfinite.e4m3x2.f32``."""
-    f = fp8_format("e4m3")
-    return x.float().clamp(-f.max, f.max).to(f.dtype).float()

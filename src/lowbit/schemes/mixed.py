@@ -66,7 +66,7 @@ class _LinearScheme(Scheme):
     def _info(self, prepared: nn.Module) -> dict:
         iq, wq = prepared.input_quantizer, prepared.weight_quantizer
         info = {"scheme": self.name, "calibrator": iq.calibrator, "amax": iq.amax,
-                "algorithm": getattr(wq, "algorithm", "rtn")}
+                "algorithm": getattr(wq, "algorithm", "rtn")}  # FP8 weights have no algorithm
         if getattr(wq, "report", None):
             info["gptq"] = wq.report
         return info
