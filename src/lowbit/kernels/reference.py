@@ -41,10 +41,11 @@ def integer_matmul(a: torch.Tensor, b: torch.Tensor, bound_a: int, bound_b: int)
     """Exact product of integer matrices a [M, K] and b [K, N]; ``bound_*`` bound |a| and |b|.
 
     CPU: int8 operands through torch._int_mm (int8 x int8 -> int32) when K * bound_a *
-    bound_b fits int32, otherwise an int64 matmul. CUDA has no general integer matmul
-    (cuBLASLt's int8 path rejects many shapes), so there the product of the integer
-    values is taken in float64, which is exact while every partial sum stays below
-    2^53, a bound checked here; the GPU kernels proper live beside this reference.
+    bound_b fits int32. Otherwise a float matmul of the integer values, which is exact whatever
+    the order of the sums while every partial sum stays below 2^24 (float32) or 2^53 (float64),
+    and an int64 matmul (slow) beyond. CUDA has no general integer matmul (cuBLASLt's int8 path
+    rejects many shapes), so there it is float64, within the 2^53 bound checked here (float32 could
+    run as TF32); the GPU kernels proper live beside this reference.
     """
     m, k = a.shape
     n = b.shape[1]
@@ -58,6 +59,10 @@ def integer_matmul(a: torch.Tensor, b: torch.Tensor, bound_a: int, bound_b: int)
         return (a.double() @ b.double()).to(out_dtype)
     if a.dtype == b.dtype == torch.int8 and out_dtype == torch.int32:
         return _int_mm_padded(a, b)
+    if bound < 1 << 24:
+        return (a.float() @ b.float()).to(out_dtype)
+    if bound < 1 << 53:
+        return (a.double() @ b.double()).to(out_dtype)
     return a.long() @ b.long()
 
 
@@ -143,3 +148,37 @@ def epilogue(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bi
     if out_scale is None:
         return y
     return torch.clamp(torch.round(y * torch.reciprocal(out_scale.float())), *out_range).to(torch.int8)
+
+
+_BYTE_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
+
+
+def popcount32(words: torch.Tensor) -> torch.Tensor:
+    """Set bits of each int32 word (int32)."""
+    table = _BYTE_POPCOUNT.to(words.device)
+    octets = words.contiguous().view(torch.uint8).reshape(*words.shape, 4).long()
+    return table[octets].sum(-1, dtype=torch.int32)
+
+
+def bitserial_acc(weight_planes: torch.Tensor, x_planes: torch.Tensor, x_signed: bool,
+                  active: int | None = None) -> torch.Tensor:
+    """The bit-serial product, literally as the kernels compute it (lowbit.numerics.bitlayers):
+
+      P[i, j] = popc(B_i[n] & X_j[m])       summed over the packed words of K
+      acc[m, n] = sum_{i<k} 2^(N-k+i) * sum_j c_j 2^j (2 P[i, j] - popc(X_j[m]))
+
+    with B_i the i-th of the k most significant of the N stored weight planes [N, n, W] (each a +-1
+    layer), X_j the activation planes [A, m, W] (two's complement: c_j = -1 for the top plane when
+    signed, else 1). Returns int64 [m, n]. Slow (it exists to be checked against): layers compute the
+    same integers with :func:`integer_matmul`."""
+    stored = weight_planes.shape[0]
+    k = stored if active is None else active
+    x_count = popcount32(x_planes).sum(-1, dtype=torch.int64)  # [A, m]
+    acc = torch.zeros(x_planes.shape[1], weight_planes.shape[1], dtype=torch.int64, device=x_planes.device)
+    for j in range(x_planes.shape[0]):
+        c = -(1 << j) if (x_signed and j == x_planes.shape[0] - 1) else 1 << j
+        for i in range(k):
+            plane = weight_planes[stored - k + i]
+            p = popcount32(plane[None] & x_planes[j][:, None]).sum(-1, dtype=torch.int64)  # [m, n]
+            acc += (c << (stored - k + i)) * (2 * p - x_count[j][:, None])
+    return acc

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import QuantSpec
 from ..numerics import fake_quantize, fp8_scale, qparams_for, to_fp8
+from ..numerics.bitlayers import clip_search_scale, odd_grid_codes, odd_grid_values
 from ..numerics.fp8 import e4m3_grid
 from ..numerics.groupwise import dequantize_groups, group_qparams, protective_scale, quantize_groups
 from .quantizer import straight_through
@@ -152,3 +153,25 @@ class FP8WeightQuantizer(_CachedGrid):
 
     def describe(self) -> str:
         return "e4m3 per-channel"
+
+
+class BitLayerWeightQuantizer(_CachedGrid):
+    """Weights on the n-bit odd grid of bit-serial layers (lowbit.numerics.bitlayers), one scale per
+    output row from the clipping search."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = bits
+
+    def codes_for(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unsigned codes u int32 [N, K], float32 scales [N])."""
+        w = w.detach().reshape(len(w), -1)
+        scale = clip_search_scale(w, self.bits)
+        return odd_grid_codes(w, scale, self.bits), scale
+
+    def grid(self, w: torch.Tensor) -> torch.Tensor:
+        u, scale = self.codes_for(w)
+        return (odd_grid_values(u, self.bits).float() * scale[:, None]).reshape(w.shape)
+
+    def describe(self) -> str:
+        return f"{self.bits} bitlayers, odd grid per row"

@@ -1,0 +1,104 @@
+import warnings
+
+import pytest
+import torch
+
+import lowbit
+from lowbit.errors import ConfigError
+from lowbit.kernels.reference import bitserial_acc, popcount32
+from lowbit.nn.bitserial import BitSerialLinear
+from lowbit.numerics import pack_bitplanes
+
+
+def _model(k_in=77, hidden=130, out=9, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(k_in, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, out))
+
+
+def _quantized(weight_bits=6, act_bits=8, seed=0):
+    model = _model(seed=seed)
+    data = [torch.randn(32, 77, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    return model, lowbit.quantize(model, "bitserial", calib_data=data, weight_bits=weight_bits, act_bits=act_bits)
+
+
+def test_popcount32():
+    words = torch.tensor([0, 1, -1, 0x0F0F0F0F, -(1 << 31), 12345], dtype=torch.int32)
+    assert popcount32(words).tolist() == [0, 1, 32, 16, 1, bin(12345).count("1")]
+
+
+@pytest.mark.parametrize("weight_bits,act_bits,k", [(6, 8, 6), (6, 8, 2), (1, 8, 1), (4, 16, 3), (9, 5, 7)])
+def test_layer_equals_the_literal_popcount_arithmetic(weight_bits, act_bits, k):
+    """The layer's integers (one exact matmul) = the AND + popcount + shift-and-add of the kernels."""
+    _, q = _quantized(weight_bits, act_bits)
+    layer = q[0]
+    layer.set_bitlayers(k)
+    x = torch.randn(6, 77, generator=torch.Generator().manual_seed(9))
+    xq = layer.quantize_input(x)
+    planes = pack_bitplanes(xq, act_bits, signed=layer.input_format.signed)
+    literal = bitserial_acc(layer.bitlayers, planes, layer.input_format.signed, k)
+    expected = (xq.double() @ layer.weight_values().double().t()).long()
+    assert torch.equal(literal, expected)
+    y = literal.float() * (layer.input_scale * layer.weight_scale) + layer.bias
+    assert torch.equal(layer(x), y)
+
+
+def test_all_bitlayers_match_the_fake_quantized_model_and_fewer_cost_accuracy():
+    model, q = _quantized(8, 16)
+    fake = lowbit.prepare(model, "bitserial", calib_data=[torch.randn(32, 77, generator=torch.Generator().manual_seed(i))
+                                                           for i in range(4)], weight_bits=8, act_bits=16)
+    x = torch.randn(20, 77, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(q(x), fake(x), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        ref = model(x)
+    errors = []
+    for k in (8, 4, 2, 1):
+        lowbit.set_bitlayers(q, k)
+        errors.append(float((q(x) - ref).norm() / ref.norm()))
+    assert errors == sorted(errors) and errors[0] < 0.01 < errors[-1]
+
+
+def test_set_bitlayers_per_layer_changes_no_weights_and_rejects_bad_requests():
+    _, q = _quantized(6, 8)
+    stored = q[0].bitlayers.clone()
+    assert lowbit.set_bitlayers(q, {"2": 3}) == {"0": 6, "2": 3}
+    assert q[0].bitlayers.data_ptr() == q[0].bitlayers.data_ptr() and torch.equal(q[0].bitlayers, stored)
+    with pytest.raises(ConfigError, match="layer '0': 7 bitlayers asked for, but the layer stores 6"):
+        lowbit.set_bitlayers(q, 7)
+    assert q[2].active == 3  # a refused request changes nothing
+    with pytest.raises(ConfigError, match="matches no bit-serial layer"):
+        lowbit.set_bitlayers(q, {"fc*": 2})
+    with pytest.raises(ConfigError, match="no bit-serial layers"):
+        lowbit.set_bitlayers(_model(), 2)
+
+
+def test_saturation_is_counted_and_warned_once_naming_the_layer():
+    _, q = _quantized(4, 8)
+    x = torch.full((3, 77), 1000.0)
+    with pytest.warns(UserWarning, match="layer '0': 231 of 231 input values .* saturate"):
+        q(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q(x)
+    assert q[0].saturated == 462
+
+
+def test_checkpoint_keeps_bitlayers_and_the_active_count(tmp_path):
+    model, q = _quantized(5, 8)
+    lowbit.set_bitlayers(q, {"0": 2})
+    path = tmp_path / "bs.safetensors"
+    lowbit.save(q, path)
+    loaded = lowbit.load(path, _model())
+    assert isinstance(loaded[0], BitSerialLinear) and loaded[0].active == 2 and loaded[2].active == 5
+    x = torch.randn(4, 77, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(loaded(x), q(x))
+
+
+def test_bad_options_are_clear_errors():
+    model = _model()
+    with pytest.raises(ConfigError, match="weight_bits=0"):
+        lowbit.quantize(model, "bitserial", calib_data=[torch.randn(4, 77)], weight_bits=0)
+    with pytest.raises(ConfigError, match="act_bits=1"):
+        lowbit.quantize(model, "bitserial", calib_data=[torch.randn(4, 77)], act_bits=1)
+    _, q = _quantized()
+    with pytest.raises(ValueError, match="expects inputs of 77 features"):
+        q(torch.randn(2, 76))
