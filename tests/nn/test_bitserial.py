@@ -7,7 +7,7 @@ import lowbit
 from lowbit.errors import ConfigError
 from lowbit.kernels.reference import bitserial_acc, popcount32
 from lowbit.nn.bitserial import BitSerialLinear
-from lowbit.numerics import pack_bitplanes
+from lowbit.numerics.bitlayers import input_planes
 
 
 def _model(k_in=77, hidden=130, out=9, seed=0):
@@ -34,7 +34,7 @@ def test_layer_equals_the_literal_popcount_arithmetic(weight_bits, act_bits, k):
     layer.set_bitlayers(k)
     x = torch.randn(6, 77, generator=torch.Generator().manual_seed(9))
     xq = layer.quantize_input(x)
-    planes = pack_bitplanes(xq, act_bits, signed=layer.input_format.signed)
+    planes = input_planes(xq, act_bits, signed=layer.input_format.signed)
     literal = bitserial_acc(layer.bitlayers, planes, layer.input_format.signed, k)
     expected = (xq.double() @ layer.weight_values().double().t()).long()
     assert torch.equal(literal, expected)
@@ -74,12 +74,14 @@ def test_set_bitlayers_per_layer_changes_no_weights_and_rejects_bad_requests():
 def test_saturation_is_counted_and_warned_once_naming_the_layer():
     _, q = _quantized(4, 8)
     x = torch.full((3, 77), 1000.0)
-    with pytest.warns(UserWarning, match="layer '0': 231 of 231 input values .* saturate"):
+    with pytest.warns(UserWarning, match="layer '0': 231 input values fell outside the 8-bit .* saturated"):
         q(x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         q(x)
     assert q[0].saturated == 462
+    with pytest.raises(ValueError, match="layer '0': 1 NaN input value"):
+        q(torch.where(torch.arange(77) == 5, float("nan"), 0.0)[None])
 
 
 def test_checkpoint_keeps_bitlayers_and_the_active_count(tmp_path):

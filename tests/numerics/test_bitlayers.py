@@ -11,7 +11,7 @@ def test_bitlayers_hold_the_odd_codes(bits):
     g = torch.Generator().manual_seed(bits)
     u = torch.randint(0, 1 << bits, (7, 45), generator=g, dtype=torch.int32)
     planes = to_bitlayers(u, bits)
-    assert planes.shape == (bits, 7, 2) and planes.dtype == torch.int32
+    assert planes.shape == (bits, 7, 16) and planes.dtype == torch.int32
     assert torch.equal(bitlayer_values(planes, 45), odd_grid_values(u, bits))
 
 

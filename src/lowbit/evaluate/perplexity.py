@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 
@@ -28,17 +29,28 @@ def lm_batches(windows: Sequence[torch.Tensor]) -> list[dict]:
     return [{"input_ids": w[None], "use_cache": False} for w in windows]
 
 
+def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """[B, T, V] logits: a model whose forward takes ``input_ids`` (Hugging Face causal LMs) is called by
+    keyword without a KV cache and returns ``.logits``; any other is called on the ids and returns them."""
+    if "input_ids" in inspect.signature(model.forward).parameters:
+        return model(input_ids=ids, use_cache=False).logits
+    return model(ids)
+
+
 @torch.no_grad()
 def perplexity(model: nn.Module, windows: Sequence[torch.Tensor], *, device=None, progress: bool | None = None,
-               desc: str = "perplexity") -> tuple[float, int]:
+               desc: str = "perplexity", batch_size: int = 1) -> tuple[float, int]:
     """exp(mean negative log-likelihood) of every token after the first in each window, each window
-    scored on its own; returns (perplexity, number of tokens scored)."""
+    scored on its own (``batch_size`` windows of one length at a time); returns (perplexity, number
+    of tokens scored)."""
     device = device or next(model.parameters(), torch.empty(0)).device
     model.eval()
     nll, tokens = 0.0, 0
-    for w in progress_bar(windows, desc=desc, unit="window", enable=progress):
-        ids = w[None].to(device)
-        logits = model(input_ids=ids, use_cache=False).logits.float()
-        nll += float(F.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum"))
-        tokens += ids.shape[1] - 1
+    batches = [windows[i:i + batch_size] for i in range(0, len(windows), batch_size)]
+    for batch in progress_bar(batches, desc=desc, unit="batch", enable=progress):
+        ids = torch.stack(list(batch)).to(device)
+        logits = _logits(model, ids).float()
+        nll += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                     reduction="sum"))
+        tokens += ids[:, 1:].numel()
     return math.exp(nll / tokens), tokens

@@ -98,3 +98,46 @@ def plot_rows(rows: list[Row], path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=str(path).rsplit(".", 1)[-1].lower(), dpi=120)
     plt.close(fig)
+
+
+def plot_bitlayer_curve(rows: list[Row], path, *, budget: float | None = None,
+                        speedup: dict[int, float] | None = None) -> None:
+    """A bit-serial model's accuracy (or perplexity) against the bitlayers it uses: the global counts as
+    a line, the automatic choices as marked points (x = their mean bitlayers, weighted by layer size),
+    FP32 and its budget as horizontal lines; with ``speedup`` ({bitlayers: speed-up over bf16}, from
+    benchmarks/bitserial.py), the speed on a second axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fp32 = next(r for r in rows if r.scheme == "fp32")
+    curve = sorted((int(r.extra["bitlayers"]), r.value) for r in rows
+                   if r.scheme == "bitserial" and str(r.extra["bitlayers"]).isdigit())
+    chosen = [r for r in rows if str(r.extra.get("bitlayers", "")).startswith("auto")]
+    relative = fp32.metric in LOWER_IS_BETTER
+    scale = 1 if relative else 100
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot([k for k, _ in curve], [v * scale for _, v in curve], "o-", color="#3a7", label="bit-serial, k bitlayers")
+    for r in chosen:
+        ax.plot(r.extra["mean_bitlayers"], r.value * scale, "*", markersize=14, label=f"{r.extra['bitlayers']}")
+    ax.axhline(fp32.value * scale, color="#888", linestyle="--", label="FP32")
+    if budget is not None:
+        limit = fp32.value * (1 + budget / 100) if relative else fp32.value * 100 - budget
+        ax.axhline(limit, color="#c55", linestyle=":", label=f"budget ({budget:g}{'%' if relative else ' pts'})")
+    if relative:
+        ax.set_yscale("log")  # perplexity explodes at 1-2 bitlayers
+    ax.set_xlabel("bitlayers used (weight bits)")
+    ax.set_ylabel(fp32.metric if relative else f"{fp32.metric} (%)")
+    ax.set_title(f"{fp32.model}: {fp32.metric} against bitlayers ({fp32.samples} "
+                 f"{'tokens' if relative else 'samples'})")
+    if speedup:
+        ax2 = ax.twinx()
+        ks = sorted(speedup)
+        ax2.plot(ks, [speedup[k] for k in ks], "s--", color="#37a", label="speed-up vs bf16")
+        ax2.set_ylabel("speed-up over torch bf16 (H100)", color="#37a")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=str(path).rsplit(".", 1)[-1].lower(), dpi=120)
+    plt.close(fig)

@@ -24,15 +24,20 @@ from torch import nn
 
 from ..config import IntFormat
 from ..errors import ConfigError
+from ..kernels.cuda.bitserial import bitserial_linear, bitserial_supported
 from ..kernels.reference import integer_matmul, rescale
-from ..numerics.bitlayers import bitlayer_values, check_active, to_bitlayers
+from ..numerics.bitlayers import bitlayer_values, check_active, padded_words, to_bitlayers
 from .geometry import LayerGeometry
 from .registry import quantized_layers, register_layer
 
 
+CHECK_EVERY = 64  # GPU calls between reads of the saturation / NaN counts
+_FALLBACK_WARNED = False
+
+
 @register_layer
 class BitSerialLinear(nn.Module):
-    """``bitlayers`` int32 [n, out, ceil(in/32)] (the stored planes), ``weight_scale`` float32 [out],
+    """``bitlayers`` int32 [n, out, padded_words(in)] (the stored planes), ``weight_scale`` float32 [out],
     ``input_scale`` float32 [], ``bias``. ``options``: weight_bits, act_bits, act_signed."""
 
     layer_type = "bitserial"
@@ -46,13 +51,18 @@ class BitSerialLinear(nn.Module):
         self.info = dict(info or {})
         n, out, k = options["weight_bits"], geometry.out_channels, geometry.in_channels
         self.input_format = IntFormat(options["act_bits"], signed=options["act_signed"])
-        self.register_buffer("bitlayers", torch.zeros(n, out, (k + 31) // 32, dtype=torch.int32))
+        self.register_buffer("bitlayers", torch.zeros(n, out, padded_words(k), dtype=torch.int32))
         self.register_buffer("weight_scale", torch.ones(out))
         self.register_buffer("input_scale", torch.ones(()))
         self.register_buffer("bias", torch.zeros(out) if geometry.bias else None)
         self.active = self.info.pop("active_bitlayers", n)
-        self.saturated = 0  # inputs clamped to the fixed-point range since the layer was built
-        self._warned = False
+        # Inputs clamped to the fixed-point range, and NaN inputs, counted by the GPU kernel (read back
+        # every CHECK_EVERY calls, not every call: a read waits for the GPU) and by the CPU path.
+        self.register_buffer("input_flags", torch.zeros(2, dtype=torch.int64), persistent=False)
+        self._saturated_reported = 0
+        self._calls = 0
+        self._scale_key = None
+        self._decoded_key = None
 
     @property
     def name(self) -> str:
@@ -75,35 +85,80 @@ class BitSerialLinear(nn.Module):
         """The integer weights [out, in] the active bitlayers represent (int32; times weight_scale)."""
         return bitlayer_values(self.bitlayers, self.geometry.in_channels, self.active)
 
+    def _decoded_weight(self) -> torch.Tensor:
+        """weight_values() as float32 (exact: |values| < 2^16), kept for the current k while the planes
+        stay the same: the reference path would otherwise unpack them on every call (an LSTM step)."""
+        key = (self.active, self.bitlayers._version, self.bitlayers.data_ptr(), self.bitlayers.device)
+        if key != self._decoded_key:
+            self._decoded, self._decoded_key = self.weight_values().float(), key
+        return self._decoded
+
+    @property
+    def saturated(self) -> int:
+        """How many inputs saturated since the layer was built (reads the GPU's count: a sync)."""
+        self._check_input_flags()
+        return int(self.input_flags[0])
+
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """Fixed-point codes of x (int32), counting (and warning once about) values that saturate."""
         fmt = self.input_format
         q = torch.round(x.float() / self.input_scale)
-        over = int(((q < fmt.qmin) | (q > fmt.qmax)).sum())
-        if over:
-            self._count_saturated(over, x.numel())
+        self.input_flags[0] += ((q < fmt.qmin) | (q > fmt.qmax)).sum()
+        self.input_flags[1] += torch.isnan(q).sum()
+        self._check_input_flags()
         return torch.clamp(q, fmt.qmin, fmt.qmax).to(torch.int32)
 
-    def _count_saturated(self, over: int, total: int) -> None:
-        self.saturated += over
-        if not self._warned:
-            self._warned = True
+    def _check_input_flags(self) -> None:
+        over, nans = (int(v) for v in self.input_flags.tolist())
+        if nans:
+            self.input_flags[1] = 0
+            raise ValueError(f"layer {self.name!r}: {nans} NaN input value(s)")
+        if over and not self._saturated_reported:
             fmt = self.input_format
-            warnings.warn(f"layer {self.name!r}: {over} of {total} input values fall outside the "
-                          f"{fmt.bits}-bit fixed-point range [{fmt.qmin}, {fmt.qmax}] x scale "
-                          f"{float(self.input_scale):.4g} and saturate (counted in .saturated; warned once)",
-                          stacklevel=3)
+            warnings.warn(f"layer {self.name!r}: {over} input values fell outside the {fmt.bits}-bit fixed-point "
+                          f"range [{fmt.qmin}, {fmt.qmax}] x scale {float(self.input_scale):.4g} and saturated "
+                          "(counted in .saturated; warned once)", stacklevel=4)
+        self._saturated_reported = over
+
+    def _scale(self) -> torch.Tensor:
+        """input_scale * weight_scale [N], as the reference's rescale computes it; kept between calls."""
+        key = (self.input_scale._version, self.weight_scale._version, self.input_scale.data_ptr(),
+               self.weight_scale.data_ptr())
+        if key != self._scale_key:
+            self._scale_cached, self._scale_key = (self.input_scale * self.weight_scale).float().contiguous(), key
+        return self._scale_cached
+
+    def _uses_kernel(self, x: torch.Tensor) -> bool:
+        if not x.is_cuda:
+            return False
+        if bitserial_supported(x.device):
+            return True
+        global _FALLBACK_WARNED
+        if not _FALLBACK_WARNED:
+            _FALLBACK_WARNED = True
+            warnings.warn("bit-serial layers run the reference path on this GPU: the kernel needs binary tensor "
+                          "cores (compute capability 8.0 or newer) and cuda-bindings (NVRTC)", stacklevel=3)
+        return False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k_in = self.geometry.in_channels
         if x.shape[-1] != k_in:
             raise ValueError(f"layer {self.name!r} expects inputs of {k_in} features, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
-        xq = self.quantize_input(x.reshape(-1, k_in))
+        x = x.reshape(-1, k_in)
+        if self._uses_kernel(x):
+            fmt = self.input_format
+            y = bitserial_linear(x.float().contiguous(), self.bitlayers, self.active, self.input_scale, fmt.bits,
+                                 fmt.qmin, fmt.qmax, fmt.signed, self._scale(), self.bias, self.input_flags)
+            self._calls += 1
+            if self._calls % CHECK_EVERY == 0 and not torch.cuda.is_current_stream_capturing():
+                self._check_input_flags()
+            return y.reshape(*lead, -1)
+        xq = self.quantize_input(x)
         n = self.stored_bitlayers
         w_bound = ((1 << self.active) - 1) << (n - self.active)
         x_bound = max(-self.input_format.qmin, self.input_format.qmax)
-        acc = integer_matmul(xq, self.weight_values().t(), x_bound, w_bound)
+        acc = integer_matmul(xq, self._decoded_weight().t(), x_bound, w_bound)
         y = rescale(acc, self.input_scale, self.weight_scale, self.bias, channel_dim=1)
         return y.reshape(*lead, -1)
 

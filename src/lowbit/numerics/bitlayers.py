@@ -28,6 +28,14 @@ from ..errors import ConfigError
 from .packing import pack_bitplanes
 
 CLIP_CANDIDATES = 100
+# Stored planes pad K with zero bits to a multiple of 512 (16 int32 words): the GPU kernel reads
+# 16 bytes per thread and feeds two 256-bit tensor-core steps from them.
+WORD_MULTIPLE = 16
+
+
+def padded_words(k: int) -> int:
+    """int32 words per stored plane row for K elements."""
+    return -(-k // (32 * WORD_MULTIPLE)) * WORD_MULTIPLE
 
 
 def odd_grid_codes(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
@@ -67,9 +75,17 @@ def clip_search_scale(w: torch.Tensor, bits: int, candidates: int = CLIP_CANDIDA
 
 
 def to_bitlayers(u: torch.Tensor, bits: int) -> torch.Tensor:
-    """Unsigned codes u [N, K] -> the n bitlayers, int32 [n, N, ceil(K/32)], plane j holding bit j of u
-    (element 32w+i in bit i of word w; padding bits are 0)."""
-    return pack_bitplanes(u, bits, signed=False)
+    """Unsigned codes u [N, K] -> the n bitlayers, int32 [n, N, padded_words(K)], plane j holding bit j
+    of u (element 32w+i in bit i of word w; padding bits are 0)."""
+    planes = pack_bitplanes(u, bits, signed=False)
+    return torch.nn.functional.pad(planes, (0, padded_words(u.shape[-1]) - planes.shape[-1]))
+
+
+def input_planes(codes: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    """Fixed-point input codes [M, K] -> their bitplanes, int32 [bits, M, padded_words(K)] (two's
+    complement when ``signed``: the top plane counts -2^(bits-1))."""
+    planes = pack_bitplanes(codes, bits, signed=signed)
+    return torch.nn.functional.pad(planes, (0, padded_words(codes.shape[-1]) - planes.shape[-1]))
 
 
 def check_active(active: int, stored: int, name: str = "layer") -> int:
@@ -87,8 +103,8 @@ def bitlayer_values(planes: torch.Tensor, length: int, active: int | None = None
     [n, N, W] represent: 2^(n-k) * (2t - (2^k - 1)), t the top k bits of u."""
     bits = planes.shape[0]
     k = check_active(bits if active is None else active, bits)
-    if not 32 * planes.shape[-1] - 31 <= length <= 32 * planes.shape[-1]:
-        raise ConfigError(f"length {length} does not match {planes.shape[-1]} packed words")
+    if length > 32 * planes.shape[-1]:
+        raise ConfigError(f"length {length} does not fit {planes.shape[-1]} packed words")
     shifts = torch.arange(32, dtype=torch.int32, device=planes.device)
     t = torch.zeros(*planes.shape[1:-1], length, dtype=torch.int32, device=planes.device)
     for i in range(k):  # one plane at a time: unpacking all at once would need 32x their size in int64

@@ -1,0 +1,151 @@
+"""Bit-serial (PrecisionBatching) layers on the GPU's binary tensor cores against torch bf16 / fp32
+(cuBLAS) and lowbit's INT8 GEMM, measured in one process; then the MNIST MLP and the char LSTM LM
+end to end at batch 1.
+
+    PYTHONPATH=src python3 benchmarks/bitserial.py [--out benchmarks/results/bitserial.json] [--quick]
+
+GEMV/GEMM: N = K in {1024, 2048, 4096, 8192}, batch M in {1, 8, 32}, weight bits {1, 2, 3, 4, 6, 8} x
+activation bits {8, 16}. The bit-serial time is the whole layer from float32 input (quantizing the
+input, its bitplanes, the binary GEMM and the epilogue); INT8 is lowbit's Triton GEMM from int8 codes.
+Bitlayer scaling: 8 stored bitlayers, k = 1..8 used. Times are medians of CUDA-graph replays
+(benchmarks/timing.py) over enough weight copies to stream from HBM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import lowbit  # noqa: E402
+from lowbit.kernels.triton import int8_gemm  # noqa: E402
+from lowbit.models.char_lm import CharLSTM  # noqa: E402
+from lowbit.models.mlp import MLP  # noqa: E402
+from lowbit.nn.lstm import unroll_lstms  # noqa: E402
+from timing import bench, copies  # noqa: E402
+
+
+def bitserial_layers(n, k, weight_bits, act_bits, count):
+    """``count`` quantized n x k layers (random weights; a calibrated input range of +-3)."""
+    layers = []
+    for _ in range(count):
+        lin = torch.nn.Sequential(torch.nn.Linear(k, n))
+        q = lowbit.quantize(lin, "bitserial", calib_data=[torch.randn(4, k) * 3 / 4.5], weight_bits=weight_bits,
+                            act_bits=act_bits, progress=False)
+        layers.append(q[0].cuda())
+    return layers
+
+
+def gemm_rows(nks, batches, weight_bits, act_bits_list):
+    rows = []
+    for nk in nks:
+        n = k = nk
+        c = copies(n * k * 2)
+        w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(c)]
+        w32 = [w.float() for w in w16]
+        w8 = [torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8) for _ in range(c)]
+        sa, sw, bias = torch.tensor(0.01, device="cuda"), torch.rand(n, device="cuda"), torch.randn(n, device="cuda")
+        layers = {(wb, ab): bitserial_layers(n, k, wb, ab, copies(n * k * wb // 8)) for wb in weight_bits
+                  for ab in act_bits_list}
+        for m in batches:
+            x32 = torch.randn(m, k, device="cuda")
+            x16 = x32.bfloat16()
+            x8 = torch.randint(-127, 128, (m, k), device="cuda", dtype=torch.int8)
+            _, t_bf16 = bench([lambda w=w: F.linear(x16, w) for w in w16])
+            _, t_fp32 = bench([lambda w=w: F.linear(x32, w) for w in w32])
+            _, t_int8 = bench([lambda w=w: int8_gemm(x8, w, sa, sw, bias) for w in w8])
+            for (wb, ab), ls in layers.items():
+                eager, t_bs = bench([lambda layer=layer: layer(x32) for layer in ls])
+                rows.append({"n": n, "k": k, "m": m, "weight_bits": wb, "act_bits": ab, "bitserial_us": t_bs * 1e6,
+                             "bitserial_eager_us": eager * 1e6, "bf16_us": t_bf16 * 1e6, "fp32_us": t_fp32 * 1e6,
+                             "int8_us": t_int8 * 1e6, "vs_bf16": t_bf16 / t_bs, "vs_fp32": t_fp32 / t_bs,
+                             "vs_int8": t_int8 / t_bs, "weight_MB": n * k * wb / 8e6,
+                             "hbm_floor_us": n * k * wb / 8 / 3.35e12 * 1e6})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def scaling_rows(nk=4096, m=1, act_bits=8):
+    layers = bitserial_layers(nk, nk, 8, act_bits, copies(nk * nk))
+    x = torch.randn(m, nk, device="cuda")
+    rows = []
+    for k in range(8, 0, -1):
+        for layer in layers:
+            layer.set_bitlayers(k)
+        _, t = bench([lambda layer=layer: layer(x) for layer in layers])
+        rows.append({"n": nk, "k": nk, "m": m, "act_bits": act_bits, "bitlayers": k, "us": t * 1e6})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def timed_model(fn):
+    return bench([fn])[1] * 1e6
+
+
+def mlp_rows(weight_bits=(8, 4, 2)):
+    torch.manual_seed(0)
+    model = MLP().cuda().eval()
+    x = torch.rand(1, 784, device="cuda")
+    rows = []
+    with torch.no_grad():
+        fp32 = timed_model(lambda: model(x))
+        bf16_model = copy.deepcopy(model).bfloat16()
+        bf16 = timed_model(lambda: bf16_model(x.bfloat16()))
+        for wb in weight_bits:
+            q = lowbit.quantize(model, "bitserial", calib_data=[torch.rand(16, 784, device="cuda")],
+                                weight_bits=wb, act_bits=8, progress=False)
+            t = timed_model(lambda: q(x))
+            rows.append({"model": "mnist-mlp", "batch": 1, "weight_bits": wb, "act_bits": 8, "bitserial_us": t,
+                         "fp32_us": fp32, "bf16_us": bf16, "vs_fp32": fp32 / t, "vs_bf16": bf16 / t})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def lstm_rows(weight_bits=(8, 4, 2), steps=100):
+    torch.manual_seed(0)
+    model = CharLSTM(114, 128, 2048).cuda().eval()
+    ids = torch.randint(0, 114, (1, steps), device="cuda")
+    rows = []
+    with torch.no_grad():
+        fp32 = timed_model(lambda: model(ids))
+        bf16_model = copy.deepcopy(model).bfloat16()
+        bf16 = timed_model(lambda: bf16_model(ids))
+        unrolled = unroll_lstms(copy.deepcopy(model))
+        for wb in weight_bits:
+            q = lowbit.quantize(unrolled, "bitserial", calib_data=[ids], weight_bits=wb, act_bits=8, progress=False)
+            t = timed_model(lambda: q(ids))
+            rows.append({"model": "char-lstm-2048", "batch": 1, "steps": steps, "weight_bits": wb, "act_bits": 8,
+                         "bitserial_us": t, "fp32_cudnn_us": fp32, "bf16_cudnn_us": bf16, "vs_fp32": fp32 / t,
+                         "vs_bf16": bf16 / t})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="benchmarks/results/bitserial.json")
+    parser.add_argument("--quick", action="store_true", help="N=K=4096 only, weight bits 1/4/8, act bits 8")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    if args.quick:
+        gemm = gemm_rows([4096], [1, 8, 32], [1, 4, 8], [8])
+    else:
+        gemm = gemm_rows([1024, 2048, 4096, 8192], [1, 8, 32], [1, 2, 3, 4, 6, 8], [8, 16])
+    result = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
+              "torch": torch.__version__, "triton": triton.__version__, "gemm": gemm, "scaling": scaling_rows(),
+              "mlp": mlp_rows(), "lstm": lstm_rows()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

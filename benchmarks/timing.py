@@ -1,0 +1,32 @@
+"""Timing shared by the benchmark scripts (run them from the repository root)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+
+def bench(fn_list):
+    """(eager, graph) median seconds per call. Eager includes each call's host launch cost;
+    graph replays one CUDA graph that runs every input copy once, the way small batches
+    are served, and divides by the copies."""
+    i = [0]
+
+    def step():
+        fn_list[i[0] % len(fn_list)]()
+        i[0] += 1
+
+    eager = triton.testing.do_bench(step, warmup=50, rep=300, return_mode="median") * 1e-3
+    for fn in fn_list:  # compile and autotune before capture
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for fn in fn_list:
+            fn()
+    replay = triton.testing.do_bench(graph.replay, warmup=20, rep=300, return_mode="median") * 1e-3
+    return eager, replay / len(fn_list)
+
+
+def copies(nbytes):
+    return max(1, min(16, int(200e6 // max(nbytes, 1)) + 1))

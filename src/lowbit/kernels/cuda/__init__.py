@@ -1,0 +1,111 @@
+"""CUDA C++ kernels compiled at run time with NVRTC (cuda-bindings), for what Triton cannot emit
+(binary tensor cores). Users need no compiler toolchain: NVRTC ships as a Python wheel. Compiled
+modules are cached in memory and, as cubins, on disk (keyed by source, options, GPU and NVRTC)."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from ...fileio import atomic_path, cache_dir
+
+SOURCE_DIR = Path(__file__).parent
+
+
+@cache
+def nvrtc_available() -> bool:
+    """Whether cuda-bindings (NVRTC and the driver API) can be imported."""
+    try:
+        from cuda.bindings import driver, nvrtc  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _check(result, what: str):
+    """cuda-bindings calls return (status, *values): raise on a failed status."""
+    status, *values = result if isinstance(result, tuple) else (result,)
+    if int(status) != 0:
+        raise RuntimeError(f"{what} failed: {status!r}")
+    return values[0] if len(values) == 1 else values
+
+
+def compile_cubin(source: str, name: str, options: list[str], arch: str) -> bytes:
+    """NVRTC: CUDA C++ source -> cubin for ``arch`` (e.g. "sm_90"); compile errors come with NVRTC's log."""
+    from cuda.bindings import nvrtc
+
+    prog = _check(nvrtc.nvrtcCreateProgram(source.encode(), name.encode(), 0, [], []), "nvrtcCreateProgram")
+    try:
+        opts = [f"--gpu-architecture={arch}", "-std=c++17", *options]
+        status = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])[0]
+        if int(status) != 0:
+            size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
+            log = b" " * size
+            nvrtc.nvrtcGetProgramLog(prog, log)
+            raise RuntimeError(f"NVRTC could not compile {name} ({' '.join(opts)}):\n{log.decode(errors='replace')}")
+        size = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
+        cubin = b" " * size
+        _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
+        return cubin
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+def device_arch(device: torch.device) -> str:
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+class CudaModule:
+    """A compiled module's functions on one device, launched on the current torch stream (the caller
+    makes the module's device the current one)."""
+
+    def __init__(self, cubin: bytes, device: torch.device):
+        from cuda.bindings import driver
+
+        with torch.cuda.device(device):
+            torch.empty(1, device=device)  # makes the device's primary context current on this thread
+            self._module = _check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
+        self._functions = {}
+
+    def launch(self, name: str, grid: tuple[int, int, int], block: int, args: list) -> None:
+        """``args``: ctypes values (c_void_p for pointers, c_int, c_float, ...) in the kernel's order."""
+        from cuda.bindings import driver
+
+        if name not in self._functions:
+            self._functions[name] = _check(driver.cuModuleGetFunction(self._module, name.encode()),
+                                           f"cuModuleGetFunction({name})")
+        pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
+        stream = torch.cuda.current_stream().cuda_stream
+        _check(driver.cuLaunchKernel(self._functions[name], *grid, block, 1, 1, 0, stream,
+                                     ctypes.addressof(pointers), 0), f"launching {name}")
+
+
+_MODULES: dict[tuple, CudaModule] = {}
+
+
+def load_module(source_file: str, defines: dict[str, int], device: torch.device) -> CudaModule:
+    """The module of ``source_file`` (beside this file) compiled with ``-D`` ``defines`` for ``device``."""
+    from cuda.bindings import nvrtc
+
+    source = (SOURCE_DIR / source_file).read_text()
+    arch = device_arch(device)
+    options = [f"-D{k}={v}" for k, v in sorted(defines.items())]
+    key = (source_file, tuple(options), arch, device.index)
+    if key not in _MODULES:
+        version = _check(nvrtc.nvrtcVersion(), "nvrtcVersion")
+        digest = hashlib.sha256(repr((source, options, arch, version)).encode()).hexdigest()[:16]
+        path = cache_dir() / "cubin" / f"{Path(source_file).stem}-{arch}-{digest}.cubin"
+        if path.is_file():
+            cubin = path.read_bytes()
+        else:
+            cubin = compile_cubin(source, source_file, options, arch)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                Path(tmp).write_bytes(cubin)
+        _MODULES[key] = CudaModule(cubin, device)
+    return _MODULES[key]

@@ -1,0 +1,47 @@
+"""Models trained here once and cached: the file name carries a digest of the recipe, so changing
+the recipe retrains; an unreadable cache file is reported and replaced."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..fileio import atomic_path, cache_dir
+
+
+def cache_path(name: str, recipe: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir() / f"{name}-{digest}.safetensors"
+
+
+def _load(path: Path, build: Callable[[], nn.Module], name: str) -> nn.Module | None:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        model = build()
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        print(f"lowbit: the cached model {name} at {path} is unusable ({exc}); training it again", file=sys.stderr)
+        return None
+
+
+def cached_model(name: str, recipe: dict, build: Callable[[], nn.Module], train: Callable[[nn.Module], nn.Module],
+                 *, retrain: bool = False, device=None) -> nn.Module:
+    """``build()`` with the cached weights of ``recipe``; else ``train(build())``, cached atomically."""
+    path = cache_path(name, recipe)
+    model = None if retrain or not path.exists() else _load(path, build, name)
+    if model is None:
+        print(f"lowbit: training {name} once; it will be cached at {path}", file=sys.stderr)
+        model = train(build())
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
+                      metadata={"recipe": json.dumps(recipe)})
+    return model.to(device or "cpu").eval()

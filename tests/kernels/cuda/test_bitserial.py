@@ -1,0 +1,86 @@
+"""The NVRTC bit-serial kernel: it compiles for Ampere and Hopper everywhere NVRTC is installed, and on
+a GPU gives exactly the reference's bits on awkward shapes."""
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import lowbit
+from lowbit.kernels.cuda import SOURCE_DIR, compile_cubin
+from lowbit.kernels.reference import bitserial_acc, rescale
+from lowbit.numerics.bitlayers import input_planes, padded_words, to_bitlayers
+
+needs_nvrtc = pytest.mark.skipif(importlib.util.find_spec("cuda") is None, reason="needs cuda-bindings (NVRTC)")
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("nt,warps_k,a8", [(1, 1, 8), (4, 8, 8), (2, 4, 16), (4, 2, 16)])
+def test_kernel_compiles_with_nvrtc(arch, nt, warps_k, a8):
+    source = (Path(SOURCE_DIR) / "bitserial.cu").read_text()
+    assert len(compile_cubin(source, "bitserial.cu", [f"-DNT={nt}", f"-DWARPS_K={warps_k}", f"-DA8={a8}"], arch)) > 0
+
+
+def _reference(x, planes, active, x_scale, act_bits, signed, w_scale, bias, k):
+    from lowbit.config import IntFormat
+    fmt = IntFormat(act_bits, signed=signed)
+    xq = torch.clamp(torch.round(x / x_scale), fmt.qmin, fmt.qmax).to(torch.int32)
+    acc = bitserial_acc(planes, input_planes(xq, act_bits, signed), signed, active)
+    return rescale(acc, x_scale, w_scale, bias, channel_dim=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,n,k", [(1, 17, 77), (3, 130, 513), (8, 64, 1000), (33, 5, 1), (2, 300, 4096)])
+@pytest.mark.parametrize("weight_bits,active,act_bits,signed",
+                         [(8, 8, 8, True), (8, 3, 8, False), (1, 1, 16, True), (4, 2, 11, True), (16, 16, 16, False),
+                          (6, 6, 2, True)])
+def test_kernel_equals_the_reference_exactly(m, n, k, weight_bits, active, act_bits, signed):
+    from lowbit.kernels.cuda.bitserial import bitserial_linear
+
+    g = torch.Generator().manual_seed(m * 1000 + n + k + weight_bits)
+    u = torch.randint(0, 1 << weight_bits, (n, k), generator=g, dtype=torch.int32)
+    planes = to_bitlayers(u, weight_bits)
+    assert planes.shape[-1] == padded_words(k)
+    x = torch.randn(m, k, generator=g) * 3
+    x_scale = torch.tensor(0.7 / (1 << (act_bits - 2)))
+    w_scale = torch.rand(n, generator=g) + 0.1
+    bias = torch.randn(n, generator=g)
+    from lowbit.config import IntFormat
+    fmt = IntFormat(act_bits, signed=signed)
+    expected = _reference(x, planes, active, x_scale, act_bits, signed, w_scale, bias, k)
+    flags = torch.zeros(2, dtype=torch.int64, device="cuda")
+    out = bitserial_linear(x.cuda(), planes.cuda(), active, x_scale.cuda(), act_bits, fmt.qmin, fmt.qmax, signed,
+                           (x_scale * w_scale).cuda(), bias.cuda(), flags)
+    assert torch.equal(out.cpu(), expected)
+    q = torch.round(x / x_scale)
+    assert int(flags[0]) == int(((q < fmt.qmin) | (q > fmt.qmax)).sum())
+
+
+@pytest.mark.gpu
+def test_quantized_model_on_the_gpu_equals_the_cpu_for_every_bitlayer_count():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(300, 520), torch.nn.ReLU(), torch.nn.Linear(520, 10))
+    q_cpu = lowbit.quantize(model, "bitserial", calib_data=[torch.randn(64, 300) for _ in range(3)], weight_bits=8,
+                            act_bits=8)
+    q_gpu = copy.deepcopy(q_cpu).cuda()
+    x = torch.randn(7, 300)
+    for k in (8, 5, 1):
+        lowbit.set_bitlayers(q_cpu, k)
+        lowbit.set_bitlayers(q_gpu, k)
+        assert torch.equal(q_gpu(x.cuda()).cpu(), q_cpu(x))
+
+
+@pytest.mark.gpu
+def test_gpu_counts_saturation_and_reports_nans():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(40, 24))
+    q = lowbit.quantize(model, "bitserial", calib_data=[torch.randn(16, 40)], weight_bits=4, act_bits=8).cuda()
+    q(torch.full((2, 40), 1e6, device="cuda"))
+    with pytest.warns(UserWarning, match="80 input values fell outside"):
+        assert q[0].saturated == 80
+    q(torch.full((1, 40), float("nan"), device="cuda"))
+    with pytest.raises(ValueError, match="40 NaN input value"):
+        q[0].saturated
