@@ -34,14 +34,16 @@ from timing import bench, copies  # noqa: E402
 
 
 def bitserial_layers(n, k, weight_bits, act_bits, count):
-    """``count`` quantized n x k layers (random weights; a calibrated input range of +-3)."""
-    layers = []
-    for _ in range(count):
-        lin = torch.nn.Sequential(torch.nn.Linear(k, n))
-        q = lowbit.quantize(lin, "bitserial", calib_data=[torch.randn(4, k) * 3 / 4.5], weight_bits=weight_bits,
-                            act_bits=act_bits, progress=False)
-        layers.append(q[0].cuda())
-    return layers
+    """``count`` copies (distinct memory) of a quantized n x k layer (random weights, input range ~ +-3)."""
+    lin = torch.nn.Sequential(torch.nn.Linear(k, n, device="cuda"))
+    q = lowbit.quantize(lin, "bitserial", calib_data=[torch.randn(64, k, device="cuda")], weight_bits=weight_bits,
+                        act_bits=act_bits, progress=False)
+    return [copy.deepcopy(q[0]) for _ in range(count)]
+
+
+def rotation(nbytes):
+    """Copies whose weights together exceed the 50 MB L2 four times over (small layers would sit in L2)."""
+    return max(2, min(128, int(200e6 // max(nbytes, 1)) + 1))
 
 
 def gemm_rows(nks, batches, weight_bits, act_bits_list):
@@ -51,9 +53,9 @@ def gemm_rows(nks, batches, weight_bits, act_bits_list):
         c = copies(n * k * 2)
         w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(c)]
         w32 = [w.float() for w in w16]
-        w8 = [torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8) for _ in range(c)]
+        w8 = [torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8) for _ in range(rotation(n * k))]
         sa, sw, bias = torch.tensor(0.01, device="cuda"), torch.rand(n, device="cuda"), torch.randn(n, device="cuda")
-        layers = {(wb, ab): bitserial_layers(n, k, wb, ab, copies(n * k * wb // 8)) for wb in weight_bits
+        layers = {(wb, ab): bitserial_layers(n, k, wb, ab, rotation(n * k * wb // 8)) for wb in weight_bits
                   for ab in act_bits_list}
         for m in batches:
             x32 = torch.randn(m, k, device="cuda")
@@ -74,7 +76,7 @@ def gemm_rows(nks, batches, weight_bits, act_bits_list):
 
 
 def scaling_rows(nk=4096, m=1, act_bits=8):
-    layers = bitserial_layers(nk, nk, 8, act_bits, copies(nk * nk))
+    layers = bitserial_layers(nk, nk, 8, act_bits, rotation(nk * nk))
     x = torch.randn(m, nk, device="cuda")
     rows = []
     for k in range(8, 0, -1):
@@ -84,6 +86,36 @@ def scaling_rows(nk=4096, m=1, act_bits=8):
         rows.append({"n": nk, "k": nk, "m": m, "act_bits": act_bits, "bitlayers": k, "us": t * 1e6})
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def breakdown_rows(nk=4096, weight_bits=4, act_bits=8):
+    """Where a batch-1 layer's time goes: the input kernel alone, the binary GEMM alone, and one
+    minimal kernel (a 1-element add) for the launch floor, all replayed from CUDA graphs."""
+    from lowbit.kernels.cuda import bitserial as kernels
+    from lowbit.kernels.cuda import load_module
+
+    layers = bitserial_layers(nk, nk, weight_bits, act_bits, rotation(nk * nk * weight_bits // 8))
+    x = torch.randn(1, nk, device="cuda")
+    layer = layers[0]
+    fmt = layer.input_format
+    words = layer.bitlayers.shape[-1]
+    cfg = kernels._config(1, words, act_bits)
+    module = load_module("bitserial.cu", cfg, x.device)
+    planes = kernels.input_planes(x, layer.input_scale, act_bits, fmt.qmin, fmt.qmax, words, layer.input_flags, module)
+    tiny = torch.zeros(1, device="cuda")
+    rows = {"n": nk, "k": nk, "m": 1, "weight_bits": weight_bits, "act_bits": act_bits, "config": cfg,
+            "layer_us": bench([lambda la=la: la(x) for la in layers])[1] * 1e6,
+            "input_kernel_us": bench([lambda: kernels.input_planes(x, layer.input_scale, act_bits, fmt.qmin, fmt.qmax,
+                                                                   words, layer.input_flags, module)])[1] * 1e6,
+            "gemm_kernel_us": bench([lambda la=la: kernels.binary_gemm(*planes, la.bitlayers, la.active, act_bits,
+                                                                       fmt.signed, la._scale(), la.bias, False, cfg,
+                                                                       module) for la in layers])[1] * 1e6,
+            "one_tiny_kernel_us": bench([lambda: tiny.add_(1)])[1] * 1e6}
+    kernels.EARLY_LAUNCH = False
+    rows["layer_without_early_launch_us"] = bench([lambda la=la: la(x) for la in layers])[1] * 1e6
+    kernels.EARLY_LAUNCH = True
+    print(json.dumps(rows), flush=True)
+    return [rows]
 
 
 def timed_model(fn):
@@ -129,6 +161,36 @@ def lstm_rows(weight_bits=(8, 4, 2), steps=100):
     return rows
 
 
+def model_scaling_rows(stored=8):
+    """The MLP and the LSTM at batch 1 with ``stored`` bitlayers, timed for every count used (the knob)."""
+    torch.manual_seed(0)
+    rows = []
+    with torch.no_grad():
+        mlp = MLP().cuda().eval()
+        x = torch.rand(1, 784, device="cuda")
+        lstm = CharLSTM(114, 128, 2048).cuda().eval()
+        ids = torch.randint(0, 114, (1, 100), device="cuda")
+        models = {
+            "mnist-mlp": (mlp, x, lowbit.quantize(mlp, "bitserial", calib_data=[torch.rand(16, 784, device="cuda")],
+                                                  weight_bits=stored, act_bits=8, progress=False)),
+            "char-lstm-2048": (lstm, ids, lowbit.quantize(unroll_lstms(copy.deepcopy(lstm)), "bitserial",
+                                                          calib_data=[ids], skip=["decoder"], weight_bits=stored,
+                                                          act_bits=8, progress=False)),
+        }
+        for name, (model, inputs, q) in models.items():
+            fp32 = timed_model(lambda: model(inputs))
+            bf16_model = copy.deepcopy(model).bfloat16()
+            bf16_inputs = inputs.bfloat16() if inputs.is_floating_point() else inputs
+            bf16 = timed_model(lambda: bf16_model(bf16_inputs))
+            for k in range(stored, 0, -1):
+                lowbit.set_bitlayers(q, k)
+                t = timed_model(lambda: q(inputs))
+                rows.append({"model": name, "batch": 1, "stored": stored, "bitlayers": k, "bitserial_us": t,
+                             "fp32_us": fp32, "bf16_us": bf16, "vs_fp32": fp32 / t, "vs_bf16": bf16 / t})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/bitserial.json")
@@ -140,8 +202,9 @@ def main():
     else:
         gemm = gemm_rows([1024, 2048, 4096, 8192], [1, 8, 32], [1, 2, 3, 4, 6, 8], [8, 16])
     result = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
-              "torch": torch.__version__, "triton": triton.__version__, "gemm": gemm, "scaling": scaling_rows(),
-              "mlp": mlp_rows(), "lstm": lstm_rows()}
+              "torch": torch.__version__, "triton": triton.__version__, "gemm": gemm, "scaling": scaling_rows() + scaling_rows(8192),
+              "breakdown": breakdown_rows(),
+              "mlp": mlp_rows(), "lstm": lstm_rows(), "model_scaling": model_scaling_rows()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

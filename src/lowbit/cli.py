@@ -190,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="smollm2: calibrate (and run GPTQ) on N windows of 512 tokens (default: 32)")
     ev.add_argument("--weight-bits", type=_bits, default=8, metavar="N",
                     help="bit-serial models: bitlayers stored per weight, 1-16 (default: 8)")
-    ev.add_argument("--act-bits", type=_bits, default=8, metavar="N",
-                    help="bit-serial models: fixed-point activation bits, 2-16 (default: 8)")
+    ev.add_argument("--act-bits", type=_bits, metavar="N",
+                    help="bit-serial models: fixed-point activation bits, 2-16 (default: 16 for minilm, whose "
+                         "activations have outliers, else 8)")
     ev.add_argument("--budget", type=_number(float, lambda v: v >= 0, "a number >= 0"), default=1.0,
                     help="mnist-mlp: accuracy points, char-lstm and textgenrnn: perplexity percent, minilm: percent of "
                          "cosine to FP32's embeddings that the automatic bitlayer "
@@ -267,7 +268,8 @@ def _eval_bitserial(args, device, progress) -> int:
 
     run = {"mnist-mlp": evaluate_mnist_mlp, "char-lstm": evaluate_char_lstm,
            "textgenrnn": evaluate_textgenrnn, "minilm": evaluate_minilm}[args.model]
-    rows, choice = run(weight_bits=args.weight_bits, act_bits=args.act_bits, budget=args.budget, device=device,
+    act_bits = args.act_bits or (16 if args.model == "minilm" else 8)
+    rows, choice = run(weight_bits=args.weight_bits, act_bits=act_bits, budget=args.budget, device=device,
                        progress=progress)
     print(format_table(rows))
     unit = {"mnist-mlp": " accuracy points", "minilm": "% of cosine to FP32"}.get(args.model, "% of perplexity")

@@ -121,7 +121,10 @@ def bitlayer_rows(name: str, qmodel: nn.Module, evaluate: Callable[[nn.Module], 
     if choice is not None:
         if choice.global_k is not None:
             rows.append(row(choice.global_k, f"auto {choice.global_k}"))
-        rows.append(row(choice.per_layer, "auto " + "/".join(str(k) for k in choice.per_layer.values())))
+        counts = list(choice.per_layer.values())
+        label = ("/".join(map(str, counts)) if len(counts) <= 6
+                 else f"per layer {min(counts)}-{max(counts)}")  # BitlayerChoice.describe lists them all
+        rows.append(row(choice.per_layer, f"auto {label}"))
     return rows
 
 
@@ -217,7 +220,7 @@ def evaluate_textgenrnn(*, weight_bits: int = 8, act_bits: int = 8, budget: floa
 
     model, vocab = load_textgenrnn(sdist)
     test = context_windows(wikipedia_text("test"), vocab, positions)
-    val = context_windows(wikipedia_text("val"), vocab, positions // 2)
+    val = context_windows(wikipedia_text("val"), vocab, positions)
     calib = list(context_windows(wikipedia_text("train"), vocab, 1024)[0].split(256))
     fp32_test, fp32_val = next_char_perplexity(model, *test), next_char_perplexity(model, *val)
     qmodel = quantize(model, "bitserial", calib_data=calib, skip=["output"], weight_bits=weight_bits,
@@ -243,7 +246,7 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a * b).sum() / (a.norm() * b.norm()))
 
 
-def evaluate_minilm(*, weight_bits: int = 8, act_bits: int = 8, budget: float = 1.0, device=None,
+def evaluate_minilm(*, weight_bits: int = 8, act_bits: int = 16, budget: float = 1.0, device=None,
                     progress: bool | None = None) -> tuple[list[Row], BitlayerChoice]:
     """all-MiniLM-L6-v2 with every Linear layer of the transformer bit-serial. Test metric: the Pearson
     correlation between the embeddings' cosine similarities and human ratings of the 1,225 pairs of the
@@ -271,8 +274,9 @@ def evaluate_minilm(*, weight_bits: int = 8, act_bits: int = 8, budget: float = 
         return float((_embeddings(m, val_batches) * fp32_val).sum(-1).mean())
 
     fp32_lee, _ = lee(model)
-    qmodel = quantize(model, "bitserial", calib_data=calib, weight_bits=weight_bits, act_bits=act_bits,
-                      progress=progress)
+    # The pooler's output is not part of the sentence embedding: it stays in float.
+    qmodel = quantize(model, "bitserial", calib_data=calib, skip=["*pooler*"], weight_bits=weight_bits,
+                      act_bits=act_bits, progress=progress)
     choice = choose_bitlayers(qmodel, agreement, lambda v: v >= 1 - budget / 100 - 1e-9, progress=progress)
     rows = [Row("minilm", "fp32", None, "lee_pearson", fp32_lee, fp32_lee, int(upper.sum()),
                 model_size_bytes(model), {"weight_bits": 32, "act_bits": 32, "bitlayers": "-", "mean_bitlayers": 32,

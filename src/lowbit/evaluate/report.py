@@ -101,12 +101,13 @@ def plot_rows(rows: list[Row], path) -> None:
 
 
 def plot_bitlayer_curve(rows: list[Row], path, *, budget: float | None = None,
-                        speedup: dict[int, float] | None = None) -> None:
+                        speedup: dict[int, float] | None = None, speed_label: str = "speed-up") -> None:
     """A bit-serial model's accuracy (or perplexity) against the bitlayers it uses: the global counts as
     a line, the automatic choices as marked points (x = their mean bitlayers, weighted by layer size),
-    FP32 and its budget as horizontal lines; with ``speedup`` ({bitlayers: speed-up over bf16}, from
-    benchmarks/bitserial.py), the speed on a second axis."""
+    FP32 and its budget as horizontal lines; with ``speedup`` ({bitlayers: speed-up}, from
+    benchmarks/bitserial.py), the speed on a second axis labelled ``speed_label``."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -127,6 +128,8 @@ def plot_bitlayer_curve(rows: list[Row], path, *, budget: float | None = None,
         ax.axhline(limit, color="#c55", linestyle=":", label=f"budget ({budget:g}{'%' if relative else ' pts'})")
     if relative:
         ax.set_yscale("log")  # perplexity explodes at 1-2 bitlayers
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("bitlayers used (weight bits)")
     ax.set_ylabel(fp32.metric if relative else f"{fp32.metric} (%)")
     ax.set_title(f"{fp32.model}: {fp32.metric} against bitlayers ({fp32.samples} "
@@ -134,9 +137,9 @@ def plot_bitlayer_curve(rows: list[Row], path, *, budget: float | None = None,
     if speedup:
         ax2 = ax.twinx()
         ks = sorted(speedup)
-        ax2.plot(ks, [speedup[k] for k in ks], "s--", color="#37a", label="speed-up vs bf16")
-        ax2.set_ylabel("speed-up over torch bf16 (H100)", color="#37a")
-    ax.legend(loc="best", fontsize=8)
+        ax2.plot(ks, [speedup[k] for k in ks], "s--", color="#37a")
+        ax2.set_ylabel(speed_label, color="#37a")
+    ax.legend(loc="center right", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=str(path).rsplit(".", 1)[-1].lower(), dpi=120)

@@ -28,6 +28,7 @@ from ..kernels.cuda.bitserial import bitserial_linear, bitserial_supported
 from ..kernels.reference import integer_matmul, rescale
 from ..numerics.bitlayers import bitlayer_values, check_active, padded_words, to_bitlayers
 from .geometry import LayerGeometry
+from .mixed_linear import _CodedLinear
 from .registry import quantized_layers, register_layer
 
 
@@ -36,25 +37,19 @@ _FALLBACK_WARNED = False
 
 
 @register_layer
-class BitSerialLinear(nn.Module):
+class BitSerialLinear(_CodedLinear):
     """``bitlayers`` int32 [n, out, padded_words(in)] (the stored planes), ``weight_scale`` float32 [out],
     ``input_scale`` float32 [], ``bias``. ``options``: weight_bits, act_bits, act_signed."""
 
     layer_type = "bitserial"
 
     def __init__(self, geometry: LayerGeometry, options: dict, info: dict | None = None):
-        super().__init__()
-        if geometry.kind != "linear":
-            raise ValueError(f"BitSerialLinear is a Linear layer, got a {geometry.kind}")
-        self.geometry = geometry
-        self.options = dict(options)
-        self.info = dict(info or {})
+        super().__init__(geometry, options, info)
         n, out, k = options["weight_bits"], geometry.out_channels, geometry.in_channels
         self.input_format = IntFormat(options["act_bits"], signed=options["act_signed"])
         self.register_buffer("bitlayers", torch.zeros(n, out, padded_words(k), dtype=torch.int32))
         self.register_buffer("weight_scale", torch.ones(out))
         self.register_buffer("input_scale", torch.ones(()))
-        self.register_buffer("bias", torch.zeros(out) if geometry.bias else None)
         self.active = self.info.pop("active_bitlayers", n)
         # Inputs clamped to the fixed-point range, and NaN inputs, counted by the GPU kernel (read back
         # every CHECK_EVERY calls, not every call: a read waits for the GPU) and by the CPU path.
@@ -163,16 +158,10 @@ class BitSerialLinear(nn.Module):
         return y.reshape(*lead, -1)
 
     def describe(self) -> dict:
-        return {"type": self.layer_type, "geometry": self.geometry.to_dict(), "options": self.options,
-                **self.info, "active_bitlayers": self.active}
-
-    @classmethod
-    def from_description(cls, desc: dict):
-        info = {k: v for k, v in desc.items() if k not in ("type", "geometry", "options")}
-        return cls(LayerGeometry.from_dict(desc["geometry"]), desc["options"], info)
+        return {**super().describe(), "active_bitlayers": self.active}
 
     def extra_repr(self) -> str:
-        g, o = self.geometry, self.options
+        g = self.geometry
         return (f"{g.in_channels}->{g.out_channels}, bitlayers={self.active}/{self.stored_bitlayers}, "
                 f"act={self.input_format}")
 

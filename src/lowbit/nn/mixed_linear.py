@@ -27,7 +27,8 @@ ACTIVATION_MODES = ("static", "dynamic")
 
 
 class _CodedLinear(nn.Module):
-    """Geometry, bias, the activation mode and the checkpoint description shared by these layers."""
+    """Geometry, options, bias and the checkpoint description shared by these layers (and the bit-serial
+    one); the FP8 input for those with an activation mode."""
 
     layer_type: str
 

@@ -72,8 +72,11 @@ class CudaModule:
             self._module = _check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
         self._functions = {}
 
-    def launch(self, name: str, grid: tuple[int, int, int], block: int, args: list) -> None:
-        """``args``: ctypes values (c_void_p for pointers, c_int, c_float, ...) in the kernel's order."""
+    def launch(self, name: str, grid: tuple[int, int, int], block: int, args: list, *,
+               early: bool = False) -> None:
+        """``args``: ctypes values (c_void_p for pointers, c_int, c_float, ...) in the kernel's order.
+        ``early`` (Hopper): programmatic dependent launch, the kernel may start before the previous one
+        on the stream ends, and waits for it where it says so (griddepcontrol.wait)."""
         from cuda.bindings import driver
 
         if name not in self._functions:
@@ -81,8 +84,22 @@ class CudaModule:
                                            f"cuModuleGetFunction({name})")
         pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
         stream = torch.cuda.current_stream().cuda_stream
-        _check(driver.cuLaunchKernel(self._functions[name], *grid, block, 1, 1, 0, stream,
-                                     ctypes.addressof(pointers), 0), f"launching {name}")
+        if not early:
+            _check(driver.cuLaunchKernel(self._functions[name], *grid, block, 1, 1, 0, stream,
+                                         ctypes.addressof(pointers), 0), f"launching {name}")
+            return
+        config = driver.CUlaunchConfig()
+        config.gridDimX, config.gridDimY, config.gridDimZ = grid
+        config.blockDimX, config.blockDimY, config.blockDimZ = block, 1, 1
+        config.sharedMemBytes = 0
+        config.hStream = driver.CUstream(stream)
+        attr = driver.CUlaunchAttribute()
+        attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+        attr.value.programmaticStreamSerializationAllowed = 1
+        config.attrs = [attr]
+        config.numAttrs = 1
+        _check(driver.cuLaunchKernelEx(config, self._functions[name], ctypes.addressof(pointers), 0),
+               f"launching {name}")
 
 
 _MODULES: dict[tuple, CudaModule] = {}

@@ -13,6 +13,10 @@ from . import load_module, nvrtc_available
 
 MAX_WARPS_K = 8
 MAX_NT = 4  # column tiles per warp; 8 spills its int64 sums to local memory
+QUANTIZE_WARPS = 8
+# Hopper: launch the GEMM while the input kernel runs (programmatic dependent launch), hiding its
+# launch latency; the benchmark turns it off to measure what it brings.
+EARLY_LAUNCH = True
 
 
 def bitserial_supported(device: torch.device) -> bool:
@@ -28,11 +32,41 @@ def _config(m: int, words: int, act_bits: int) -> dict[str, int]:
     nt = min(MAX_NT, max(per_row, tiles))
     nt -= nt % per_row
     chunks = words // WORD_MULTIPLE
-    return {"NT": nt, "WARPS_K": max(1, min(MAX_WARPS_K, chunks)), "A8": a8}
+    # Weight planes loaded ahead of their mmas: all 8 of a byte when the registers allow.
+    return {"NT": nt, "WARPS_K": max(1, min(MAX_WARPS_K, chunks)), "A8": a8, "PG": 8 if nt == 1 else 4 if nt == 2 else 2}
 
 
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
     return ctypes.c_void_p(0 if t is None else t.data_ptr())
+
+
+def input_planes(x: torch.Tensor, input_scale: torch.Tensor, act_bits: int, qmin: int, qmax: int, words: int,
+                 flags: torch.Tensor, module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input bitplanes int32 [M * A8, words], per-word code sums int32 [M, words]) of x [M, K]."""
+    m, k = x.shape
+    a8 = 8 if act_bits <= 8 else 16
+    xplanes = torch.empty(m * a8, words, dtype=torch.int32, device=x.device)
+    xsum = torch.empty(m, words, dtype=torch.int32, device=x.device)
+    module.launch("bitserial_quantize_input", (-(-words // QUANTIZE_WARPS), m, 1), 32 * QUANTIZE_WARPS,
+                  [_ptr(x), _ptr(input_scale), ctypes.c_int(k), ctypes.c_int(words), ctypes.c_int(act_bits),
+                   ctypes.c_int(qmin), ctypes.c_int(qmax), _ptr(xplanes), _ptr(xsum), _ptr(flags)])
+    return xplanes, xsum
+
+
+def binary_gemm(xplanes: torch.Tensor, xsum: torch.Tensor, planes: torch.Tensor, active: int, act_bits: int,
+                act_signed: bool, scale: torch.Tensor, bias: torch.Tensor | None, relu: bool, cfg: dict,
+                module) -> torch.Tensor:
+    """y [M, N] float32 from the input planes and sums and the ``active`` most significant weight planes."""
+    m = xsum.shape[0]
+    n_stored, n, words = planes.shape
+    out = torch.empty(m, n, dtype=torch.float32, device=planes.device)
+    grid = (-(-n // 16), -(-m * cfg["A8"] // (8 * cfg["NT"])), 1)
+    module.launch("bitserial_gemm", grid, 32 * cfg["WARPS_K"],
+                  [_ptr(planes), _ptr(xplanes), _ptr(xsum), _ptr(scale), _ptr(bias), _ptr(out), ctypes.c_int(m),
+                   ctypes.c_int(n), ctypes.c_int(words), ctypes.c_int(n_stored), ctypes.c_int(active),
+                   ctypes.c_int(act_bits), ctypes.c_int(int(act_signed)), ctypes.c_int(int(relu))],
+                  early=EARLY_LAUNCH and torch.cuda.get_device_capability(planes.device) >= (9, 0))
+    return out
 
 
 def bitserial_linear(x: torch.Tensor, planes: torch.Tensor, active: int, input_scale: torch.Tensor,
@@ -40,27 +74,13 @@ def bitserial_linear(x: torch.Tensor, planes: torch.Tensor, active: int, input_s
                      bias: torch.Tensor | None, flags: torch.Tensor, relu: bool = False) -> torch.Tensor:
     """y [M, N] float32 for x [M, K] float32 (contiguous, CUDA), stored planes int32 [n, N, W], the
     ``active`` most significant used; ``scale`` = input_scale * weight_scale [N]; ``flags`` int64 [2]
-    accumulates saturated inputs and NaNs."""
+    accumulates saturated inputs and NaNs. Two kernels: the input's planes, then the binary GEMM."""
     if x.device.index != torch.cuda.current_device():
         with torch.cuda.device(x.device):
             return bitserial_linear(x, planes, active, input_scale, act_bits, qmin, qmax, act_signed, scale, bias,
                                     flags, relu)
-    m, k = x.shape
-    n_stored, n, words = planes.shape
-    cfg = _config(m, words, act_bits)
-    a8 = cfg["A8"]
+    words = planes.shape[-1]
+    cfg = _config(x.shape[0], words, act_bits)
     module = load_module("bitserial.cu", cfg, x.device)
-    xplanes = torch.empty(m * a8, words, dtype=torch.int32, device=x.device)
-    xsum = torch.empty(m, dtype=torch.int32, device=x.device)
-    threads = min(1024, max(32, -(-words // 32) * 32))
-    module.launch("bitserial_quantize_input", (m, 1, 1), threads,
-                  [_ptr(x), _ptr(input_scale), ctypes.c_int(k), ctypes.c_int(words), ctypes.c_int(act_bits),
-                   ctypes.c_int(qmin), ctypes.c_int(qmax), _ptr(xplanes), _ptr(xsum), _ptr(flags)])
-    out = torch.empty(m, n, dtype=torch.float32, device=x.device)
-    grid = (-(-n // 16), -(-m * a8 // (8 * cfg["NT"])), 1)
-    module.launch("bitserial_gemm", grid, 32 * cfg["WARPS_K"],
-                  [_ptr(planes), _ptr(xplanes), _ptr(xsum), _ptr(scale), _ptr(bias), _ptr(out),
-                   ctypes.c_int(m), ctypes.c_int(n), ctypes.c_int(words), ctypes.c_int(n_stored),
-                   ctypes.c_int(active), ctypes.c_int(act_bits), ctypes.c_int(int(act_signed)),
-                   ctypes.c_int(int(relu))])
-    return out
+    xplanes, xsum = input_planes(x, input_scale, act_bits, qmin, qmax, words, flags, module)
+    return binary_gemm(xplanes, xsum, planes, active, act_bits, act_signed, scale, bias, relu, cfg, module)
