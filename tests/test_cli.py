@@ -159,6 +159,16 @@ def test_missing_dataset_says_how_to_install(tmp_path, monkeypatch, capsys):
     assert "apt-get install dataset-fashion-mnist" in err and "Traceback" not in err
 
 
+def test_quantize_bitserial_then_info(user_module, capsys):
+    out = user_module / "b.safetensors"
+    code = main(["quantize", "usermodel:build", "--calib-data", "usermodel:calib", "-o", str(out), "--scheme",
+                 "bitserial", "--option", "weight_bits=6", "--no-progress"])
+    assert code == 0 and "1 layers in bitserial" in capsys.readouterr().out
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "3: linear 288->5  bitserial  act_bits=8 act_signed=" in text and "weight_bits=6 bitlayers_used=6" in text
+
+
 def test_bitserial_eval_without_its_data_says_how_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path))  # no textgenrnn sdist there
     assert main(["eval", "textgenrnn", "--no-progress"]) == 2

@@ -430,8 +430,10 @@ def _info(args) -> int:
           f"model {meta.get('model_class')}, schemes {meta.get('schemes')}, {len(tensors)} tensors")
     for name, d in meta["layers"].items():
         g = d["geometry"]
-        if "weight" not in d:  # w4a16 / w4a8 / fp8 layers describe themselves by options
+        if "weight" not in d:  # w4a16 / w4a8 / fp8 / bitserial layers describe themselves by options
             options = " ".join(f"{k}={v}" for k, v in d.get("options", {}).items())
+            if "active_bitlayers" in d:
+                options += f" bitlayers_used={d['active_bitlayers']}"
             damp = f"  damp={d['gptq']['damp']:g}" if "gptq" in d else ""
             print(f"  {name}: {g['kind']} {g['in_channels']}->{g['out_channels']}  {d['type']}  {options}  "
                   f"algorithm={d.get('algorithm', 'rtn')}{damp}  calibrator={d.get('calibrator', '-')}")

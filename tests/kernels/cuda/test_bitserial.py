@@ -84,3 +84,20 @@ def test_gpu_counts_saturation_and_reports_nans():
     q(torch.full((1, 40), float("nan"), device="cuda"))
     with pytest.raises(ValueError, match="40 NaN input value"):
         q[0].saturated
+
+
+@pytest.mark.gpu
+def test_without_nvrtc_the_gpu_runs_the_reference_with_one_warning(monkeypatch):
+    import lowbit.nn.bitserial as bitserial_nn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(40, 24))
+    q = lowbit.quantize(model, "bitserial", calib_data=[torch.randn(16, 40)], weight_bits=4, act_bits=8)
+    x = torch.randn(3, 40)
+    expected = q(x)
+    monkeypatch.setattr(bitserial_nn, "bitserial_supported", lambda device: False)
+    monkeypatch.setattr(bitserial_nn, "_FALLBACK_WARNED", False)
+    q = q.cuda()
+    with pytest.warns(UserWarning, match="reference path on this GPU"):
+        out = q(x.cuda())
+    assert torch.equal(out.cpu(), expected)
