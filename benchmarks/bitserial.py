@@ -101,12 +101,13 @@ def breakdown_rows(nk=4096, weight_bits=4, act_bits=8):
     words = layer.bitlayers.shape[-1]
     cfg = kernels._config(1, words, act_bits)
     module = load_module("bitserial.cu", cfg, x.device)
-    planes = kernels.input_planes(x, layer.input_scale, act_bits, fmt.qmin, fmt.qmax, words, layer.input_flags, module)
+    planes = kernels.input_planes(x, layer.input_scale, act_bits, fmt.qmin, fmt.qmax, words, layer.input_flags, cfg,
+                                  module)
     tiny = torch.zeros(1, device="cuda")
     rows = {"n": nk, "k": nk, "m": 1, "weight_bits": weight_bits, "act_bits": act_bits, "config": cfg,
             "layer_us": bench([lambda la=la: la(x) for la in layers])[1] * 1e6,
             "input_kernel_us": bench([lambda: kernels.input_planes(x, layer.input_scale, act_bits, fmt.qmin, fmt.qmax,
-                                                                   words, layer.input_flags, module)])[1] * 1e6,
+                                                                   words, layer.input_flags, cfg, module)])[1] * 1e6,
             "gemm_kernel_us": bench([lambda la=la: kernels.binary_gemm(*planes, la.bitlayers, la.active, act_bits,
                                                                        fmt.signed, la._scale(), la.bias, False, cfg,
                                                                        module) for la in layers])[1] * 1e6,
@@ -122,66 +123,53 @@ def timed_model(fn):
     return bench([fn])[1] * 1e6
 
 
-def mlp_rows(weight_bits=(8, 4, 2)):
+def batch1_models(steps=100):
+    """{name: (FP32 model, batch-1 input, calibration batch, quantizable copy)}: the MNIST MLP and the
+    char LSTM LM (its nn.LSTM unrolled into Linear gates for quantization), random weights."""
     torch.manual_seed(0)
-    model = MLP().cuda().eval()
-    x = torch.rand(1, 784, device="cuda")
-    rows = []
-    with torch.no_grad():
-        fp32 = timed_model(lambda: model(x))
-        bf16_model = copy.deepcopy(model).bfloat16()
-        bf16 = timed_model(lambda: bf16_model(x.bfloat16()))
-        for wb in weight_bits:
-            q = lowbit.quantize(model, "bitserial", calib_data=[torch.rand(16, 784, device="cuda")],
-                                weight_bits=wb, act_bits=8, progress=False)
-            t = timed_model(lambda: q(x))
-            rows.append({"model": "mnist-mlp", "batch": 1, "weight_bits": wb, "act_bits": 8, "bitserial_us": t,
-                         "fp32_us": fp32, "bf16_us": bf16, "vs_fp32": fp32 / t, "vs_bf16": bf16 / t})
-            print(json.dumps(rows[-1]), flush=True)
-    return rows
-
-
-def lstm_rows(weight_bits=(8, 4, 2), steps=100):
-    torch.manual_seed(0)
-    model = CharLSTM(114, 128, 2048).cuda().eval()
+    mlp = MLP().cuda().eval()
+    lstm = CharLSTM(114, 128, 2048).cuda().eval()
     ids = torch.randint(0, 114, (1, steps), device="cuda")
+    return {"mnist-mlp": (mlp, torch.rand(1, 784, device="cuda"), torch.rand(16, 784, device="cuda"), mlp),
+            "char-lstm-2048": (lstm, ids, ids, unroll_lstms(copy.deepcopy(lstm)))}
+
+
+def float_times(model, inputs):
+    """(fp32, bf16) microseconds per batch-1 call (cuDNN for the LSTM)."""
+    bf16_model = copy.deepcopy(model).bfloat16()
+    bf16_inputs = inputs.bfloat16() if inputs.is_floating_point() else inputs
+    return timed_model(lambda: model(inputs)), timed_model(lambda: bf16_model(bf16_inputs))
+
+
+def end_to_end_rows(weight_bits=(8, 4, 2)):
+    """Each model quantized at each weight width (every Linear layer, the LSTM's decoder included)."""
     rows = []
     with torch.no_grad():
-        fp32 = timed_model(lambda: model(ids))
-        bf16_model = copy.deepcopy(model).bfloat16()
-        bf16 = timed_model(lambda: bf16_model(ids))
-        unrolled = unroll_lstms(copy.deepcopy(model))
-        for wb in weight_bits:
-            q = lowbit.quantize(unrolled, "bitserial", calib_data=[ids], weight_bits=wb, act_bits=8, progress=False)
-            t = timed_model(lambda: q(ids))
-            rows.append({"model": "char-lstm-2048", "batch": 1, "steps": steps, "weight_bits": wb, "act_bits": 8,
-                         "bitserial_us": t, "fp32_cudnn_us": fp32, "bf16_cudnn_us": bf16, "vs_fp32": fp32 / t,
-                         "vs_bf16": bf16 / t})
-            print(json.dumps(rows[-1]), flush=True)
+        for name, (model, inputs, calib, quantizable) in batch1_models().items():
+            fp32, bf16 = float_times(model, inputs)
+            for wb in weight_bits:
+                q = lowbit.quantize(quantizable, "bitserial", calib_data=[calib], weight_bits=wb, act_bits=8,
+                                    progress=False)
+                t = timed_model(lambda: q(inputs))
+                row = {"model": name, "batch": 1, "weight_bits": wb, "act_bits": 8, "bitserial_us": t}
+                if name == "mnist-mlp":
+                    row.update({"fp32_us": fp32, "bf16_us": bf16})
+                else:
+                    row.update({"steps": inputs.shape[1], "fp32_cudnn_us": fp32, "bf16_cudnn_us": bf16})
+                rows.append({**row, "vs_fp32": fp32 / t, "vs_bf16": bf16 / t})
+                print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def model_scaling_rows(stored=8):
-    """The MLP and the LSTM at batch 1 with ``stored`` bitlayers, timed for every count used (the knob)."""
-    torch.manual_seed(0)
+    """The MLP and the LSTM at batch 1 with ``stored`` bitlayers (the LSTM's decoder in float), timed for
+    every count used (the knob)."""
     rows = []
     with torch.no_grad():
-        mlp = MLP().cuda().eval()
-        x = torch.rand(1, 784, device="cuda")
-        lstm = CharLSTM(114, 128, 2048).cuda().eval()
-        ids = torch.randint(0, 114, (1, 100), device="cuda")
-        models = {
-            "mnist-mlp": (mlp, x, lowbit.quantize(mlp, "bitserial", calib_data=[torch.rand(16, 784, device="cuda")],
-                                                  weight_bits=stored, act_bits=8, progress=False)),
-            "char-lstm-2048": (lstm, ids, lowbit.quantize(unroll_lstms(copy.deepcopy(lstm)), "bitserial",
-                                                          calib_data=[ids], skip=["decoder"], weight_bits=stored,
-                                                          act_bits=8, progress=False)),
-        }
-        for name, (model, inputs, q) in models.items():
-            fp32 = timed_model(lambda: model(inputs))
-            bf16_model = copy.deepcopy(model).bfloat16()
-            bf16_inputs = inputs.bfloat16() if inputs.is_floating_point() else inputs
-            bf16 = timed_model(lambda: bf16_model(bf16_inputs))
+        for name, (model, inputs, calib, quantizable) in batch1_models().items():
+            q = lowbit.quantize(quantizable, "bitserial", calib_data=[calib], weight_bits=stored, act_bits=8,
+                                skip=["decoder"] if name == "char-lstm-2048" else (), progress=False)
+            fp32, bf16 = float_times(model, inputs)
             for k in range(stored, 0, -1):
                 lowbit.set_bitlayers(q, k)
                 t = timed_model(lambda: q(inputs))
@@ -201,10 +189,12 @@ def main():
         gemm = gemm_rows([4096], [1, 8, 32], [1, 4, 8], [8])
     else:
         gemm = gemm_rows([1024, 2048, 4096, 8192], [1, 8, 32], [1, 2, 3, 4, 6, 8], [8, 16])
+    end_to_end = end_to_end_rows()
     result = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
-              "torch": torch.__version__, "triton": triton.__version__, "gemm": gemm, "scaling": scaling_rows() + scaling_rows(8192),
-              "breakdown": breakdown_rows(),
-              "mlp": mlp_rows(), "lstm": lstm_rows(), "model_scaling": model_scaling_rows()}
+              "torch": torch.__version__, "triton": triton.__version__, "gemm": gemm,
+              "scaling": scaling_rows() + scaling_rows(8192), "breakdown": breakdown_rows(),
+              "mlp": [r for r in end_to_end if r["model"] == "mnist-mlp"],
+              "lstm": [r for r in end_to_end if r["model"] != "mnist-mlp"], "model_scaling": model_scaling_rows()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

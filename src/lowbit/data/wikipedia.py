@@ -1,5 +1,6 @@
-"""English text for language-model evaluation: the Wikipedia excerpt bundled with gensim
-(206 articles, 107 of them not redirects; about 3 MB of text once the markup is stripped)."""
+"""English text bundled with gensim: the Wikipedia excerpt for language models (206 articles, 107 of
+them not redirects; about 3 MB of text once the markup is stripped), the Lee document-similarity set
+and the review sentences of its polarity corpus."""
 
 from __future__ import annotations
 

@@ -22,7 +22,9 @@ from ..nn.bitserial import bitserial_layers, set_bitlayers
 from ..pipeline import quantize
 from ..progress import progress_bar
 from ..sizes import model_size_bytes
+from .metrics import top1_accuracy
 from .report import Row
+from .runner import tensor_batches
 
 
 @dataclass
@@ -87,17 +89,6 @@ def choose_bitlayers(qmodel: nn.Module, evaluate: Callable[[nn.Module], float], 
     return BitlayerChoice(global_k, global_value, current, best_value, evaluations)
 
 
-@torch.no_grad()
-def classifier_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
-    device = next(model.buffers(), next(model.parameters(), torch.empty(0))).device
-    model.eval()
-    correct = 0
-    for i in range(0, len(images), batch_size):
-        logits = model(images[i:i + batch_size].to(device))
-        correct += int((logits.argmax(-1).cpu() == labels[i:i + batch_size]).sum())
-    return correct / len(images)
-
-
 def bitlayer_rows(name: str, qmodel: nn.Module, evaluate: Callable[[nn.Module], float | tuple[float, dict]],
                   metric: str, fp32: float, samples: int, extra: dict, choice: BitlayerChoice | None = None,
                   progress: bool | None = None) -> list[Row]:
@@ -128,6 +119,12 @@ def bitlayer_rows(name: str, qmodel: nn.Module, evaluate: Callable[[nn.Module], 
     return rows
 
 
+def fp32_row(name: str, metric: str, value: float, samples: int, model: nn.Module) -> Row:
+    """The FP32 reference row of a bit-serial table."""
+    return Row(name, "fp32", None, metric, value, value, samples, model_size_bytes(model),
+               {"weight_bits": 32, "act_bits": 32, "bitlayers": "-", "mean_bitlayers": 32})
+
+
 def _accuracy_budget(reference: float, points: float) -> Callable[[float], bool]:
     return lambda value: (reference - value) * 100 <= points + 1e-9
 
@@ -145,19 +142,21 @@ def evaluate_mnist_mlp(*, weight_bits: int = 8, act_bits: int = 8, budget: float
 
     model = mnist_mlp(device=device, progress=progress)
     train_x, _ = load_mnist("train")
-    val_x, val_y = load_mnist("val")
-    test_x, test_y = load_mnist("test")
-    fp32_test = classifier_accuracy(model, test_x, test_y)
-    fp32_val = classifier_accuracy(model, val_x, val_y)
-    calib = [train_x[i:i + 256] for i in range(0, 1024, 256)]
+    val, test = (tensor_batches(*load_mnist(split), 500) for split in ("val", "test"))
+
+    def accuracy(m: nn.Module, batches) -> float:
+        return top1_accuracy(m, batches, device=device, progress=False)[0]
+
+    fp32_test, fp32_val = accuracy(model, test), accuracy(model, val)
+    samples = sum(len(y) for _, y in test)
+    calib = tensor_batches(train_x[:1024], None, 256)
     qmodel = quantize(model, "bitserial", calib_data=calib, weight_bits=weight_bits, act_bits=act_bits,
                       progress=progress)
-    choice = choose_bitlayers(qmodel, lambda m: classifier_accuracy(m, val_x, val_y),
-                              _accuracy_budget(fp32_val, budget), progress=progress)
-    rows = [Row("mnist-mlp", "fp32", None, "top1", fp32_test, fp32_test, len(test_y), model_size_bytes(model),
-                {"weight_bits": 32, "act_bits": 32, "bitlayers": "-", "mean_bitlayers": 32})]
-    rows += bitlayer_rows("mnist-mlp", qmodel, lambda m: classifier_accuracy(m, test_x, test_y), "top1", fp32_test,
-                          len(test_y), {"weight_bits": weight_bits, "act_bits": act_bits}, choice, progress)
+    choice = choose_bitlayers(qmodel, lambda m: accuracy(m, val), _accuracy_budget(fp32_val, budget),
+                              progress=progress)
+    rows = [fp32_row("mnist-mlp", "top1", fp32_test, samples, model)]
+    rows += bitlayer_rows("mnist-mlp", qmodel, lambda m: accuracy(m, test), "top1", fp32_test, samples,
+                          {"weight_bits": weight_bits, "act_bits": act_bits}, choice, progress)
     return rows, choice
 
 
@@ -189,8 +188,7 @@ def evaluate_char_lstm(*, weight_bits: int = 8, act_bits: int = 8, budget: float
                       act_bits=act_bits, progress=progress)
     choice = choose_bitlayers(qmodel, lambda m: ppl(m, val), _perplexity_budget(fp32_val, budget), progress=progress)
     chars = windows * (window - 1)
-    rows = [Row("char-lstm", "fp32", None, "perplexity", fp32_test, fp32_test, chars, model_size_bytes(model),
-                {"weight_bits": 32, "act_bits": 32, "bitlayers": "-", "mean_bitlayers": 32})]
+    rows = [fp32_row("char-lstm", "perplexity", fp32_test, chars, model)]
     rows += bitlayer_rows("char-lstm", qmodel, lambda m: ppl(m, test), "perplexity", fp32_test, chars,
                           {"weight_bits": weight_bits, "act_bits": act_bits}, choice, progress)
     return rows, choice
@@ -228,8 +226,7 @@ def evaluate_textgenrnn(*, weight_bits: int = 8, act_bits: int = 8, budget: floa
     choice = choose_bitlayers(qmodel, lambda m: next_char_perplexity(m, *val), _perplexity_budget(fp32_val, budget),
                               progress=progress)
     samples = int((test[1] > 0).sum())
-    rows = [Row("textgenrnn", "fp32", None, "perplexity", fp32_test, fp32_test, samples, model_size_bytes(model),
-                {"weight_bits": 32, "act_bits": 32, "bitlayers": "-", "mean_bitlayers": 32})]
+    rows = [fp32_row("textgenrnn", "perplexity", fp32_test, samples, model)]
     rows += bitlayer_rows("textgenrnn", qmodel, lambda m: next_char_perplexity(m, *test), "perplexity", fp32_test,
                           samples, {"weight_bits": weight_bits, "act_bits": act_bits}, choice, progress)
     return rows, choice
@@ -278,9 +275,8 @@ def evaluate_minilm(*, weight_bits: int = 8, act_bits: int = 16, budget: float =
     qmodel = quantize(model, "bitserial", calib_data=calib, skip=["*pooler*"], weight_bits=weight_bits,
                       act_bits=act_bits, progress=progress)
     choice = choose_bitlayers(qmodel, agreement, lambda v: v >= 1 - budget / 100 - 1e-9, progress=progress)
-    rows = [Row("minilm", "fp32", None, "lee_pearson", fp32_lee, fp32_lee, int(upper.sum()),
-                model_size_bytes(model), {"weight_bits": 32, "act_bits": 32, "bitlayers": "-", "mean_bitlayers": 32,
-                                          "cosine_vs_fp32": 1.0})]
+    rows = [fp32_row("minilm", "lee_pearson", fp32_lee, int(upper.sum()), model)]
+    rows[0].extra["cosine_vs_fp32"] = 1.0
     def lee_row(m: nn.Module) -> tuple[float, dict]:
         pearson, cosine = lee(m)
         return pearson, {"cosine_vs_fp32": round(cosine, 4)}

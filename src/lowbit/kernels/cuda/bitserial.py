@@ -41,11 +41,10 @@ def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
 
 
 def input_planes(x: torch.Tensor, input_scale: torch.Tensor, act_bits: int, qmin: int, qmax: int, words: int,
-                 flags: torch.Tensor, module) -> tuple[torch.Tensor, torch.Tensor]:
+                 flags: torch.Tensor, cfg: dict, module) -> tuple[torch.Tensor, torch.Tensor]:
     """(input bitplanes int32 [M * A8, words], per-word code sums int32 [M, words]) of x [M, K]."""
     m, k = x.shape
-    a8 = 8 if act_bits <= 8 else 16
-    xplanes = torch.empty(m * a8, words, dtype=torch.int32, device=x.device)
+    xplanes = torch.empty(m * cfg["A8"], words, dtype=torch.int32, device=x.device)
     xsum = torch.empty(m, words, dtype=torch.int32, device=x.device)
     module.launch("bitserial_quantize_input", (-(-words // QUANTIZE_WARPS), m, 1), 32 * QUANTIZE_WARPS,
                   [_ptr(x), _ptr(input_scale), ctypes.c_int(k), ctypes.c_int(words), ctypes.c_int(act_bits),
@@ -82,5 +81,5 @@ def bitserial_linear(x: torch.Tensor, planes: torch.Tensor, active: int, input_s
     words = planes.shape[-1]
     cfg = _config(x.shape[0], words, act_bits)
     module = load_module("bitserial.cu", cfg, x.device)
-    xplanes, xsum = input_planes(x, input_scale, act_bits, qmin, qmax, words, flags, module)
+    xplanes, xsum = input_planes(x, input_scale, act_bits, qmin, qmax, words, flags, cfg, module)
     return binary_gemm(xplanes, xsum, planes, active, act_bits, act_signed, scale, bias, relu, cfg, module)
