@@ -42,14 +42,15 @@ def main():
         sa, sw = torch.tensor(0.01, device="cuda"), torch.rand(n, device="cuda")
         bucket = triton.next_power_of_2(m) if m <= 256 else 512 * triton.cdiv(m, 512)
         common = (m, n, k, bucket, k, 1, k, 1, n, 1)
-        flags = dict(PER_TOKEN=False, HAS_BIAS=False, ACT=0, OUT_KIND=2)
+        flags = dict(PER_TOKEN=False, HAS_BIAS=False, ACT=0, OUT_KIND=2, QMIN=-127, QMAX=127, W_PACKED=False,
+                     FLOAT_ACC=False)
         if m <= g.SMALL_M:
-            kernel = g._int8_gemm_splitk_kernel.fn
+            kernel = g._gemm_splitk_kernel
             configs = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_stages=st, num_warps=4)
                        for bn in (32, 64, 128) for bk in (128, 256) for sk in (2, 4, 8, 16) for st in (3, 5)]
-            extra = g._splitk_workspace(torch.device("cuda"), n)
+            extra = g._splitk_workspace(torch.device("cuda"), n, torch.int32)
         else:
-            kernel, configs = g._int8_gemm_kernel.fn, g._tile_configs()
+            kernel, configs = g._gemm_kernel, g._tile_configs()
             extra = ()
         for cfg in configs:
             meta = dict(cfg.kwargs)

@@ -32,8 +32,6 @@ from .mixed_linear import _CodedLinear
 from .registry import quantized_layers, register_layer
 
 
-CHECK_EVERY = 64  # GPU calls between reads of the saturation / NaN counts
-_FALLBACK_WARNED = False
 
 
 @register_layer
@@ -55,9 +53,6 @@ class BitSerialLinear(_CodedLinear):
         # every CHECK_EVERY calls, not every call: a read waits for the GPU) and by the CPU path.
         self.register_buffer("input_flags", torch.zeros(2, dtype=torch.int64), persistent=False)
         self._saturated_reported = 0
-        self._calls = 0
-        self._scale_key = None
-        self._decoded_key = None
 
     @property
     def name(self) -> str:
@@ -84,9 +79,7 @@ class BitSerialLinear(_CodedLinear):
         """weight_values() as float32 (exact: |values| < 2^16), kept for the current k while the planes
         stay the same: the reference path would otherwise unpack them on every call (an LSTM step)."""
         key = (self.active, self.bitlayers._version, self.bitlayers.data_ptr(), self.bitlayers.device)
-        if key != self._decoded_key:
-            self._decoded, self._decoded_key = self.weight_values().float(), key
-        return self._decoded
+        return self._cached("decoded", key, lambda: self.weight_values().float())
 
     @property
     def saturated(self) -> int:
@@ -119,21 +112,12 @@ class BitSerialLinear(_CodedLinear):
         """input_scale * weight_scale [N], as the reference's rescale computes it; kept between calls."""
         key = (self.input_scale._version, self.weight_scale._version, self.input_scale.data_ptr(),
                self.weight_scale.data_ptr())
-        if key != self._scale_key:
-            self._scale_cached, self._scale_key = (self.input_scale * self.weight_scale).float().contiguous(), key
-        return self._scale_cached
+        return self._cached("scale", key, lambda: (self.input_scale * self.weight_scale).float().contiguous())
 
-    def _uses_kernel(self, x: torch.Tensor) -> bool:
-        if not x.is_cuda:
-            return False
-        if bitserial_supported(x.device):
-            return True
-        global _FALLBACK_WARNED
-        if not _FALLBACK_WARNED:
-            _FALLBACK_WARNED = True
-            warnings.warn("bit-serial layers run the reference path on this GPU: the kernel needs binary tensor "
-                          "cores (compute capability 8.0 or newer) and cuda-bindings (NVRTC)", stacklevel=3)
-        return False
+    def _kernel_unavailable(self, device: torch.device) -> str | None:
+        if bitserial_supported(device):
+            return None
+        return "the kernel needs binary tensor cores (compute capability 8.0 or newer) and cuda-bindings (NVRTC)"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k_in = self.geometry.in_channels
@@ -141,12 +125,11 @@ class BitSerialLinear(_CodedLinear):
             raise ValueError(f"layer {self.name!r} expects inputs of {k_in} features, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
         x = x.reshape(-1, k_in)
-        if self._uses_kernel(x):
+        if self._gpu_input(x) is not None:
             fmt = self.input_format
             y = bitserial_linear(x.float().contiguous(), self.bitlayers, self.active, self.input_scale, fmt.bits,
                                  fmt.qmin, fmt.qmax, fmt.signed, self._scale(), self.bias, self.input_flags)
-            self._calls += 1
-            if self._calls % CHECK_EVERY == 0 and not torch.cuda.is_current_stream_capturing():
+            if self._flags_due():
                 self._check_input_flags()
             return y.reshape(*lead, -1)
         xq = self.quantize_input(x)

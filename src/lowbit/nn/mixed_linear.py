@@ -9,9 +9,14 @@ activations (FP8). Their forward is the reference the GPU kernels must match:
 with float32 accumulation. The products of FP8 (or bf16) values are exact in float32, so a kernel and
 this reference differ only by the order of the float32 sums. ``sx`` is the calibrated per-tensor scale,
 or with ``activation="dynamic"`` each row's own max / 448, taken at run time.
+
+On CUDA the layers run lowbit's kernels (kernels/cuda/int4_group.cu for the INT4 ones; the Triton
+float GEMM for FP8) and fall back to this reference, with one warning, where they cannot.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +25,19 @@ from torch import nn
 from ..numerics import fp8_activation_grid, fp8_format, pack_int4, per_token_fp8_scale, unpack_int4
 from ..numerics.fp8 import e4m3_grid
 from ..numerics.groupwise import dequantize_groups, num_groups
+from ..kernels.cuda.int4_group import W4A8, W4A16
 from .geometry import LayerGeometry
 from .registry import register_layer
 
 ACTIVATION_MODES = ("static", "dynamic")
+CHECK_EVERY = 64  # GPU calls between reads of a layer's input flags (a read waits for the GPU)
+_FALLBACK_WARNED: set = set()
+
+
+def _warn_fallback(layer_type: str, why: str) -> None:
+    if layer_type not in _FALLBACK_WARNED:
+        _FALLBACK_WARNED.add(layer_type)
+        warnings.warn(f"{layer_type} layers run the reference path here: {why}", stacklevel=4)
 
 
 class _CodedLinear(nn.Module):
@@ -40,6 +54,45 @@ class _CodedLinear(nn.Module):
         self.options = dict(options)
         self.info = dict(info or {})
         self.register_buffer("bias", torch.zeros(geometry.out_channels) if geometry.bias else None)
+        self._calls = 0
+        self._cache: dict = {}
+
+    def _flags_due(self) -> bool:
+        """Count a GPU call: True every CHECK_EVERY calls, when the flags the kernels count in device
+        memory (saturated or NaN inputs) are to be read back, unless a CUDA graph is being captured."""
+        self._calls += 1
+        return self._calls % CHECK_EVERY == 0 and not torch.cuda.is_current_stream_capturing()
+
+    def _cached(self, slot: str, key: tuple, build):
+        """``build()``, kept in ``slot`` while ``key`` (the versions and places of the tensors it reads)
+        stays the same."""
+        if slot not in self._cache or self._cache[slot][0] != key:
+            self._cache[slot] = (key, build())
+        return self._cache[slot][1]
+
+    def _check_nan_count(self) -> None:
+        nans = int(self.nan_count)
+        if nans:
+            self.nan_count.zero_()
+            raise ValueError(f"{self.layer_type} input has {nans} NaN value(s) (seen by the GPU kernel within the "
+                             f"last {CHECK_EVERY} calls): they have no FP8 code")
+
+    def _gpu_input(self, x: torch.Tensor) -> torch.Tensor | None:
+        """x as [M, K] for the GPU kernels, or None where the reference runs (CPU tensors, or a GPU they
+        cannot serve)."""
+        if not x.is_cuda:
+            return None
+        why = self._kernel_unavailable(x.device)
+        if why:
+            _warn_fallback(self.layer_type, why)
+            return None
+        k = self.geometry.in_channels
+        if x.shape[-1] != k:
+            raise ValueError(f"{self.layer_type} layer expects inputs of {k} features, got shape {tuple(x.shape)}")
+        return x.reshape(-1, k)
+
+    def _kernel_unavailable(self, device: torch.device) -> str | None:
+        raise NotImplementedError
 
     def _add_bias(self, y: torch.Tensor) -> torch.Tensor:
         return y if self.bias is None else y + self.bias.float()
@@ -88,15 +141,47 @@ class Int4GroupLinear(_CodedLinear):
         return dequantize_groups(self.weight_codes(), self.group_scale.float(), self.group_zero,
                                  self.options["group_size"])
 
+    def _kernel_unavailable(self, device: torch.device) -> str | None:
+        from ..kernels.cuda.int4_group import kernels_supported
+
+        if not kernels_supported(device, self.kernel_mode):
+            cc = "8.9" if self.kernel_mode == W4A8 else "8.0"
+            return f"the kernel needs compute capability {cc} or newer and cuda-bindings (NVRTC)"
+        group, k = self.options["group_size"], self.geometry.in_channels
+        if group % 32 and group < k:
+            return f"the kernel takes groups of a multiple of 32 columns (or one per row), not {group}"
+        return None
+
+    def kernel_weights(self):
+        """The weights in the GPU kernel's layout (kernels/cuda/int4_group.py), built on first use and kept
+        while the codes, scales and zero points stay the same."""
+        from ..kernels.cuda.int4_group import kernel_layout
+
+        key = tuple((t._version, t.data_ptr(), t.device) for t in (self.qweight, self.group_scale, self.group_zero))
+        return self._cached("kernel_weights", key, lambda: kernel_layout(self.weight_codes(), self.group_scale, self.group_zero,
+                                                       self.options["group_size"], self.kernel_mode))
+
+    def _gpu_forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        from ..kernels.cuda.int4_group import int4_group_linear
+
+        bias = None if self.bias is None else self.bias.float()
+        y = int4_group_linear(x, self.kernel_weights(), self.kernel_mode, bias=bias,
+                              out_dtype=torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32, **kwargs)
+        return y.to(x.dtype)
+
 
 @register_layer
 class W4A16Linear(Int4GroupLinear):
     layer_type = "w4a16"
+    kernel_mode = W4A16
 
     def weight_values(self) -> torch.Tensor:
         return self.group_values().to(torch.bfloat16).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = self._gpu_input(x)
+        if x2 is not None:
+            return self._gpu_forward(x2).reshape(*x.shape[:-1], -1)
         xb = x.to(torch.bfloat16).float()
         return self._add_bias(F.linear(xb, self.weight_values())).to(x.dtype)
 
@@ -106,11 +191,13 @@ class W4A8Linear(Int4GroupLinear):
     """``options`` add activation ("static" or "dynamic"); ``weight_scale`` is the protective s8."""
 
     layer_type = "w4a8"
+    kernel_mode = W4A8
 
     def __init__(self, geometry: LayerGeometry, options: dict, info: dict | None = None):
         super().__init__(geometry, options, info)
         self.register_buffer("weight_scale", torch.ones(()))
         self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("nan_count", torch.zeros(1, dtype=torch.int32), persistent=False)
 
     def set_codes(self, codes) -> None:
         super().set_codes(codes)
@@ -121,6 +208,13 @@ class W4A8Linear(Int4GroupLinear):
         return e4m3_grid(self.group_values())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = self._gpu_input(x)
+        if x2 is not None:
+            y = self._gpu_forward(x2, input_scale=self.input_scale, tensor_scale=self.weight_scale,
+                                  per_token=self.options["activation"] == "dynamic", nan_count=self.nan_count)
+            if self._flags_due():
+                self._check_nan_count()
+            return y.reshape(*x.shape[:-1], -1)
         xq, sx = self._fp8_input(x)
         y = F.linear(xq, self.weight_values()) * (sx * self.weight_scale)
         return self._add_bias(y).to(x.dtype)
@@ -138,8 +232,31 @@ class FP8Linear(_CodedLinear):
         self.register_buffer("qweight", torch.zeros(n, k, dtype=fp8_format("e4m3").dtype))
         self.register_buffer("weight_scale", torch.ones(n))
         self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("nan_count", torch.zeros(1, dtype=torch.int32), persistent=False)
+
+    def _kernel_unavailable(self, device: torch.device) -> str | None:
+        from ..kernels import triton_available
+        from ..kernels.cuda.int4_group import kernels_supported
+
+        if not (triton_available() and kernels_supported(device, W4A8)):
+            return "the kernels need compute capability 8.9 or newer, Triton and cuda-bindings (NVRTC)"
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = self._gpu_input(x)
+        if x2 is not None:
+            from ..kernels.cuda.int4_group import prepare_input
+            from ..kernels.triton import float_gemm
+
+            k = self.geometry.in_channels
+            dynamic = self.options["activation"] == "dynamic"
+            xq, sx = prepare_input(x2, W4A8, -(-k // 64) * 64, self.input_scale, dynamic, self.nan_count)
+            bias = None if self.bias is None else self.bias.float()
+            y = float_gemm(xq[:, :k], self.qweight, sx, self.weight_scale.float(), bias,
+                           out_dtype=torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32)
+            if self._flags_due():
+                self._check_nan_count()
+            return y.to(x.dtype).reshape(*x.shape[:-1], -1)
         xq, sx = self._fp8_input(x)
         y = F.linear(xq, self.qweight.float()) * (sx * self.weight_scale)
         return self._add_bias(y).to(x.dtype)

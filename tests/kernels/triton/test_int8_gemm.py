@@ -166,8 +166,8 @@ def test_every_config_is_exact(m, k, n, pinned_config):
     from lowbit.kernels.triton import gemm, int8_gemm
 
     a, w = _operands(m, k, n, seed=4)
-    kernel, configs = ((gemm._int8_gemm_splitk_kernel, gemm._splitk_configs()) if m <= gemm.SMALL_M
-                       else (gemm._int8_gemm_kernel, gemm._tile_configs()))
+    kernel, configs = ((gemm._SPLITK_KERNEL, gemm._splitk_configs()) if m <= gemm.SMALL_M
+                       else (gemm._TILE_KERNELS[8], gemm._tile_configs()))
     ref = a.cpu().long() @ w.cpu().long().t()
     for config in configs:
         with pinned_config(kernel, config):
@@ -200,8 +200,8 @@ def test_every_config_is_exact_with_packed_int4(m, k, n, pinned_config):
     from lowbit.kernels.triton import gemm, int8_gemm
 
     a, w, packed = _int4_operands(m, k, n, seed=7)
-    kernel, configs = ((gemm._int8_gemm_splitk_kernel, gemm._splitk_configs()) if m <= gemm.SMALL_M
-                       else (gemm._int8_gemm_kernel, gemm._tile_configs()))
+    kernel, configs = ((gemm._SPLITK_KERNEL, gemm._splitk_configs()) if m <= gemm.SMALL_M
+                       else (gemm._TILE_KERNELS[8], gemm._tile_configs()))
     ref = a.cpu().long() @ w.cpu().long().t()
     for config in configs:
         with pinned_config(kernel, config):

@@ -1,8 +1,8 @@
 """Triton kernels for NVIDIA GPUs (imported only where CUDA and Triton are present)."""
 
 from .conv import conv_weight_nhwc, int8_conv2d
-from .gemm import int8_gemm
+from .gemm import float_gemm, int8_gemm
 from .pool import int8_max_pool2d
 from .quantize import quantize_int8
 
-__all__ = ["conv_weight_nhwc", "int8_conv2d", "int8_gemm", "int8_max_pool2d", "quantize_int8"]
+__all__ = ["conv_weight_nhwc", "int8_conv2d", "float_gemm", "int8_gemm", "int8_max_pool2d", "quantize_int8"]

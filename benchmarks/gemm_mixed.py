@@ -1,0 +1,114 @@
+"""W4A16, W4A8 and FP8 Linear kernels on the GPU against torch bf16 (cuBLAS), and FP8 cuBLAS for scale.
+
+    PYTHONPATH=src python3 benchmarks/gemm_mixed.py [--out benchmarks/results/gemm_mixed.json]
+
+For each M in {1, 16, 128, 4096, 8192} and N = K in {4096, 8192}, median time per call replayed from a
+CUDA graph (benchmarks/timing.py), from bf16 input to bf16 output, so each lowbit time includes its
+input kernel (bf16 -> E4M3 for W4A8 and FP8; none for W4A16):
+  w4a16, w4a8   kernels/cuda/int4_group (group 128, asymmetric): few rows stream the INT4 codes once;
+                more rows expand the weights to bf16 / E4M3 once per call, then the Triton float GEMM
+  fp8           E4M3 per-channel weights, the Triton float GEMM
+  scaled_mm     torch._scaled_mm on pre-quantized E4M3 input (cuBLASLt FP8, no input kernel): the
+                vendor's FP8 speed, for scale
+The floor beside each is the larger of the weight+input bytes at 3.35 TB/s and the FLOPs at the
+datasheet peak (bf16 989, FP8 1979 TFLOP/s). Inputs rotate over copies that exceed the 50 MB L2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import torch
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from lowbit.kernels.cuda.int4_group import W4A8, W4A16, int4_group_linear, kernel_layout, prepare_input  # noqa: E402
+from lowbit.kernels.triton import float_gemm  # noqa: E402
+from timing import bench, copies  # noqa: E402
+
+PEAK = {"bf16": 989e12, "fp8": 1979e12}
+HBM = 3.35e12
+GROUP = 128
+
+
+def _int4_weights(n, k, mode):
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, device="cuda")
+    scale = (torch.rand(n, k // GROUP, device="cuda") * 0.01 + 0.001).to(torch.float16)
+    zero = torch.randint(0, 16, (n, k // GROUP), dtype=torch.uint8, device="cuda")
+    return kernel_layout(codes, scale, zero, GROUP, mode)
+
+
+def rows_for(m, nk):
+    n = k = nk
+    c = copies(n * k * 2 + m * k * 2)
+    x = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(c)]
+    w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(c)]
+    w4 = {mode: [_int4_weights(n, k, mode) for _ in range(c)] for mode in (W4A16, W4A8)}
+    w8 = [w.to(torch.float8_e4m3fn) for w in w16]
+    sx, s8 = torch.tensor(0.02, device="cuda"), torch.tensor(0.5, device="cuda")
+    sw = torch.rand(n, device="cuda") * 0.01
+    nans = torch.zeros(1, dtype=torch.int32, device="cuda")
+    x8 = [xi.to(torch.float8_e4m3fn) for xi in x]
+    one = torch.ones((), device="cuda")
+
+    def fp8(xi, wi):
+        xq, _ = prepare_input(xi, W4A8, k, sx, False, nans)
+        return float_gemm(xq, wi, sx, sw, out_dtype=torch.bfloat16)
+
+    times = {
+        "bf16": bench([lambda a=a, w=w: a @ w.t() for a, w in zip(x, w16)]),
+        "w4a16": bench([lambda a=a, w=w: int4_group_linear(a, w, W4A16, out_dtype=torch.bfloat16)
+                        for a, w in zip(x, w4[W4A16])]),
+        "w4a8": bench([lambda a=a, w=w: int4_group_linear(a, w, W4A8, input_scale=sx, tensor_scale=s8,
+                                                          out_dtype=torch.bfloat16, nan_count=nans)
+                       for a, w in zip(x, w4[W4A8])]),
+        "fp8": bench([lambda a=a, w=w: fp8(a, w) for a, w in zip(x, w8)]),
+        "scaled_mm": bench([lambda a=a, w=w: torch._scaled_mm(a, w.t(), scale_a=one, scale_b=one,
+                                                              out_dtype=torch.bfloat16)
+                            for a, w in zip(x8, w8)] if m % 16 == 0 else [lambda: None]),
+    }
+    flops = 2 * m * n * k
+    row = {"M": m, "N": n, "K": k, "group": GROUP}
+    for name, (eager, graph) in times.items():
+        if name == "scaled_mm" and m % 16:
+            continue  # cuBLASLt FP8 wants M a multiple of 16
+        row[f"{name}_us"] = graph * 1e6
+        row[f"eager_{name}_us"] = eager * 1e6
+        if name != "bf16":
+            row[f"{name}_vs_bf16"] = times["bf16"][1] / graph
+    weight_bytes = {"bf16": 2 * n * k, "w4a16": n * k / 2 + 4 * n * k / GROUP, "fp8": n * k}
+    weight_bytes["w4a8"] = weight_bytes["w4a16"]
+    for name, wb in weight_bytes.items():
+        peak = PEAK["bf16"] if name in ("bf16", "w4a16") else PEAK["fp8"]
+        row[f"floor_{name}_us"] = max(flops / peak, (wb + 2 * m * k + 2 * m * n) / HBM) * 1e6
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="benchmarks/results/gemm_mixed.json")
+    parser.add_argument("--ms", default="1,16,128,4096,8192")
+    parser.add_argument("--nks", default="4096,8192")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    for nk in map(int, args.nks.split(",")):
+        for m in map(int, args.ms.split(",")):
+            row = rows_for(m, nk)
+            rows.append(row)
+            print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                           if not k.startswith(("eager", "floor"))), flush=True)
+            torch.cuda.empty_cache()
+    result = {"benchmark": "gemm_mixed", "date": datetime.date.today().isoformat(),
+              "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

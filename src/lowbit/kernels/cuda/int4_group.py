@@ -1,0 +1,184 @@
+"""Launchers of int4_group.cu: Linear layers with INT4-group weights on the float tensor cores (W4A16:
+bf16 mma; W4A8: the weights turned into E4M3 in registers, FP8 mma), computing what
+lowbit.nn.mixed_linear's reference computes, up to the order of the float32 sums.
+
+Few input rows (M <= MAX_ROWS) are bound by the weight bytes: the weights stream once, in a layout
+arranged so that each lane's 16-byte load holds exactly the codes of its mma fragments
+(:func:`kernel_layout`), and are converted in registers. Many rows are bound by arithmetic: the weights
+are then expanded once per call into a plain bf16 / E4M3 matrix (a pass over N * K bytes) for a
+tensor-core GEMM (kernels/triton float_gemm), which costs far less than converting every weight tile
+again in every row tile.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import torch
+
+from . import load_module, nvrtc_available
+
+W4A16, W4A8 = 0, 1
+MAX_ROWS = 32  # up to 4 column tiles of 8 input rows per warp
+WARPS = 4  # at most 128 registers a lane: 4 blocks per SM, all 512 of N = 8192 resident at once
+
+# The column (within a 32-column half) of code j of lane t's word, per mode: the mma fragments'
+# k positions. E4M3 (m16n8k32): codes 0-3 at 4t.., 4-7 at 16 + 4t... bf16 (two m16n8k16): pairs
+# at 2t, 8 + 2t, 16 + 2t, 24 + 2t.
+KMAP = {
+    W4A8: [[4 * t + j if j < 4 else 16 + 4 * t + j - 4 for j in range(8)] for t in range(4)],
+    W4A16: [[8 * (j // 2) + 2 * t + j % 2 for j in range(8)] for t in range(4)],
+}
+
+
+def kernels_supported(device: torch.device, mode: int) -> bool:
+    """bf16 mma needs compute capability 8.0, E4M3 mma 8.9; both need NVRTC."""
+    if device.type != "cuda" or not nvrtc_available():
+        return False
+    return torch.cuda.get_device_capability(device) >= ((8, 9) if mode == W4A8 else (8, 0))
+
+
+@dataclass
+class KernelWeights:
+    """The kernel's layout of one layer's weights (see int4_group.cu): ``qw`` int32 [N16/16, K64/64, 32, 4],
+    ``sz`` int32 [G, N16]."""
+
+    qw: torch.Tensor
+    sz: torch.Tensor
+    n: int
+    k: int
+    group: int
+
+    @property
+    def chunks(self) -> int:
+        return self.qw.shape[1]
+
+    @property
+    def n16(self) -> int:
+        return self.sz.shape[1]
+
+
+def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
+                  mode: int) -> KernelWeights:
+    """Codes uint8 [N, K] (0..15), float16 scales and uint8 zero points [N, G] -> the kernel's layout
+    (on the codes' device)."""
+    n, k = codes.shape
+    n16, k64 = -(-n // 16) * 16, -(-k // 64) * 64
+    c = torch.zeros(n16, k64, dtype=torch.int64, device=codes.device)
+    c[:n, :k] = codes.to(torch.int64)
+    # [tile, r, g, chunk, h, 32 columns] -> the lane's 8 columns of each half -> [tile, chunk, g, t, h, r, j]
+    c = c.reshape(n16 // 16, 2, 8, k64 // 64, 2, 32)
+    kmap = torch.tensor(KMAP[mode], device=codes.device)  # [t, j]
+    c = c[..., kmap]  # [tile, r, g, chunk, h, t, j]
+    c = c.permute(0, 3, 2, 5, 4, 1, 6)
+    shifts = 4 * torch.arange(8, device=codes.device)
+    words = (c << shifts).sum(-1)
+    words = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
+    sz = (scale.contiguous().view(torch.int16).to(torch.int32) & 0xFFFF) | (zero.to(torch.int32) << 16)
+    sz_t = torch.zeros(scale.shape[1], n16, dtype=torch.int32, device=codes.device)
+    sz_t[:, :n] = sz.t()
+    return KernelWeights(words.reshape(n16 // 16, k64 // 64, 32, 4).contiguous(), sz_t, n, k, group)
+
+
+def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(0 if t is None else t.data_ptr())
+
+
+def _config(mode: int, rows: int) -> dict[str, int]:
+    nt = 1 if rows <= 8 else 2 if rows <= 16 else 4
+    # chunks in flight: 4, or 2 where 4 chunks' input fragments would not fit the registers
+    return {"MODE": mode, "NT": nt, "WARPS": WARPS, "DEPTH": 4 if nt <= 2 else 2}
+
+
+def _module(mode: int, rows: int, device: torch.device):
+    return load_module("int4_group.cu", _config(mode, rows), device)
+
+
+def prepare_input(x: torch.Tensor, mode: int, k64: int, input_scale: torch.Tensor | None = None,
+                  per_token: bool = False, nan_count: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] float32 or bf16 (rows of unit stride) -> (the GEMM's input [M, k64], its scale):
+    W4A16 bf16(x); W4A8 the E4M3 codes of x / scale, the scale being ``input_scale`` or with
+    ``per_token`` each row's max|x| / 448 (float32 [M], returned). NaN inputs (W4A8) add to ``nan_count``."""
+    m, k = x.shape
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        x = x.float()
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    xq = torch.empty(m, k64, dtype=torch.bfloat16 if mode == W4A16 else torch.float8_e4m3fn, device=x.device)
+    scale = input_scale
+    if mode == W4A8 and per_token:
+        scale = torch.empty(m, dtype=torch.float32, device=x.device)
+    if m:
+        _module(mode, m, x.device).launch(
+            "int4_group_prepare_input", (m, 1, 1), 256,
+            [_ptr(x), ctypes.c_int(int(x.dtype == torch.bfloat16)), ctypes.c_int(x.stride(0)), ctypes.c_int(k),
+             ctypes.c_int(k64), _ptr(scale), ctypes.c_int(int(per_token)), _ptr(xq), _ptr(nan_count)])
+    return xq, scale
+
+
+def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scale: torch.Tensor | None,
+                 per_token: bool, tensor_scale: torch.Tensor | None, bias: torch.Tensor | None,
+                 out_dtype: torch.dtype) -> torch.Tensor:
+    """y [M, N] (float32 or bf16) for the prepared input xq [M, K64], M <= MAX_ROWS. Launched early
+    behind :func:`prepare_input` on Hopper (programmatic dependent launch)."""
+    m = xq.shape[0]
+    if not 0 < m <= MAX_ROWS:
+        raise ValueError(f"the few-rows INT4 kernel takes 1..{MAX_ROWS} input rows, got {m}")
+    out = torch.empty(m, weights.n, dtype=out_dtype, device=xq.device)
+    _module(mode, m, xq.device).launch(
+        "int4_group_gemm", (weights.n16 // 16, 1, 1), 32 * _config(mode, m)["WARPS"],
+        [_ptr(weights.qw), _ptr(weights.sz), _ptr(xq), _ptr(input_scale), _ptr(tensor_scale), _ptr(bias), _ptr(out),
+         ctypes.c_int(m), ctypes.c_int(weights.n), ctypes.c_int(weights.n16), ctypes.c_int(weights.chunks),
+         ctypes.c_int(xq.stride(0)), ctypes.c_int(weights.group), ctypes.c_int(weights.sz.shape[0]),
+         ctypes.c_int(int(per_token)), ctypes.c_int(int(out_dtype == torch.bfloat16))],
+        early=torch.cuda.get_device_capability(xq.device) >= (9, 0))
+    return out
+
+
+def dequantize(weights: KernelWeights, mode: int) -> torch.Tensor:
+    """The plain weights [N, K64]: bf16((c - z) s) (W4A16) or E4M3 codes of (c - z) s (W4A8)."""
+    k64 = weights.chunks * 64
+    dtype = torch.bfloat16 if mode == W4A16 else torch.float8_e4m3fn
+    w = torch.empty(weights.n, k64, dtype=dtype, device=weights.qw.device)
+    items = weights.qw.shape[0] * weights.chunks
+    if items:
+        _module(mode, 1, w.device).launch(
+            "int4_group_dequantize", (-(-items // 8), 1, 1), 256,
+            [_ptr(weights.qw), _ptr(weights.sz), _ptr(w), ctypes.c_int(weights.n), ctypes.c_int(weights.n16),
+             ctypes.c_int(weights.chunks), ctypes.c_int(k64), ctypes.c_int(weights.group),
+             ctypes.c_int(weights.sz.shape[0])])
+    return w
+
+
+def int4_group_linear(x: torch.Tensor, weights: KernelWeights, mode: int, *, input_scale: torch.Tensor | None = None,
+                      per_token: bool = False, tensor_scale: torch.Tensor | None = None,
+                      bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32,
+                      nan_count: torch.Tensor | None = None) -> torch.Tensor:
+    """y [M, N] for x [M, K] (CUDA): W4A16 ``bf16(x) @ w^T + bias``, or W4A8 ``(e4m3(x / sx) @ w^T) *
+    (sx * tensor_scale) + bias`` with sx = ``input_scale`` or, with ``per_token``, each row's own."""
+    if x.device.index != torch.cuda.current_device():
+        with torch.cuda.device(x.device):
+            return int4_group_linear(x, weights, mode, input_scale=input_scale, per_token=per_token,
+                                     tensor_scale=tensor_scale, bias=bias, out_dtype=out_dtype, nan_count=nan_count)
+    m, k = x.shape
+    k64 = weights.chunks * 64
+    if mode == W4A8 and nan_count is None:
+        nan_count = torch.zeros(1, dtype=torch.int32, device=x.device)
+    if (mode == W4A16 and x.dtype == torch.bfloat16 and k == k64 and x.stride(1) == 1 and x.stride(0) % 2 == 0
+            and x.data_ptr() % 4 == 0):
+        xq, scale = x, None  # already what the kernel reads
+    else:
+        xq, scale = prepare_input(x, mode, k64, input_scale, per_token, nan_count)
+    if m == 0:
+        return torch.empty(0, weights.n, dtype=out_dtype, device=x.device)
+    if m <= MAX_ROWS:
+        return small_m_gemm(xq, weights, mode, scale, per_token, tensor_scale, bias, out_dtype)
+    from ..triton import float_gemm
+
+    w = dequantize(weights, mode)
+    if mode == W4A8:
+        a_scale, w_scale = scale, tensor_scale.float().expand(weights.n).contiguous()
+    else:
+        a_scale, w_scale = torch.ones((), device=x.device), torch.ones(weights.n, device=x.device)
+    return float_gemm(xq, w, a_scale, w_scale, bias, out_dtype=out_dtype)

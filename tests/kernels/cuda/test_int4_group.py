@@ -1,0 +1,242 @@
+"""The INT4-group kernels (W4A16, W4A8) and the FP8 path: the layout holds exactly the codes the mma
+fragments need (checked on the CPU), the kernels compile everywhere NVRTC is installed, and on a GPU
+every weight and input code equals the reference's, and the outputs equal it up to the order of the
+float32 sums."""
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from lowbit.kernels.cuda import SOURCE_DIR, compile_cubin
+from lowbit.kernels.cuda.int4_group import KMAP, MAX_ROWS, W4A8, W4A16, kernel_layout
+from lowbit.nn.geometry import LayerGeometry
+from lowbit.nn.mixed_linear import CHECK_EVERY, FP8Linear, W4A8Linear, W4A16Linear
+from lowbit.numerics import pack_int4
+from lowbit.numerics.groupwise import group_qparams, num_groups, protective_scale, quantize_groups
+
+needs_nvrtc = pytest.mark.skipif(importlib.util.find_spec("cuda") is None, reason="needs cuda-bindings (NVRTC)")
+# (N, K, group): uneven N, K not a multiple of 64 or of the group, per channel (group = K), group 32
+SHAPES = [(37, 200, 32), (16, 576, 128), (130, 1000, 128), (24, 100, 100), (64, 4096, 64), (3, 64, 64)]
+
+
+def _codes(n, k, group, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g)
+    scale, zero = group_qparams(w, group, symmetric=False)
+    return quantize_groups(w, scale, zero, group), scale.to(torch.float16), zero
+
+
+@pytest.mark.parametrize("mode", [W4A16, W4A8])
+@pytest.mark.parametrize("n,k,group", SHAPES[:3])
+def test_layout_holds_each_lanes_fragment_codes(mode, n, k, group):
+    codes, scale, zero = _codes(n, k, group, seed=n + k)
+    kw = kernel_layout(codes, scale, zero, group, mode)
+    words = kw.qw.long() & 0xFFFFFFFF
+    n16, k64 = kw.n16, kw.chunks * 64
+    padded = torch.zeros(n16, k64, dtype=torch.long)
+    padded[:n, :k] = codes.long()
+    for tile in range(n16 // 16):
+        for chunk in range(kw.chunks):
+            for lane in (0, 5, 31):
+                g, t = divmod(lane, 4)
+                for word in range(4):
+                    h, r = divmod(word, 2)
+                    for j in range(8):
+                        code = int(words[tile, chunk, lane, word] >> (4 * j)) & 0xF
+                        assert code == padded[tile * 16 + g + 8 * r, chunk * 64 + 32 * h + KMAP[mode][t][j]]
+    # scales and zero points: group-major, padded rows zero
+    assert kw.sz.shape == (num_groups(k, group), n16)
+    assert torch.equal((kw.sz[:, :n] & 0xFFFF).to(torch.int16).view(torch.float16).t(), scale)
+    assert torch.equal((kw.sz[:, :n] >> 16).t().to(torch.uint8), zero)
+    assert not kw.sz[:, n:].any()
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch,mode", [("sm_80", W4A16), ("sm_90", W4A16), ("sm_89", W4A8), ("sm_90", W4A8)])
+@pytest.mark.parametrize("nt", [1, 2, 4])
+def test_kernels_compile_with_nvrtc(arch, mode, nt):
+    source = (Path(SOURCE_DIR) / "int4_group.cu").read_text()
+    assert len(compile_cubin(source, "int4_group.cu", [f"-DMODE={mode}", f"-DNT={nt}"], arch)) > 0
+
+
+def _layer(cls, n, k, group, seed, activation="static", bias=True):
+    torch.manual_seed(seed)
+    w = torch.randn(n, k)
+    options = {"group_size": group, "symmetric": False}
+    if cls is not W4A16Linear:
+        options["activation"] = activation
+    geometry = LayerGeometry.of(torch.nn.Linear(k, n, bias=bias))
+    if cls is FP8Linear:
+        layer = FP8Linear(geometry, {"activation": activation})
+        amax = w.abs().amax(1)
+        layer.weight_scale.copy_(amax / 448)
+        layer.qweight.copy_((w / layer.weight_scale[:, None]).to(torch.float8_e4m3fn))
+    else:
+        layer = cls(geometry, options)
+        s8 = protective_scale(w) if cls is W4A8Linear else torch.tensor(1.0)
+        scale, zero = group_qparams(w / s8, group, symmetric=False)
+        layer.qweight.copy_(pack_int4(quantize_groups(w / s8, scale, zero, group), signed=False))
+        layer.group_scale.copy_(scale.to(torch.float16))
+        layer.group_zero.copy_(zero)
+        if cls is W4A8Linear:
+            layer.weight_scale.copy_(s8)
+    if hasattr(layer, "input_scale"):
+        layer.input_scale.fill_(0.02)
+    if bias:
+        layer.bias.copy_(torch.randn(n))
+    return layer
+
+
+def _float64_reference(layer, x):
+    """The layer's arithmetic in float64 on the CPU, and the size of its sums (sum |x w| |scale|): the
+    order of the float32 sums is the only freedom the kernels have, so they must agree to a small
+    multiple of float32 rounding of that size."""
+    if isinstance(layer, W4A16Linear):
+        xq, w, scale = x.to(torch.bfloat16).double(), layer.weight_values().double(), torch.tensor(1.0)
+    else:
+        xq, sx = layer._fp8_input(x)
+        w = layer.weight_values() if isinstance(layer, W4A8Linear) else layer.qweight.float()
+        xq, w, scale = xq.double(), w.double(), sx.double() * layer.weight_scale.double()
+    y = (xq @ w.t()) * scale + (layer.bias.double() if layer.bias is not None else 0.0)
+    return y, (xq.abs() @ w.abs().t()) * scale.abs()
+
+
+# Hopper's FP8 tensor cores (the Triton GEMM's wgmma) sum a tile's products keeping about 14 bits
+# (kernels/triton/gemm.py:float_gemm); the mma.sync kernels and bf16 dots sum in float32.
+FP8_TENSOR_CORES = 2e-3
+FLOAT32_SUMS = 1e-5
+
+
+def _close(out, ref, tolerance=FLOAT32_SUMS):
+    """Within ``tolerance`` of the sums' size from the float64 result."""
+    y, size = ref
+    err = (out.double().cpu() - y).abs()
+    assert (err <= tolerance * size.max() + 1e-6).all(), float(err.max() / size.max())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls", [W4A16Linear, W4A8Linear])
+@pytest.mark.parametrize("n,k,group", SHAPES)
+def test_dequantized_weights_equal_the_reference_exactly(cls, n, k, group):
+    from lowbit.kernels.cuda.int4_group import dequantize
+
+    layer = _layer(cls, n, k, group, seed=n * k)
+    ref = layer.weight_values()  # bf16 or E4M3 values, as float32
+    w = dequantize(layer.cuda().kernel_weights(), layer.kernel_mode)
+    assert w.shape == (n, -(-k // 64) * 64)
+    assert torch.equal(w[:, :k].float().cpu(), ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,k,group", SHAPES[:4])
+def test_one_hot_inputs_give_each_weight_exactly(n, k, group):
+    """x = the unit rows: y[i, n] = w[n, i] * s8 + bias (one product each, so no rounding freedom): the
+    few-rows kernel puts every weight, scale and zero point where it belongs."""
+    layer = _layer(W4A8Linear, n, k, group, seed=3)
+    layer.input_scale.fill_(1.0)
+    ref = layer(torch.eye(k))
+    gpu = layer.cuda()
+    for start in range(0, k, 32):
+        out = gpu(torch.eye(k, device="cuda")[start:start + 32])
+        assert torch.equal(out.cpu(), ref[start:start + 32]), start
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls", [W4A16Linear, W4A8Linear, FP8Linear])
+@pytest.mark.parametrize("m", [1, 5, 16, 17, 32, 33, 300])
+@pytest.mark.parametrize("n,k,group", SHAPES[:3])
+def test_layer_on_gpu_matches_the_reference(cls, m, n, k, group):
+    layer = _layer(cls, n, k, group, seed=m + n)
+    x = torch.randn(m, k) * 0.5
+    ref = _float64_reference(layer, x)
+    cpu = layer(x)
+    out = layer.cuda()(x.cuda())
+    assert out.dtype == torch.float32 and out.shape == (m, n)
+    fp8_tensor_cores = cls is FP8Linear or (cls is W4A8Linear and m > MAX_ROWS)
+    _close(out, ref, FP8_TENSOR_CORES if fp8_tensor_cores else FLOAT32_SUMS)
+    _close(cpu, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls", [W4A8Linear, FP8Linear])
+def test_dynamic_per_token_inputs(cls):
+    layer = _layer(cls, 40, 320, 64, seed=1, activation="dynamic")
+    x = torch.randn(3, 7, 320) * torch.tensor([0.1, 1.0, 30.0])[:, None, None]
+    ref = _float64_reference(layer, x.reshape(21, 320))
+    out = layer.cuda()(x.cuda())
+    assert out.shape == (3, 7, 40)
+    _close(out.reshape(21, 40), ref, FP8_TENSOR_CORES if cls is FP8Linear else FLOAT32_SUMS)
+
+
+@pytest.mark.gpu
+def test_input_codes_and_scales_equal_the_reference():
+    from lowbit.kernels.cuda.int4_group import prepare_input
+    from lowbit.numerics.fp8 import fp8_activation_grid, per_token_fp8_scale
+
+    x = torch.randn(9, 131) * 3
+    x[0, 5] = 1e4  # saturates at the static scale
+    x[1] = 0.0
+    scale = torch.tensor(0.01)
+    nan_count = torch.zeros(1, dtype=torch.int32, device="cuda")
+    for source in (x, x.to(torch.bfloat16)):
+        xq, _ = prepare_input(source.cuda(), W4A8, 192, scale.cuda(), False, nan_count)
+        assert torch.equal(xq[:, :131].float().cpu(), fp8_activation_grid(source, scale))
+        assert not xq[:, 131:].float().any()
+        xq, sx = prepare_input(source.cuda(), W4A8, 192, None, True, nan_count)
+        ref_scale = per_token_fp8_scale(source)
+        assert torch.equal(sx.cpu(), ref_scale[:, 0])
+        assert torch.equal(xq[:, :131].float().cpu(), fp8_activation_grid(source, ref_scale))
+        xb, _ = prepare_input(source.cuda(), W4A16, 192)
+        assert torch.equal(xb[:, :131].cpu(), source.to(torch.bfloat16))
+    assert int(nan_count) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls", [W4A16Linear, W4A8Linear])
+def test_bf16_inputs_give_bf16_outputs(cls):
+    layer = _layer(cls, 96, 256, 128, seed=2)
+    x = torch.randn(4, 256).to(torch.bfloat16)
+    ref, size = _float64_reference(layer, x.float())
+    out = layer.cuda()(x.cuda())
+    assert out.dtype == torch.bfloat16
+    assert ((out.double().cpu() - ref).abs() <= ref.abs() * 2 ** -8 + 1e-5 * size.max()).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls", [W4A8Linear, FP8Linear])
+def test_nan_input_is_an_error_within_the_check_interval(cls):
+    layer = _layer(cls, 16, 64, 64, seed=0).cuda()
+    x = torch.randn(2, 64, device="cuda")
+    x[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        for _ in range(CHECK_EVERY):
+            layer(x)
+
+
+@pytest.mark.gpu
+def test_group_sizes_the_kernel_does_not_take_fall_back_with_a_warning(monkeypatch):
+    import lowbit.nn.mixed_linear as mixed_linear
+
+    monkeypatch.setattr(mixed_linear, "_FALLBACK_WARNED", set())
+    layer = _layer(W4A8Linear, 24, 96, 48, seed=0)
+    x = torch.randn(3, 96)
+    ref = layer(x)
+    with pytest.warns(UserWarning, match="w4a8 layers run the reference path here: .*multiple of 32"):
+        out = layer.cuda()(x.cuda())
+    assert torch.equal(out.cpu(), ref)
+
+
+@pytest.mark.gpu
+def test_kernel_weights_follow_new_codes():
+    layer = _layer(W4A16Linear, 32, 128, 64, seed=0).cuda()
+    x = torch.randn(2, 128, device="cuda")
+    first = layer(x)
+    layer.group_scale.mul_(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        second = layer(x)
+    bias = layer.bias[None]
+    assert torch.allclose(second - bias, 2 * (first - bias), rtol=1e-2, atol=1e-3)
