@@ -8,7 +8,9 @@ The model below is the Llama block (RMSNorm, rotary attention with grouped KV he
 a static KV cache, so one decode step (one token, a position tensor) is captured in a CUDA graph.
 lowbit quantizes its q/k/v/o/gate/up/down projections (lm_head and the embedding stay bf16), after
 calibrating on random tokens. Reported: tokens/s of a 128-token decode after a 32-token prompt
-(graph replays, the cache growing), and the weight bytes each step reads.
+(graph replays, the cache growing); the time of the step's projections alone (each layer's seven
+Linear layers on one token, graph-replayed: what the weight formats change); and the weight bytes
+each step reads.
 """
 
 from __future__ import annotations
@@ -148,6 +150,37 @@ def decode_rate(model, vocab, prompt=32, steps=128) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def projection_ms(model, shape) -> float:
+    """Milliseconds of one decode step's projections alone: every layer's q/k/v/o/gate/up/down on one
+    token, replayed from a CUDA graph (the attention, norms and lm_head left out)."""
+    hidden, mlp = shape["hidden"], shape["mlp"]
+    x = torch.randn(1, hidden, device="cuda", dtype=torch.bfloat16)
+    xm = torch.randn(1, mlp, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        for layer in model.layers:
+            a = layer.self_attn
+            a.q_proj(x), a.k_proj(x), a.v_proj(x)
+            a.o_proj(x)
+            layer.gate_proj(x), layer.up_proj(x)
+            layer.down_proj(xm)
+
+    with torch.no_grad():
+        step()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        for _ in range(3):
+            graph.replay()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(20):
+            graph.replay()
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / 20 * 1e3
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/decode.json")
@@ -167,7 +200,7 @@ def main():
                 model = lowbit.quantize(model, scheme, calib_data=calib, group_size=128)
             rate = decode_rate(model, shape["vocab"])
             row = {"model": name, "scheme": scheme, "tokens_per_s": rate, "ms_per_token": 1e3 / rate,
-                   "projection_MB": projection_bytes(model) / 1e6}
+                   "projections_ms": projection_ms(model, shape), "projection_MB": projection_bytes(model) / 1e6}
             rows.append(row)
             print(row, flush=True)
             del model
@@ -175,6 +208,7 @@ def main():
     for row in rows:
         base = next(r for r in rows if r["model"] == row["model"] and r["scheme"] == "bf16")
         row["vs_bf16"] = row["tokens_per_s"] / base["tokens_per_s"]
+        row["projections_vs_bf16"] = base["projections_ms"] / row["projections_ms"]
     result = {"benchmark": "decode", "date": datetime.date.today().isoformat(),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
