@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import lowbit  # noqa: E402
@@ -30,7 +28,7 @@ from lowbit.kernels.triton import int8_gemm  # noqa: E402
 from lowbit.models.char_lm import CharLSTM  # noqa: E402
 from lowbit.models.mlp import MLP  # noqa: E402
 from lowbit.nn.lstm import unroll_lstms  # noqa: E402
-from timing import bench, copies  # noqa: E402
+from timing import bench, copies, write_result  # noqa: E402
 
 
 def bitserial_layers(n, k, weight_bits, act_bits, count):
@@ -190,14 +188,9 @@ def main():
     else:
         gemm = gemm_rows([1024, 2048, 4096, 8192], [1, 8, 32], [1, 2, 3, 4, 6, 8], [8, 16])
     end_to_end = end_to_end_rows()
-    result = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
-              "torch": torch.__version__, "triton": triton.__version__, "gemm": gemm,
-              "scaling": scaling_rows() + scaling_rows(8192), "breakdown": breakdown_rows(),
-              "mlp": [r for r in end_to_end if r["model"] == "mnist-mlp"],
-              "lstm": [r for r in end_to_end if r["model"] != "mnist-mlp"], "model_scaling": model_scaling_rows()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, "bitserial", gemm=gemm, scaling=scaling_rows() + scaling_rows(8192),
+                 breakdown=breakdown_rows(), mlp=[r for r in end_to_end if r["model"] == "mnist-mlp"],
+                 lstm=[r for r in end_to_end if r["model"] != "mnist-mlp"], model_scaling=model_scaling_rows())
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ each step reads.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import lowbit  # noqa: E402
+from timing import write_result  # noqa: E402
 
 SHAPES = {
     "smollm2-135m": dict(layers=30, hidden=576, heads=9, kv_heads=3, mlp=1536, vocab=49152),
@@ -209,10 +208,7 @@ def main():
         base = next(r for r in rows if r["model"] == row["model"] and r["scheme"] == "bf16")
         row["vs_bf16"] = row["tokens_per_s"] / base["tokens_per_s"]
         row["projections_vs_bf16"] = base["projections_ms"] / row["projections_ms"]
-    result = {"benchmark": "decode", "date": datetime.date.today().isoformat(),
-              "device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_result(args.out, "decode", rows=rows)
 
 
 if __name__ == "__main__":

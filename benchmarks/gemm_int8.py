@@ -13,18 +13,15 @@ Inputs rotate over enough copies to exceed the 50 MB L2, so small-M cases stream
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
 from pathlib import Path
 
 import torch
-import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from lowbit.kernels.triton import int8_gemm  # noqa: E402
 from lowbit.numerics import pack_int4  # noqa: E402
-from timing import bench, copies  # noqa: E402
+from timing import bench, copies, write_result  # noqa: E402
 
 PEAK = {"bf16": 989e12, "int8": 1979e12}
 HBM = 3.35e12
@@ -77,12 +74,7 @@ def main():
                   f"x{row['int4_vs_int8']:.2f} vs int8", flush=True)
             del w16, x16, w8, x8, wt8, w4
             torch.cuda.empty_cache()
-    result = {"benchmark": "gemm_int8", "date": datetime.date.today().isoformat(),
-              "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, "gemm_int8", rows=rows)
 
 
 if __name__ == "__main__":

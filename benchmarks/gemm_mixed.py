@@ -17,18 +17,15 @@ datasheet peak (bf16 989, FP8 1979 TFLOP/s). Inputs rotate over copies that exce
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
 from pathlib import Path
 
 import torch
-import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from lowbit.kernels.cuda.int4_group import W4A8, W4A16, int4_group_linear, kernel_layout, prepare_input  # noqa: E402
 from lowbit.kernels.triton import float_gemm  # noqa: E402
-from timing import bench, copies  # noqa: E402
+from timing import bench, copies, write_result  # noqa: E402
 
 PEAK = {"bf16": 989e12, "fp8": 1979e12}
 HBM = 3.35e12
@@ -103,11 +100,7 @@ def main():
             print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                            if not k.startswith(("eager", "floor"))), flush=True)
             torch.cuda.empty_cache()
-    result = {"benchmark": "gemm_mixed", "date": datetime.date.today().isoformat(),
-              "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_result(args.out, "gemm_mixed", rows=rows)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import datetime
+import json
+import sys
+from pathlib import Path
+
 import torch
 import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from lowbit.fileio import atomic_path  # noqa: E402
 
 
 def bench(fn_list):
@@ -30,3 +38,14 @@ def bench(fn_list):
 
 def copies(nbytes):
     return max(1, min(16, int(200e6 // max(nbytes, 1)) + 1))
+
+
+def write_result(path, benchmark: str, **sections) -> None:
+    """Write a benchmark's JSON (its sections with the date, GPU and versions) whole or not at all."""
+    result = {"benchmark": benchmark, "date": datetime.date.today().isoformat(),
+              "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              **sections}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(Path(path)) as tmp:
+        Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")

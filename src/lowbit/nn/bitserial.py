@@ -55,10 +55,6 @@ class BitSerialLinear(_CodedLinear):
         self._saturated_reported = 0
 
     @property
-    def name(self) -> str:
-        return self.info.get("name", "bitserial layer")
-
-    @property
     def stored_bitlayers(self) -> int:
         return self.bitlayers.shape[0]
 
@@ -120,12 +116,9 @@ class BitSerialLinear(_CodedLinear):
         return "the kernel needs binary tensor cores (compute capability 8.0 or newer) and cuda-bindings (NVRTC)"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k_in = self.geometry.in_channels
-        if x.shape[-1] != k_in:
-            raise ValueError(f"layer {self.name!r} expects inputs of {k_in} features, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
-        x = x.reshape(-1, k_in)
-        if self._gpu_input(x) is not None:
+        x = self._rows(x)
+        if self._uses_kernel(x):
             fmt = self.input_format
             y = bitserial_linear(x.float().contiguous(), self.bitlayers, self.active, self.input_scale, fmt.bits,
                                  fmt.qmin, fmt.qmax, fmt.signed, self._scale(), self.bias, self.input_flags)

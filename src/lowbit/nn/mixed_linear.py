@@ -77,19 +77,26 @@ class _CodedLinear(nn.Module):
             raise ValueError(f"{self.layer_type} input has {nans} NaN value(s) (seen by the GPU kernel within the "
                              f"last {CHECK_EVERY} calls): they have no FP8 code")
 
-    def _gpu_input(self, x: torch.Tensor) -> torch.Tensor | None:
-        """x as [M, K] for the GPU kernels, or None where the reference runs (CPU tensors, or a GPU they
-        cannot serve)."""
+    @property
+    def name(self) -> str:
+        return self.info.get("name", f"{self.layer_type} layer")
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x as [M, K], or a clear error when its last dimension is not the layer's K."""
+        k = self.geometry.in_channels
+        if x.shape[-1] != k:
+            raise ValueError(f"layer {self.name!r} expects inputs of {k} features, got shape {tuple(x.shape)}")
+        return x.reshape(-1, k)
+
+    def _uses_kernel(self, x: torch.Tensor) -> bool:
+        """Whether x goes to the GPU kernels: False for CPU tensors, and (with one warning per layer type)
+        on a GPU they cannot serve, where the reference runs."""
         if not x.is_cuda:
-            return None
+            return False
         why = self._kernel_unavailable(x.device)
         if why:
             _warn_fallback(self.layer_type, why)
-            return None
-        k = self.geometry.in_channels
-        if x.shape[-1] != k:
-            raise ValueError(f"{self.layer_type} layer expects inputs of {k} features, got shape {tuple(x.shape)}")
-        return x.reshape(-1, k)
+        return not why
 
     def _kernel_unavailable(self, device: torch.device) -> str | None:
         raise NotImplementedError
@@ -179,9 +186,8 @@ class W4A16Linear(Int4GroupLinear):
         return self.group_values().to(torch.bfloat16).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = self._gpu_input(x)
-        if x2 is not None:
-            return self._gpu_forward(x2).reshape(*x.shape[:-1], -1)
+        if self._uses_kernel(x):
+            return self._gpu_forward(self._rows(x)).reshape(*x.shape[:-1], -1)
         xb = x.to(torch.bfloat16).float()
         return self._add_bias(F.linear(xb, self.weight_values())).to(x.dtype)
 
@@ -208,9 +214,8 @@ class W4A8Linear(Int4GroupLinear):
         return e4m3_grid(self.group_values())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = self._gpu_input(x)
-        if x2 is not None:
-            y = self._gpu_forward(x2, input_scale=self.input_scale, tensor_scale=self.weight_scale,
+        if self._uses_kernel(x):
+            y = self._gpu_forward(self._rows(x), input_scale=self.input_scale, tensor_scale=self.weight_scale,
                                   per_token=self.options["activation"] == "dynamic", nan_count=self.nan_count)
             if self._flags_due():
                 self._check_nan_count()
@@ -243,14 +248,13 @@ class FP8Linear(_CodedLinear):
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = self._gpu_input(x)
-        if x2 is not None:
+        if self._uses_kernel(x):
             from ..kernels.cuda.int4_group import prepare_input
             from ..kernels.triton import float_gemm
 
             k = self.geometry.in_channels
             dynamic = self.options["activation"] == "dynamic"
-            xq, sx = prepare_input(x2, W4A8, -(-k // 64) * 64, self.input_scale, dynamic, self.nan_count)
+            xq, sx = prepare_input(self._rows(x), W4A8, -(-k // 64) * 64, self.input_scale, dynamic, self.nan_count)
             bias = None if self.bias is None else self.bias.float()
             y = float_gemm(xq[:, :k], self.qweight, sx, self.weight_scale.float(), bias,
                            out_dtype=torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32)

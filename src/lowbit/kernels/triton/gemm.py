@@ -298,20 +298,21 @@ def int8_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: 
         return out
     if k == 0:
         return out.zero_() if kind == 0 else _empty_k(m, n, bias, activation, out_dtype, out_scale, out_range, device)
-    per_token = a_scale.dim() == 1
-    _check(a_scale, "a_scale", torch.float32, device, (m,) if per_token else ())
-    _check(w_scale, "w_scale", torch.float32, device, (n,))
-    if bias is not None:
-        _check(bias, "bias", torch.float32, device, (n,))
-    _launch(a, w, out, a_scale, w_scale, bias, out_scale, {"PER_TOKEN": per_token, "HAS_BIAS": bias is not None,
-            "ACT": _ACTIVATIONS[activation], "OUT_KIND": kind, "QMIN": qmin, "QMAX": qmax, "W_PACKED": packed,
-            "FLOAT_ACC": False})
+    _launch(a, w, out, a_scale, w_scale, bias, out_scale, {"ACT": _ACTIVATIONS[activation], "OUT_KIND": kind,
+            "QMIN": qmin, "QMAX": qmax, "W_PACKED": packed, "FLOAT_ACC": False})
     return out
 
 
 def _launch(a, w, out, a_scale, w_scale, bias, out_scale, flags: dict) -> None:
-    """The split-K kernel for few rows, the tiled one otherwise."""
+    """Checks the scales (per tensor, or per token when a_scale is 1-D) and the bias, then launches the
+    split-K kernel for few rows, the tiled one otherwise."""
     (m, k), n = a.shape, w.shape[0]
+    per_token = a_scale.dim() == 1
+    _check(a_scale, "a_scale", torch.float32, a.device, (m,) if per_token else ())
+    _check(w_scale, "w_scale", torch.float32, a.device, (n,))
+    if bias is not None:
+        _check(bias, "bias", torch.float32, a.device, (n,))
+    flags = {**flags, "PER_TOKEN": per_token, "HAS_BIAS": bias is not None}
     common = (m, n, k, triton.next_power_of_2(m) if m <= 256 else 512 * triton.cdiv(m, 512),
               a.stride(0), a.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1))
     bias_arg = bias if bias is not None else w_scale  # never read without HAS_BIAS
@@ -357,13 +358,8 @@ def float_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale:
         return out
     if k == 0:
         return _empty_k(m, n, bias, None, out_dtype, None, None, device)
-    per_token = a_scale.dim() == 1
-    _check(a_scale, "a_scale", torch.float32, device, (m,) if per_token else ())
-    _check(w_scale, "w_scale", torch.float32, device, (n,))
-    if bias is not None:
-        _check(bias, "bias", torch.float32, device, (n,))
-    _launch(a, w, out, a_scale, w_scale, bias, None, {"PER_TOKEN": per_token, "HAS_BIAS": bias is not None,
-            "ACT": 0, "OUT_KIND": 2, "QMIN": 0, "QMAX": 0, "W_PACKED": False, "FLOAT_ACC": True})
+    _launch(a, w, out, a_scale, w_scale, bias, None, {"ACT": 0, "OUT_KIND": 2, "QMIN": 0, "QMAX": 0,
+                                                      "W_PACKED": False, "FLOAT_ACC": True})
     return out
 
 
