@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from lowbit.kernels.cuda.int4_group import W4A8, W4A16, int4_group_linear, kernel_layout, prepare_input  # noqa: E402
 from lowbit.kernels.triton import float_gemm  # noqa: E402
+from lowbit.numerics.groupwise import round_scale  # noqa: E402
 from timing import bench, copies, write_result  # noqa: E402
 
 PEAK = {"bf16": 989e12, "fp8": 1979e12}
@@ -34,7 +35,7 @@ GROUP = 128
 
 def _int4_weights(n, k, mode):
     codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, device="cuda")
-    scale = (torch.rand(n, k // GROUP, device="cuda") * 0.01 + 0.001).to(torch.float16)
+    scale = round_scale(torch.rand(n, k // GROUP, device="cuda") * 0.01 + 0.001).to(torch.float16)
     zero = torch.randint(0, 16, (n, k // GROUP), dtype=torch.uint8, device="cuda")
     return kernel_layout(codes, scale, zero, GROUP, mode)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lowbit.kernels.cuda import SOURCE_DIR, compile_cubin
-from lowbit.kernels.cuda.int4_group import KMAP, MAX_ROWS, W4A8, W4A16, kernel_layout
+from lowbit.kernels.cuda.int4_group import MAX_ROWS, W4A8, W4A16, WORD_COLUMNS, kernel_layout, scales_fit_kernel
 from lowbit.nn.geometry import LayerGeometry
 from lowbit.nn.mixed_linear import CHECK_EVERY, FP8Linear, W4A8Linear, W4A16Linear
 from lowbit.numerics import pack_int4
@@ -35,23 +35,43 @@ def test_layout_holds_each_lanes_fragment_codes(mode, n, k, group):
     codes, scale, zero = _codes(n, k, group, seed=n + k)
     kw = kernel_layout(codes, scale, zero, group, mode)
     words = kw.qw.long() & 0xFFFFFFFF
-    n16, k64 = kw.n16, kw.chunks * 64
-    padded = torch.zeros(n16, k64, dtype=torch.long)
+    k64 = kw.chunks * 64
+    padded = torch.zeros(kw.tiles * 16, k64, dtype=torch.long)
     padded[:n, :k] = codes.long()
-    for tile in range(n16 // 16):
+    for tile in range(kw.tiles):
         for chunk in range(kw.chunks):
-            for lane in (0, 5, 31):
+            for lane in (0, 6, 31):
                 g, t = divmod(lane, 4)
                 for word in range(4):
-                    h, r = divmod(word, 2)
-                    for j in range(8):
-                        code = int(words[tile, chunk, lane, word] >> (4 * j)) & 0xF
-                        assert code == padded[tile * 16 + g + 8 * r, chunk * 64 + 32 * h + KMAP[mode][t][j]]
-    # scales and zero points: group-major, padded rows zero
-    assert kw.sz.shape == (num_groups(k, group), n16)
-    assert torch.equal((kw.sz[:, :n] & 0xFFFF).to(torch.int16).view(torch.float16).t(), scale)
-    assert torch.equal((kw.sz[:, :n] >> 16).t().to(torch.uint8), zero)
-    assert not kw.sz[:, n:].any()
+                    r, h = divmod(word, 2)
+                    for i in range(8):
+                        code = int(words[tile, chunk, lane, word] >> (4 * i)) & 0xF
+                        column = chunk * 64 + 16 * t + 8 * h + WORD_COLUMNS[i]
+                        assert code == padded[tile * 16 + g + 8 * r, column]
+
+
+@pytest.mark.parametrize("mode", [W4A16, W4A8])
+def test_layout_holds_each_rows_scale_and_zero_as_16_bit_pairs(mode):
+    n, k, group = 37, 200, 32
+    codes, scale, zero = _codes(n, k, group, seed=1)
+    kw = kernel_layout(codes, scale, zero, group, mode)
+    half, base = (torch.bfloat16, 128) if mode == W4A16 else (torch.float16, 1024)
+    sz = kw.sz.long() & 0xFFFFFFFF
+    assert kw.sz.shape == (num_groups(k, group), kw.tiles, 8, 4)
+    assert torch.equal(sz >> 16, sz & 0xFFFF)  # the same value in both halves
+    low = (sz & 0xFFFF).to(torch.int16).view(half).float()  # [G, tile, g, (s, zb) of row g, then of g + 8]
+    rows = low.reshape(len(low), kw.tiles, 8, 2, 2).permute(0, 1, 3, 2, 4).reshape(len(low), -1, 2)
+    assert torch.equal(rows[:, :n, 0].t(), scale.float())
+    assert torch.equal(rows[:, :n, 1].t(), -(base + zero.float()))
+    assert not rows[:, n:, 0].any()
+
+
+def test_scales_are_rounded_to_the_bits_the_kernel_converts_exactly():
+    w = torch.randn(64, 256) * torch.logspace(-6, 3, 64)[:, None]
+    for symmetric in (False, True):
+        scale, _ = group_qparams(w, 32, symmetric)
+        assert scales_fit_kernel(scale.to(torch.float16))
+    assert not scales_fit_kernel(torch.tensor([1 + 2 ** -10], dtype=torch.float16))
 
 
 @needs_nvrtc
@@ -230,11 +250,26 @@ def test_group_sizes_the_kernel_does_not_take_fall_back_with_a_warning(monkeypat
 
 
 @pytest.mark.gpu
+def test_scales_of_more_bits_fall_back_with_a_warning(monkeypatch):
+    """A checkpoint whose float16 scales have more bits than the kernel converts exactly runs the reference."""
+    import lowbit.nn.mixed_linear as mixed_linear
+
+    monkeypatch.setattr(mixed_linear, "_FALLBACK_WARNED", set())
+    layer = _layer(W4A16Linear, 24, 128, 64, seed=0)
+    layer.group_scale.mul_(1 + 2 ** -9)
+    x = torch.randn(3, 128)
+    ref = layer(x)
+    with pytest.warns(UserWarning, match="w4a16 layers run the reference path here: .*significant bits"):
+        out = layer.cuda()(x.cuda())
+    assert torch.allclose(out.cpu(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
 def test_kernel_weights_follow_new_codes():
     layer = _layer(W4A16Linear, 32, 128, 64, seed=0).cuda()
     x = torch.randn(2, 128, device="cuda")
     first = layer(x)
-    layer.group_scale.mul_(2)
+    layer.group_scale.mul_(2)  # a power of two keeps the scales' bits
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         second = layer(x)

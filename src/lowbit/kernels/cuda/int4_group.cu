@@ -3,20 +3,29 @@
 //   MODE 0 (W4A16): w = bf16((c - z) * s)   y = bf16(x) @ w^T + bias                 (mma m16n8k16 bf16)
 //   MODE 1 (W4A8):  w = e4m3((c - z) * s)   y = (e4m3(x / sx) @ w^T) * (sx * s8) + bias (mma m16n8k32 e4m3)
 // with float32 accumulation: the products are exact, so only the order of the float32 sums differs
-// from the reference. (c - z) * s is exact in float32 too (4 + 1 bits times an 11-bit float16 scale),
-// so every weight is rounded once, to bf16 or E4M3, exactly as the reference rounds it.
+// from the reference. The scales s have at most 7 significant bits (numerics/groupwise.py), so that two
+// weights convert at once in packed 16-bit arithmetic, exactly: the code goes into the mantissa of a
+// 16-bit float (128 + c in bf16, 1024 + c in fp16), one packed fma subtracts 128 + z (or 1024 + z)
+// exactly, and one packed fma by s rounds (c - z) * s once (bf16), or leaves it exact (fp16, at most
+// 4 + 7 significant bits) for the one rounding to E4M3. Every weight is rounded as the reference rounds it.
 //
-// Compile-time constants (-D): MODE, NT (column tiles of 8 input rows), WARPS (warps of a block
-// splitting K), DEPTH (64-column chunks loaded at once: a lane's 16 weight bytes and its input
-// fragments for each, all in flight together).
+// Compile-time constants (-D): MODE, NT (column tiles of 8 input rows), WARPS (warps of a block, one
+// 16-row weight tile each, reading the same input columns), STAGES (64-column chunks of weights and
+// scales in flight per warp, through shared memory), XDEPTH (chunks of input fragments loaded ahead).
 //
 // Layouts (kernels/cuda/int4_group.py builds them):
-//   qw  [N / 16, K / 64, 32 lanes, 4 words]  a warp's 16 x 64 tile, 16 bytes per lane. Word 2h + r holds
-//       the 8 codes of row g + 8r (g = lane / 4) that the lane's mma fragments take from the 32 columns
-//       of half h, code j in bits 4j..4j+3 (which column each j is depends on MODE; see KMAP there).
-//   sz  [G, N16] uint32   per group and row: float16 scale bits | zero point << 16
-//   x   [M, ldx]          MODE 0 bf16, MODE 1 e4m3 codes; columns K..K64-1 are zero
+//   qw  [N16 / 16, K64 / 64, 32 lanes, 4 words]  a warp's 16 x 64 tile, 16 bytes per lane. Lane (g, t)
+//       = (lane / 4, lane % 4) holds columns 16t..16t+15 of the chunk: word 2r + h the 8 columns 8h..8h+7
+//       of row g + 8r, column 2i in bits 4i..4i+3 and column 2i + 1 in bits 16 + 4i.. (i < 4), so that
+//       (word >> 4i) & 0x000f000f puts a column pair in the two halves of a register.
+//   sz  [G, N16 / 16, 8, 4] u32  per group, tile and g: (s, -(B + z)) for row g, then for row g + 8,
+//       each a 16-bit float (bf16 MODE 0, fp16 MODE 1) in both halves, B = 128 (bf16) or 1024 (fp16)
+//   x   [M, ldx]          MODE 0 bf16, MODE 1 e4m3 codes; columns K..K64-1 are zero. A lane reads the
+//       same 16 columns of its input rows as of its weights, so a row's bytes are read in their order.
 // N16, K64: N and K rounded up to 16 and 64 (padded rows have scale 0; padded columns meet x = 0).
+//
+// K may be split over SPLITS blocks (gridDim.y): each writes its partial sums to a workspace, and the
+// block that arrives last adds them in split order (deterministic) and applies the epilogue.
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -30,18 +39,14 @@ typedef unsigned short u16;
 #ifndef WARPS
 #define WARPS 4
 #endif
-#ifndef DEPTH
-#define DEPTH 4
+#ifndef STAGES
+#define STAGES 8
 #endif
-// Input registers per lane and 32-column half: NT column tiles x 2 (one E4M3 k32 mma) or x 4 (two bf16
-// k16 mmas).
-#define XH (NT * (MODE == 1 ? 2 : 4))
-
-__device__ __forceinline__ float half_to_float(u16 h) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-}
+#ifndef XDEPTH
+#define XDEPTH 2
+#endif
+// 16-byte input loads per lane, chunk and column tile: 16 columns of bf16 (2) or of E4M3 (1)
+#define XV (MODE == 1 ? 1 : 2)
 
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
     u32 r;
@@ -49,50 +54,42 @@ __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
     return r;
 }
 
-__device__ __forceinline__ u32 pack_e4m3x4(float e0, float e1, float e2, float e3) {
-    u16 lo, hi;  // satfinite: beyond +-448 saturates, as the reference's clamp before the cast
-    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(lo) : "f"(e1), "f"(e0));
-    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi) : "f"(e3), "f"(e2));
+// A column pair (c - z) * s from a word shifted so that its codes sit in bits 0..3 and 16..19.
+__device__ __forceinline__ u32 dequant_pair(u32 shifted, u32 s2, u32 zb2) {
+    u32 r;
+#if MODE == 1
+    const u32 v = (shifted & 0x000f000fu) | 0x64006400u;  // fp16 1024 + c
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(v), "r"(0x3c003c00u), "r"(zb2));  // c - z, exact
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(r), "r"(s2), "r"(0x80008000u));   // (c - z) s, exact
+#else
+    const u32 v = (shifted & 0x000f000fu) | 0x43004300u;  // bf16 128 + c
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(v), "r"(0x3f803f80u), "r"(zb2));  // c - z, exact
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(r), "r"(s2), "r"(0x80008000u));   // bf16((c - z) s)
+#endif
+    return r;
+}
+
+#if MODE == 1
+// Two column pairs of fp16 values -> 4 E4M3 bytes in column order (satfinite: beyond +-448 saturates,
+// as the reference's clamp before the cast).
+__device__ __forceinline__ u32 e4m3x4(u32 pair01, u32 pair23) {
+    u16 lo, hi;
+    asm("cvt.rn.satfinite.e4m3x2.f16x2 %0, %1;" : "=h"(lo) : "r"(pair01));
+    asm("cvt.rn.satfinite.e4m3x2.f16x2 %0, %1;" : "=h"(hi) : "r"(pair23));
     return (u32)lo | ((u32)hi << 16);
 }
+#endif
 
-// (c - z) * s for a group, as two fused multiply-adds with a code placed in a float's mantissa:
-// with c in bits 12..15, f = 1 + c * 2^-11 and f * (2^11 s) - (2^11 + z) s = (c - z) s; in bits 16..19,
-// f = 1 + c * 2^-7 with 2^7. Every term is exact (at most 12 + 11 significant bits), so the fma is.
-struct GroupConst {
-    float m12, c12, m16, c16;
-};
-
-__device__ __forceinline__ GroupConst group_const(u32 packed) {
-    const float s = half_to_float((u16)(packed & 0xffff));
-    const float z = (float)((packed >> 16) & 0xff);
-    GroupConst q;
-    q.m12 = s * 2048.0f;
-    q.c12 = -(2048.0f + z) * s;
-    q.m16 = s * 128.0f;
-    q.c16 = -(128.0f + z) * s;
-    return q;
-}
-
-__device__ __forceinline__ float code_at12(u32 w, const GroupConst& q) {
-    return __fmaf_rn(__uint_as_float((w & 0x0000f000u) | 0x3f800000u), q.m12, q.c12);
-}
-
-__device__ __forceinline__ float code_at16(u32 w, const GroupConst& q) {
-    return __fmaf_rn(__uint_as_float((w & 0x000f0000u) | 0x3f800000u), q.m16, q.c16);
-}
-
-// The 8 weights of one word: e[j] = (code j - z) * s.
-__device__ __forceinline__ void dequant_word(u32 w, const GroupConst& q, float (&e)[8]) {
-    const u32 up8 = w << 8, down8 = w >> 8;
-    e[0] = code_at12(w << 12, q);
-    e[1] = code_at12(up8, q);
-    e[2] = code_at16(up8, q);
-    e[3] = code_at12(w, q);
-    e[4] = code_at16(w, q);
-    e[5] = code_at12(down8, q);
-    e[6] = code_at16(down8, q);
-    e[7] = code_at16(w >> 12, q);
+// The 8 columns of one word as the mma takes them: bf16 pairs (columns 0-1, 2-3, 4-5, 6-7) or E4M3
+// quadruples (columns 0-3, 4-7) in v[0..1].
+__device__ __forceinline__ void dequant_word(u32 w, u32 s2, u32 zb2, u32 (&v)[4]) {
+#if MODE == 1
+    v[0] = e4m3x4(dequant_pair(w, s2, zb2), dequant_pair(w >> 4, s2, zb2));
+    v[1] = e4m3x4(dequant_pair(w >> 8, s2, zb2), dequant_pair(w >> 12, s2, zb2));
+#else
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = dequant_pair(w >> (4 * i), s2, zb2);
+#endif
 }
 
 __device__ __forceinline__ void mma_e4m3(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
@@ -111,61 +108,64 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], u32 a0, u32 a1, u32 a2, 
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// This lane's input fragments for the 32-column half at k0: 4 bytes of input row m = 8j + g per
-// register (rows past M are zero), in the order tile_step takes them.
-__device__ __forceinline__ void load_x(u32 (&xr)[XH], const unsigned char* x, int M, int ldx, int k0, int g, int t) {
+// One 64-column chunk of a warp's tile: the lane's weight words q, its rows' constants sc = (s, zb) of
+// row g then of row g + 8, and its input fragments xv (16 columns of each input row 8j + g).
+__device__ __forceinline__ void chunk_step(float (&acc)[NT][4], const uint4& q, const uint4& sc,
+                                           const uint4 (&xv)[NT][XV]) {
+    const u32 words[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-    for (int j = 0; j < NT; ++j) {
-        const int m = j * 8 + g;
+    for (int h = 0; h < 2; ++h) {
+        u32 lo[4], hi[4];  // columns 8h.. of rows g and g + 8
+        dequant_word(words[h], sc.x, sc.y, lo);
+        dequant_word(words[2 + h], sc.z, sc.w, hi);
 #if MODE == 1
-        const u32* row = (const u32*)(x + (size_t)m * ldx + k0);  // E4M3: columns 4t.. and 16 + 4t..
-        xr[2 * j] = m < M ? __ldg(row + t) : 0u;
-        xr[2 * j + 1] = m < M ? __ldg(row + 4 + t) : 0u;
-#else
-        const u32* row = (const u32*)(x + ((size_t)m * ldx + k0) * 2);  // bf16 pairs: 2t, 8 + 2t, 16 + 2t, 24 + 2t
+        // m16n8k32: a0/a1 rows g/g+8 at k 4t.. = columns 8h..8h+3, a2/a3 at k 16 + 4t.. = 8h+4..8h+7
 #pragma unroll
-        for (int q = 0; q < 4; ++q) xr[4 * j + q] = m < M ? __ldg(row + 4 * q + t) : 0u;
+        for (int j = 0; j < NT; ++j) {
+            const u32 b0 = h ? xv[j][0].z : xv[j][0].x, b1 = h ? xv[j][0].w : xv[j][0].y;
+            mma_e4m3(acc[j], lo[0], hi[0], lo[1], hi[1], b0, b1);
+        }
+#else
+        // two m16n8k16 steps: a0/a1 at k 2t, 2t+1 = columns 8h + 4s, +1; a2/a3 at k 2t+8.. = 8h + 4s + 2, +3
+#pragma unroll
+        for (int s = 0; s < 2; ++s)
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                const uint4& xb = xv[j][h];
+                const u32 b0 = s ? xb.z : xb.x, b1 = s ? xb.w : xb.y;
+                mma_bf16(acc[j], lo[2 * s], hi[2 * s], lo[2 * s + 1], hi[2 * s + 1], b0, b1);
+            }
 #endif
     }
 }
 
-// 32 columns of the 16-row tile: words lo (row g) and hi (row g + 8) with their groups, the inputs xr.
-__device__ __forceinline__ void tile_step(float (&acc)[NT][4], u32 lo, u32 hi, const GroupConst& qlo,
-                                          const GroupConst& qhi, const u32 (&xr)[XH]) {
-    float el[8], eh[8];
-    dequant_word(lo, qlo, el);
-    dequant_word(hi, qhi, eh);
-#if MODE == 1
-    // A fragment: a0/a1 rows g/g+8 at columns 4t..4t+3, a2/a3 the same at 16 + 4t (KMAP_E4M3)
-    const u32 a0 = pack_e4m3x4(el[0], el[1], el[2], el[3]), a1 = pack_e4m3x4(eh[0], eh[1], eh[2], eh[3]);
-    const u32 a2 = pack_e4m3x4(el[4], el[5], el[6], el[7]), a3 = pack_e4m3x4(eh[4], eh[5], eh[6], eh[7]);
-#pragma unroll
-    for (int j = 0; j < NT; ++j) mma_e4m3(acc[j], a0, a1, a2, a3, xr[2 * j], xr[2 * j + 1]);
-#else
-    // two k16 steps: columns 2t, 2t+1 and 8 + 2t, 9 + 2t of each (KMAP_BF16)
-#pragma unroll
-    for (int s = 0; s < 2; ++s) {
-        const u32 a0 = pack_bf16x2(el[4 * s], el[4 * s + 1]), a1 = pack_bf16x2(eh[4 * s], eh[4 * s + 1]);
-        const u32 a2 = pack_bf16x2(el[4 * s + 2], el[4 * s + 3]), a3 = pack_bf16x2(eh[4 * s + 2], eh[4 * s + 3]);
-#pragma unroll
-        for (int j = 0; j < NT; ++j) mma_bf16(acc[j], a0, a1, a2, a3, xr[4 * j + 2 * s], xr[4 * j + 2 * s + 1]);
+__device__ __forceinline__ void store_out(void* out, size_t i, float y, int out_bf16) {
+    if (out_bf16) {
+        u16 b;
+        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(b) : "f"(y));
+        ((u16*)out)[i] = b;
+    } else {
+        ((float*)out)[i] = y;
     }
-#endif
 }
 
-// One block: 16 output rows, all M (<= NT * 8) input rows; its WARPS warps split K, and their partial
-// sums meet in shared memory in warp order (deterministic).
-extern "C" __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS)
-int4_group_gemm(const uint4* __restrict__ qw, const u32* __restrict__ sz, const unsigned char* __restrict__ x,
+// Block (bx, split): weight tiles bx * WARPS + warp, chunks [split * split_chunks, +split_chunks).
+extern "C" __global__ void __launch_bounds__(32 * WARPS)
+int4_group_gemm(const uint4* __restrict__ qw, const uint4* __restrict__ sz, const unsigned char* __restrict__ x,
                 const float* __restrict__ sx, const float* __restrict__ s8, const float* __restrict__ bias,
-                void* __restrict__ out, int M, int N, int N16, int chunks, int ldx, int group, int G,
-                int per_token, int out_bf16) {
+                void* __restrict__ out, float* __restrict__ partial, int* __restrict__ arrivals, int M, int N,
+                int tiles, int chunks, int split_chunks, int ldx, int group, int G, int per_token, int out_bf16) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int tile = blockIdx.x;
-    const int row_lo = tile * 16 + g;
-    const int c_begin = warp * chunks / WARPS, c_end = (warp + 1) * chunks / WARPS;
-    const uint4* tile_w = qw + ((size_t)tile * chunks) * 32 + lane;
+    const int tile = blockIdx.x * WARPS + warp;
+    const int c_begin = blockIdx.y * split_chunks;
+    const int c_end = tile < tiles ? min(c_begin + split_chunks, chunks) : c_begin;
+    const uint4* tile_w = qw + (size_t)tile * chunks * 32 + lane;
+    const uint4* tile_sz = sz + (size_t)tile * 8 + g;
+    const int elem = MODE == 1 ? 1 : 2;
+    const unsigned char* xrow[NT];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) xrow[j] = 8 * j + g < M ? x + ((size_t)(8 * j + g) * ldx + 16 * t) * elem : nullptr;
 
     float acc[NT][4];
 #pragma unroll
@@ -173,78 +173,97 @@ int4_group_gemm(const uint4* __restrict__ qw, const u32* __restrict__ sz, const 
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
 
-    int cur_group = -1;
-    GroupConst qlo, qhi;
-    bool waited = false;
-    for (int c0 = c_begin; c0 < c_end; c0 += DEPTH) {
-        uint4 w[DEPTH];
-        u32 xr[DEPTH][2][XH];
-#pragma unroll
-        for (int d = 0; d < DEPTH; ++d)
-            if (c0 + d < c_end) w[d] = __ldcs(tile_w + (size_t)(c0 + d) * 32);
-        if (!waited) {
-            // Launched early behind the kernel that writes x (programmatic dependent launch on Hopper):
-            // the first weights are on their way; wait for x before reading it.
-#if __CUDA_ARCH__ >= 900
-            asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-            waited = true;
+    // The weights and scales stream through a ring of STAGES chunks in shared memory (cp.async), each lane
+    // copying and later reading its own 16 + 16 bytes, so the bytes in flight need no registers.
+    __shared__ uint4 ring[WARPS][STAGES][2][32];
+    auto fetch = [&](int c) {
+        if (c < c_end) {
+            const int grp = min((c * 64 + 16 * t) / group, G - 1);  // groups: multiples of 32, or one of K
+            uint4* slot = ring[warp][c % STAGES][0] + lane;
+            const u32 dst_w = (u32)__cvta_generic_to_shared(slot), dst_s = (u32)__cvta_generic_to_shared(slot + 32);
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst_w), "l"(tile_w + (size_t)c * 32));
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst_s), "l"(tile_sz + (size_t)grp * tiles * 8));
         }
+        asm volatile("cp.async.commit_group;");  // empty groups too: the count of groups stays uniform
+    };
+    // The input fragments (from L2 or L1: the block's warps read the same ones) come through registers,
+    // XDEPTH chunks ahead.
+    uint4 xv[XDEPTH][NT][XV];
+    auto load_x = [&](int d, int c) {
 #pragma unroll
-        for (int d = 0; d < DEPTH; ++d)
-            if (c0 + d < c_end)
+        for (int j = 0; j < NT; ++j)
 #pragma unroll
-                for (int h = 0; h < 2; ++h) load_x(xr[d][h], x, M, ldx, (c0 + d) * 64 + 32 * h, g, t);
+            for (int v = 0; v < XV; ++v)
+                xv[d][j][v] = xrow[j] && c < c_end ? __ldg((const uint4*)(xrow[j] + (size_t)c * 64 * elem) + v)
+                                                   : make_uint4(0, 0, 0, 0);
+    };
+    for (int s = 0; s < STAGES - 1; ++s) fetch(c_begin + s);
+    // Launched early behind the kernel that writes x (programmatic dependent launch on Hopper): the first
+    // weights are on their way; wait for x before reading it.
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
 #pragma unroll
-        for (int d = 0; d < DEPTH; ++d) {
-            if (c0 + d >= c_end) break;
-            const u32 words[4] = {w[d].x, w[d].y, w[d].z, w[d].w};
+    for (int d = 0; d < XDEPTH; ++d) load_x(d, c_begin + d);
+    for (int c0 = c_begin; c0 < c_end; c0 += XDEPTH) {
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int grp = min(((c0 + d) * 64 + 32 * h) / group, G - 1);  // groups: multiples of 32, or K
-                if (grp != cur_group) {
-                    cur_group = grp;
-                    qlo = group_const(__ldg(sz + (size_t)grp * N16 + row_lo));
-                    qhi = group_const(__ldg(sz + (size_t)grp * N16 + row_lo + 8));
-                }
-                tile_step(acc, words[2 * h], words[2 * h + 1], qlo, qhi, xr[d][h]);
+        for (int d = 0; d < XDEPTH; ++d) {
+            const int c = c0 + d;
+            if (c < c_end) {
+                asm volatile("cp.async.wait_group %0;" ::"n"(STAGES - 2) : "memory");  // chunk c has landed
+                const uint4 q = ring[warp][c % STAGES][0][lane], sc = ring[warp][c % STAGES][1][lane];
+                fetch(c + STAGES - 1);  // into the slot chunk c - 1 left
+                chunk_step(acc, q, sc, xv[d]);
+                load_x(d, c + XDEPTH);
             }
         }
     }
-#if __CUDA_ARCH__ >= 900
-    if (!waited) asm volatile("griddepcontrol.wait;" ::: "memory");  // a warp with no chunks
-#endif
+    asm volatile("cp.async.wait_all;" ::: "memory");
 
-    __shared__ float partial[WARPS][NT * 4][32];
+    // Accumulator (j, e) of lane (g, t): weight row g + 8 (e >= 2), input row 8j + 2t + (e & 1).
+    const int splits = gridDim.y;
+    if (splits > 1) {
+        float* mine = partial + (((size_t)blockIdx.y * gridDim.x * WARPS + tile) * NT * 4) * 32 + lane;
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) mine[(j * 4 + e) * 32] = acc[j][e];
+        __threadfence();
+        __syncthreads();
+        __shared__ int last;
+        if (threadIdx.x == 0) last = atomicAdd(arrivals + blockIdx.x, 1) == splits - 1;
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+        const float* all = partial + ((size_t)tile * NT * 4) * 32 + lane;
+        const size_t split_stride = (size_t)gridDim.x * WARPS * NT * 4 * 32;
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float y = 0.0f;
+                for (int s = 0; s < splits; ++s) y += __ldcg(all + s * split_stride + (j * 4 + e) * 32);
+                acc[j][e] = y;
+            }
+        if (threadIdx.x == 0) arrivals[blockIdx.x] = 0;  // ready for the next launch
+    }
 #pragma unroll
     for (int j = 0; j < NT; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) partial[warp][j * 4 + e][lane] = acc[j][e];
-    __syncthreads();
-    // The epilogue of each accumulator (j, e) of lane l: row g + 8 (e >= 2), input row 8j + 2t + (e & 1).
-    for (int i = threadIdx.x; i < NT * 4 * 32; i += 32 * WARPS) {
-        const int je = i / 32, l = i % 32, j = je / 4, e = je % 4;
-        const int n = tile * 16 + (l >> 2) + (e >= 2 ? 8 : 0);
-        const int m = j * 8 + 2 * (l & 3) + (e & 1);
-        if (n >= N || m >= M) continue;
-        float y = 0.0f;
-#pragma unroll
-        for (int v = 0; v < WARPS; ++v) y += partial[v][je][l];
+        for (int e = 0; e < 4; ++e) {
+            const int n = tile * 16 + g + (e >= 2 ? 8 : 0), m = 8 * j + 2 * t + (e & 1);
+            if (n >= N || m >= M) continue;
+            float y = acc[j][e];
 #if MODE == 1
-        y = y * (sx[per_token ? m : 0] * s8[0]);
+            y = y * (sx[per_token ? m : 0] * s8[0]);
 #endif
-        if (bias) y = y + bias[n];
-        if (out_bf16) {
-            u16 b;
-            asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(b) : "f"(y));
-            ((u16*)out)[(size_t)m * N + n] = b;
-        } else {
-            ((float*)out)[(size_t)m * N + n] = y;
+            if (bias) y = y + bias[n];
+            store_out(out, (size_t)m * N + n, y, out_bf16);
         }
-    }
 }
 
-// The input as the GEMM reads it, one block per row m of x [M, K] (float32 or bf16, row stride ldin):
+// The input as the GEMM reads it, blocks (m, j) for the rows m of x [M, K] (float32 or bf16, row stride
+// ldin), each taking every gridDim.y-th span of 512 columns (one block per row with per_token):
 //   MODE 0: bf16(x)                                     -> xq [M, ldx] bf16
 //   MODE 1: e4m3(x * (1 / sx)), saturating at +-448     -> xq [M, ldx] e4m3 codes
 // with columns K..ldx-1 zero. With per_token, sx[m] = max|x[m]| / 448 (1 for a zero row) is computed and
@@ -279,7 +298,7 @@ int4_group_prepare_input(const void* __restrict__ xin, int in_bf16, int ldin, in
         inv = __fdiv_rn(1.0f, sx[0]);
     }
     int nans = 0;
-    for (int k = 2 * threadIdx.x; k < ldx; k += 512) {
+    for (int k = 2 * (blockIdx.y * 256 + threadIdx.x); k < ldx; k += 512 * gridDim.y) {
         const float y0 = k < K ? load(k) * inv : 0.0f, y1 = k + 1 < K ? load(k + 1) * inv : 0.0f;
         nans += (y0 != y0) + (y1 != y1);
         u16 p;
@@ -288,7 +307,7 @@ int4_group_prepare_input(const void* __restrict__ xin, int in_bf16, int ldin, in
     }
     if (nans) atomicAdd(nan_count, nans);
 #else
-    for (int k = 2 * threadIdx.x; k < ldx; k += 512) {
+    for (int k = 2 * (blockIdx.y * 256 + threadIdx.x); k < ldx; k += 512 * gridDim.y) {
         const float y0 = k < K ? load(k) : 0.0f, y1 = k + 1 < K ? load(k + 1) : 0.0f;
         *(u32*)(xq + ((size_t)m * ldx + k) * 2) = pack_bf16x2(y0, y1);
     }
@@ -297,36 +316,31 @@ int4_group_prepare_input(const void* __restrict__ xin, int in_bf16, int ldin, in
 
 // The plain weight matrix w [N, ldw] (MODE 0 bf16, MODE 1 e4m3 codes) from qw and sz, for inputs with
 // many rows, where a GEMM on the stored weights is bound by arithmetic rather than by their bytes:
-// one warp per 16 x 64 tile, each lane writing its fragment's values where they belong.
+// one warp per 16 x 64 tile, each lane writing its 16 columns of rows g and g + 8.
 extern "C" __global__ void __launch_bounds__(256)
-int4_group_dequantize(const uint4* __restrict__ qw, const u32* __restrict__ sz, unsigned char* __restrict__ w,
-                      int N, int N16, int chunks, int ldw, int group, int G) {
+int4_group_dequantize(const uint4* __restrict__ qw, const uint4* __restrict__ sz, unsigned char* __restrict__ w,
+                      int N, int tiles, int chunks, int ldw, int group, int G) {
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     const size_t item = (size_t)blockIdx.x * 8 + (threadIdx.x >> 5);
     const int tile = (int)(item / chunks), c = (int)(item % chunks);
-    if (tile * 16 >= N16) return;
+    if (tile >= tiles) return;
     const uint4 q = __ldg(qw + item * 32 + lane);
+    const uint4 sc = __ldg(sz + ((size_t)min((c * 64 + 16 * t) / group, G - 1) * tiles + tile) * 8 + g);
     const u32 words[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const int k0 = c * 64 + 32 * h;
-        const int grp = min(k0 / group, G - 1);
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int n = tile * 16 + g + 8 * r;
-            if (n >= N) continue;
-            float e[8];
-            dequant_word(words[2 * h + r], group_const(__ldg(sz + (size_t)grp * N16 + n)), e);
+    for (int r = 0; r < 2; ++r) {
+        const int n = tile * 16 + g + 8 * r;
+        if (n >= N) continue;
+        u32 v0[4], v1[4];
+        dequant_word(words[2 * r], r ? sc.z : sc.x, r ? sc.w : sc.y, v0);
+        dequant_word(words[2 * r + 1], r ? sc.z : sc.x, r ? sc.w : sc.y, v1);
 #if MODE == 1
-            u32* row = (u32*)(w + (size_t)n * ldw + k0);
-            row[t] = pack_e4m3x4(e[0], e[1], e[2], e[3]);
-            row[4 + t] = pack_e4m3x4(e[4], e[5], e[6], e[7]);
+        *(uint4*)(w + (size_t)n * ldw + c * 64 + 16 * t) = make_uint4(v0[0], v0[1], v1[0], v1[1]);
 #else
-            u32* row = (u32*)(w + ((size_t)n * ldw + k0) * 2);
-#pragma unroll
-            for (int s = 0; s < 4; ++s) row[8 * (s >> 1) + 4 * (s & 1) + t] = pack_bf16x2(e[2 * s], e[2 * s + 1]);
+        uint4* row = (uint4*)(w + ((size_t)n * ldw + c * 64 + 16 * t) * 2);
+        row[0] = make_uint4(v0[0], v0[1], v0[2], v0[3]);
+        row[1] = make_uint4(v1[0], v1[1], v1[2], v1[3]);
 #endif
-        }
     }
 }

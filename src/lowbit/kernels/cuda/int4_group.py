@@ -2,34 +2,38 @@
 bf16 mma; W4A8: the weights turned into E4M3 in registers, FP8 mma), computing what
 lowbit.nn.mixed_linear's reference computes, up to the order of the float32 sums.
 
-Few input rows (M <= MAX_ROWS) are bound by the weight bytes: the weights stream once, in a layout
-arranged so that each lane's 16-byte load holds exactly the codes of its mma fragments
-(:func:`kernel_layout`), and are converted in registers. Many rows are bound by arithmetic: the weights
-are then expanded once per call into a plain bf16 / E4M3 matrix (a pass over N * K bytes) for a
-tensor-core GEMM (kernels/triton float_gemm), which costs far less than converting every weight tile
-again in every row tile.
+Few input rows (M <= MAX_ROWS) are bound by the weight bytes: the weights stream once, through a ring
+of chunks in shared memory (cp.async), in a layout where each lane's 16 bytes hold exactly the codes of
+its mma fragments (:func:`kernel_layout`), and are converted two at a time in registers. K is split
+over blocks until the grid fills the GPU; the partial sums meet in a fixed order. Many rows are bound
+by arithmetic: the weights are then expanded once per call into a plain bf16 / E4M3 matrix (a pass
+over N * K bytes) for a tensor-core GEMM (kernels/triton float_gemm), which costs far less than
+converting every weight tile again in every row tile.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 from dataclasses import dataclass
 
 import torch
 
+from ...numerics.groupwise import SCALE_BITS
 from . import load_module, nvrtc_available
 
 W4A16, W4A8 = 0, 1
 MAX_ROWS = 32  # up to 4 column tiles of 8 input rows per warp
-WARPS = 4  # at most 128 registers a lane: 4 blocks per SM, all 512 of N = 8192 resident at once
+WARPS = 4  # weight tiles (16 rows) of a block: they read the same input columns, once from memory
+STAGES = 4  # chunks of weights and scales in flight per warp (1 KiB each, in shared memory)
+BLOCKS_PER_SM = 4  # blocks the split of K aims at per multiprocessor (one wave)
+MIN_SPLIT_CHUNKS = 2  # a split of K has at least this many 64-column chunks (fewer: the partial sums cost more)
 
-# The column (within a 32-column half) of code j of lane t's word, per mode: the mma fragments'
-# k positions. E4M3 (m16n8k32): codes 0-3 at 4t.., 4-7 at 16 + 4t... bf16 (two m16n8k16): pairs
-# at 2t, 8 + 2t, 16 + 2t, 24 + 2t.
-KMAP = {
-    W4A8: [[4 * t + j if j < 4 else 16 + 4 * t + j - 4 for j in range(8)] for t in range(4)],
-    W4A16: [[8 * (j // 2) + 2 * t + j % 2 for j in range(8)] for t in range(4)],
-}
+# Within a lane's 8-column word, the column of each code (bits 4i..4i+3): pairs (2i, 2i+1) at bits 4i
+# and 16 + 4i, which one shift and mask put in the two halves of a register (int4_group.cu).
+WORD_COLUMNS = [0, 2, 4, 6, 1, 3, 5, 7]
+# The 16-bit float of each mode's conversion, and the power of two whose mantissa holds a code.
+_HALF = {W4A16: (torch.bfloat16, 128), W4A8: (torch.float16, 1024)}
 
 
 def kernels_supported(device: torch.device, mode: int) -> bool:
@@ -39,46 +43,64 @@ def kernels_supported(device: torch.device, mode: int) -> bool:
     return torch.cuda.get_device_capability(device) >= ((8, 9) if mode == W4A8 else (8, 0))
 
 
+def scales_fit_kernel(scale: torch.Tensor) -> bool:
+    """Whether float16 scales have at most SCALE_BITS significant bits, as the kernel's exact packed
+    conversion needs (numerics/groupwise.py rounds them so; older checkpoints may not be)."""
+    bits = scale.float().view(torch.int32) & ((1 << (24 - SCALE_BITS)) - 1)
+    return not bool(bits.any())
+
+
 @dataclass
 class KernelWeights:
     """The kernel's layout of one layer's weights (see int4_group.cu): ``qw`` int32 [N16/16, K64/64, 32, 4],
-    ``sz`` int32 [G, N16]."""
+    ``sz`` int32 [G, N16/16, 8, 4]; ``arrivals`` counts the blocks of a split K (reset by the kernel), so
+    one layer's calls must not run concurrently on two streams."""
 
     qw: torch.Tensor
     sz: torch.Tensor
+    arrivals: torch.Tensor
     n: int
     k: int
     group: int
 
     @property
+    def tiles(self) -> int:
+        return self.qw.shape[0]
+
+    @property
     def chunks(self) -> int:
         return self.qw.shape[1]
 
-    @property
-    def n16(self) -> int:
-        return self.sz.shape[1]
+
+def _dup16(v: torch.Tensor) -> torch.Tensor:
+    """16-bit floats -> int32 with the value in both halves."""
+    bits = v.contiguous().view(torch.int16).to(torch.int32) & 0xFFFF
+    return bits | (bits << 16)
 
 
 def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
                   mode: int) -> KernelWeights:
-    """Codes uint8 [N, K] (0..15), float16 scales and uint8 zero points [N, G] -> the kernel's layout
-    (on the codes' device)."""
+    """Codes uint8 [N, K] (0..15), float16 scales (at most SCALE_BITS significant bits) and uint8 zero
+    points [N, G] -> the kernel's layout (on the codes' device)."""
     n, k = codes.shape
     n16, k64 = -(-n // 16) * 16, -(-k // 64) * 64
+    tiles, chunks = n16 // 16, k64 // 64
     c = torch.zeros(n16, k64, dtype=torch.int64, device=codes.device)
     c[:n, :k] = codes.to(torch.int64)
-    # [tile, r, g, chunk, h, 32 columns] -> the lane's 8 columns of each half -> [tile, chunk, g, t, h, r, j]
-    c = c.reshape(n16 // 16, 2, 8, k64 // 64, 2, 32)
-    kmap = torch.tensor(KMAP[mode], device=codes.device)  # [t, j]
-    c = c[..., kmap]  # [tile, r, g, chunk, h, t, j]
-    c = c.permute(0, 3, 2, 5, 4, 1, 6)
-    shifts = 4 * torch.arange(8, device=codes.device)
-    words = (c << shifts).sum(-1)
+    # [tile, r, g, chunk, t, h, 8 columns] -> word order -> [tile, chunk, g, t, r, h, code]
+    c = c.reshape(tiles, 2, 8, chunks, 4, 2, 8)[..., WORD_COLUMNS]
+    c = c.permute(0, 3, 2, 4, 1, 5, 6)
+    words = (c << (4 * torch.arange(8, device=codes.device))).sum(-1)
     words = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
-    sz = (scale.contiguous().view(torch.int16).to(torch.int32) & 0xFFFF) | (zero.to(torch.int32) << 16)
-    sz_t = torch.zeros(scale.shape[1], n16, dtype=torch.int32, device=codes.device)
-    sz_t[:, :n] = sz.t()
-    return KernelWeights(words.reshape(n16 // 16, k64 // 64, 32, 4).contiguous(), sz_t, n, k, group)
+    half, base = _HALF[mode]
+    groups = scale.shape[1]
+    s = torch.zeros(n16, groups, dtype=torch.float32, device=codes.device)
+    z = torch.zeros(n16, groups, dtype=torch.float32, device=codes.device)
+    s[:n], z[:n] = scale.float(), zero.float()
+    pairs = torch.stack([_dup16(s.to(half)), _dup16((-(base + z)).to(half))], -1)  # [N16, G, 2]
+    sz = pairs.reshape(tiles, 2, 8, groups, 2).permute(3, 0, 2, 1, 4).reshape(groups, tiles, 8, 4)
+    return KernelWeights(words.reshape(tiles, chunks, 32, 4).contiguous(), sz.contiguous(),
+                         torch.zeros(tiles, dtype=torch.int32, device=codes.device), n, k, group)
 
 
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
@@ -87,12 +109,30 @@ def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
 
 def _config(mode: int, rows: int) -> dict[str, int]:
     nt = 1 if rows <= 8 else 2 if rows <= 16 else 4
-    # chunks in flight: 4, or 2 where 4 chunks' input fragments would not fit the registers
-    return {"MODE": mode, "NT": nt, "WARPS": WARPS, "DEPTH": 4 if nt <= 2 else 2}
+    return {"MODE": mode, "NT": nt, "WARPS": WARPS, "STAGES": STAGES, "XDEPTH": 2}
 
 
-def _module(mode: int, rows: int, device: torch.device):
-    return load_module("int4_group.cu", _config(mode, rows), device)
+def _module(mode: int, rows: int, device: torch.device, config: dict | None = None):
+    return load_module("int4_group.cu", config or _config(mode, rows), device)
+
+
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def split_chunks(weights: KernelWeights, device: torch.device, warps: int = WARPS) -> int:
+    """The 64-column chunks of K per block: K is split until the grid fills BLOCKS_PER_SM blocks on
+    every multiprocessor, with splits of at least MIN_SPLIT_CHUNKS chunks."""
+    blocks = -(-weights.tiles // warps)
+    want = -(-BLOCKS_PER_SM * _multiprocessors(device) // blocks)
+    splits = max(1, min(want, weights.chunks // MIN_SPLIT_CHUNKS))
+    return -(-weights.chunks // splits)
+
+
+def _column_blocks(rows: int, k64: int, device: torch.device) -> int:
+    """Blocks per input row for the input kernel: few rows are spread over the multiprocessors."""
+    return max(1, min(-(-k64 // 512), -(-BLOCKS_PER_SM * _multiprocessors(device) // rows)))
 
 
 def prepare_input(x: torch.Tensor, mode: int, k64: int, input_scale: torch.Tensor | None = None,
@@ -111,7 +151,7 @@ def prepare_input(x: torch.Tensor, mode: int, k64: int, input_scale: torch.Tenso
         scale = torch.empty(m, dtype=torch.float32, device=x.device)
     if m:
         _module(mode, m, x.device).launch(
-            "int4_group_prepare_input", (m, 1, 1), 256,
+            "int4_group_prepare_input", (m, 1 if per_token else _column_blocks(m, k64, x.device), 1), 256,
             [_ptr(x), ctypes.c_int(int(x.dtype == torch.bfloat16)), ctypes.c_int(x.stride(0)), ctypes.c_int(k),
              ctypes.c_int(k64), _ptr(scale), ctypes.c_int(int(per_token)), _ptr(xq), _ptr(nan_count)])
     return xq, scale
@@ -119,19 +159,28 @@ def prepare_input(x: torch.Tensor, mode: int, k64: int, input_scale: torch.Tenso
 
 def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scale: torch.Tensor | None,
                  per_token: bool, tensor_scale: torch.Tensor | None, bias: torch.Tensor | None,
-                 out_dtype: torch.dtype) -> torch.Tensor:
+                 out_dtype: torch.dtype, *, config: dict | None = None, chunks_per_split: int | None = None) -> torch.Tensor:
     """y [M, N] (float32 or bf16) for the prepared input xq [M, K64], M <= MAX_ROWS. Launched early
-    behind :func:`prepare_input` on Hopper (programmatic dependent launch)."""
+    behind :func:`prepare_input` on Hopper (programmatic dependent launch). ``config`` (the kernel's
+    compile-time constants) and ``chunks_per_split`` override the defaults, for tuning."""
     m = xq.shape[0]
     if not 0 < m <= MAX_ROWS:
         raise ValueError(f"the few-rows INT4 kernel takes 1..{MAX_ROWS} input rows, got {m}")
+    config = config or _config(mode, m)
+    warps = config["WARPS"]
+    per_split = chunks_per_split or split_chunks(weights, xq.device, warps)
+    blocks, splits = -(-weights.tiles // warps), -(-weights.chunks // per_split)
     out = torch.empty(m, weights.n, dtype=out_dtype, device=xq.device)
-    _module(mode, m, xq.device).launch(
-        "int4_group_gemm", (weights.n16 // 16, 1, 1), 32 * _config(mode, m)["WARPS"],
+    partial = None
+    if splits > 1:
+        partial = torch.empty(splits * blocks * warps * config["NT"] * 128, dtype=torch.float32, device=xq.device)
+    _module(mode, m, xq.device, config).launch(
+        "int4_group_gemm", (blocks, splits, 1), 32 * warps,
         [_ptr(weights.qw), _ptr(weights.sz), _ptr(xq), _ptr(input_scale), _ptr(tensor_scale), _ptr(bias), _ptr(out),
-         ctypes.c_int(m), ctypes.c_int(weights.n), ctypes.c_int(weights.n16), ctypes.c_int(weights.chunks),
-         ctypes.c_int(xq.stride(0)), ctypes.c_int(weights.group), ctypes.c_int(weights.sz.shape[0]),
-         ctypes.c_int(int(per_token)), ctypes.c_int(int(out_dtype == torch.bfloat16))],
+         _ptr(partial), _ptr(weights.arrivals), ctypes.c_int(m), ctypes.c_int(weights.n), ctypes.c_int(weights.tiles),
+         ctypes.c_int(weights.chunks), ctypes.c_int(per_split), ctypes.c_int(xq.stride(0)),
+         ctypes.c_int(weights.group), ctypes.c_int(weights.sz.shape[0]), ctypes.c_int(int(per_token)),
+         ctypes.c_int(int(out_dtype == torch.bfloat16))],
         early=torch.cuda.get_device_capability(xq.device) >= (9, 0))
     return out
 
@@ -141,11 +190,11 @@ def dequantize(weights: KernelWeights, mode: int) -> torch.Tensor:
     k64 = weights.chunks * 64
     dtype = torch.bfloat16 if mode == W4A16 else torch.float8_e4m3fn
     w = torch.empty(weights.n, k64, dtype=dtype, device=weights.qw.device)
-    items = weights.qw.shape[0] * weights.chunks
+    items = weights.tiles * weights.chunks
     if items:
         _module(mode, 1, w.device).launch(
             "int4_group_dequantize", (-(-items // 8), 1, 1), 256,
-            [_ptr(weights.qw), _ptr(weights.sz), _ptr(w), ctypes.c_int(weights.n), ctypes.c_int(weights.n16),
+            [_ptr(weights.qw), _ptr(weights.sz), _ptr(w), ctypes.c_int(weights.n), ctypes.c_int(weights.tiles),
              ctypes.c_int(weights.chunks), ctypes.c_int(k64), ctypes.c_int(weights.group),
              ctypes.c_int(weights.sz.shape[0])])
     return w
@@ -165,8 +214,8 @@ def int4_group_linear(x: torch.Tensor, weights: KernelWeights, mode: int, *, inp
     k64 = weights.chunks * 64
     if mode == W4A8 and nan_count is None:
         nan_count = torch.zeros(1, dtype=torch.int32, device=x.device)
-    if (mode == W4A16 and x.dtype == torch.bfloat16 and k == k64 and x.stride(1) == 1 and x.stride(0) % 2 == 0
-            and x.data_ptr() % 4 == 0):
+    if (mode == W4A16 and x.dtype == torch.bfloat16 and k == k64 and x.stride(1) == 1 and x.stride(0) % 8 == 0
+            and x.data_ptr() % 16 == 0):
         xq, scale = x, None  # already what the kernel reads
     else:
         xq, scale = prepare_input(x, mode, k64, input_scale, per_token, nan_count)
