@@ -24,7 +24,7 @@ from torch import nn
 
 from ..numerics import fp8_activation_grid, fp8_format, pack_int4, per_token_fp8_scale, unpack_int4
 from ..numerics.fp8 import e4m3_grid
-from ..numerics.groupwise import SCALE_BITS, dequantize_groups, num_groups
+from ..numerics.groupwise import SCALE_BITS, dequantize_groups, num_groups, scales_on_grid
 from ..kernels.cuda.int4_group import W4A8, W4A16
 from .geometry import LayerGeometry
 from .registry import register_layer
@@ -149,7 +149,7 @@ class Int4GroupLinear(_CodedLinear):
                                  self.options["group_size"])
 
     def _kernel_unavailable(self, device: torch.device) -> str | None:
-        from ..kernels.cuda.int4_group import kernels_supported, scales_fit_kernel
+        from ..kernels.cuda.int4_group import kernels_supported
 
         if not kernels_supported(device, self.kernel_mode):
             cc = "8.9" if self.kernel_mode == W4A8 else "8.0"
@@ -158,7 +158,7 @@ class Int4GroupLinear(_CodedLinear):
         if group % 32 and group < k:
             return f"the kernel takes groups of a multiple of 32 columns (or one per row), not {group}"
         if not self._cached("scales_fit", (self.group_scale._version, self.group_scale.data_ptr()),
-                            lambda: scales_fit_kernel(self.group_scale)):
+                            lambda: scales_on_grid(self.group_scale)):
             return (f"the kernel converts scales of at most {SCALE_BITS} significant bits exactly (a checkpoint "
                     f"from before lowbit rounded them so): quantize the model again")
         return None

@@ -70,13 +70,21 @@ def protective_scale(w: torch.Tensor) -> torch.Tensor:
     return torch.tensor(2.0 ** math.ceil(math.log2(amax / PROTECTIVE_RANGE)))
 
 
+_DROPPED = (1 << (24 - SCALE_BITS)) - 1  # float32 mantissa bits below the kept ones
+
+
 def round_scale(scale: torch.Tensor) -> torch.Tensor:
     """Positive float32 scales -> float16 values of at most SCALE_BITS significant bits, rounded up (so
     that the codes still cover the group's range), as float32."""
-    drop = 24 - SCALE_BITS  # float32 mantissa bits below the kept ones
     bits = scale.float().contiguous().view(torch.int32)
-    bits = (bits + ((1 << drop) - 1)) & ~((1 << drop) - 1)
+    bits = (bits + _DROPPED) & ~_DROPPED
     return bits.view(torch.float32).to(torch.float16).float()
+
+
+def scales_on_grid(scale: torch.Tensor) -> bool:
+    """Whether (float16) scales have at most SCALE_BITS significant bits, as round_scale leaves them
+    (checkpoints written before that rounding may not)."""
+    return not bool((scale.float().contiguous().view(torch.int32) & _DROPPED).any())
 
 
 def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from lowbit.kernels.cuda import SOURCE_DIR, compile_cubin
-from lowbit.kernels.cuda.int4_group import MAX_ROWS, W4A8, W4A16, WORD_COLUMNS, kernel_layout, scales_fit_kernel
+from lowbit.kernels.cuda.int4_group import MAX_ROWS, W4A8, W4A16, WORD_COLUMNS, kernel_layout
 from lowbit.nn.geometry import LayerGeometry
 from lowbit.nn.mixed_linear import CHECK_EVERY, FP8Linear, W4A8Linear, W4A16Linear
 from lowbit.numerics import pack_int4
-from lowbit.numerics.groupwise import group_qparams, num_groups, protective_scale, quantize_groups
+from lowbit.numerics.groupwise import group_qparams, num_groups, protective_scale, quantize_groups, scales_on_grid
 
 needs_nvrtc = pytest.mark.skipif(importlib.util.find_spec("cuda") is None, reason="needs cuda-bindings (NVRTC)")
 # (N, K, group): uneven N, K not a multiple of 64 or of the group, per channel (group = K), group 32
@@ -70,8 +70,8 @@ def test_scales_are_rounded_to_the_bits_the_kernel_converts_exactly():
     w = torch.randn(64, 256) * torch.logspace(-6, 3, 64)[:, None]
     for symmetric in (False, True):
         scale, _ = group_qparams(w, 32, symmetric)
-        assert scales_fit_kernel(scale.to(torch.float16))
-    assert not scales_fit_kernel(torch.tensor([1 + 2 ** -10], dtype=torch.float16))
+        assert scales_on_grid(scale.to(torch.float16))
+    assert not scales_on_grid(torch.tensor([1 + 2 ** -10], dtype=torch.float16))
 
 
 @needs_nvrtc

@@ -40,7 +40,7 @@ typedef unsigned short u16;
 #define WARPS 4
 #endif
 #ifndef STAGES
-#define STAGES 8
+#define STAGES 4
 #endif
 #ifndef XDEPTH
 #define XDEPTH 2
@@ -139,6 +139,9 @@ __device__ __forceinline__ void chunk_step(float (&acc)[NT][4], const uint4& q, 
     }
 }
 
+// The group of lane t's 16 columns of chunk c (groups are multiples of 32 columns, or one of K).
+__device__ __forceinline__ int lane_group(int c, int t, int group, int G) { return min((c * 64 + 16 * t) / group, G - 1); }
+
 __device__ __forceinline__ void store_out(void* out, size_t i, float y, int out_bf16) {
     if (out_bf16) {
         u16 b;
@@ -178,7 +181,7 @@ int4_group_gemm(const uint4* __restrict__ qw, const uint4* __restrict__ sz, cons
     __shared__ uint4 ring[WARPS][STAGES][2][32];
     auto fetch = [&](int c) {
         if (c < c_end) {
-            const int grp = min((c * 64 + 16 * t) / group, G - 1);  // groups: multiples of 32, or one of K
+            const int grp = lane_group(c, t, group, G);
             uint4* slot = ring[warp][c % STAGES][0] + lane;
             const u32 dst_w = (u32)__cvta_generic_to_shared(slot), dst_s = (u32)__cvta_generic_to_shared(slot + 32);
             asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst_w), "l"(tile_w + (size_t)c * 32));
@@ -326,7 +329,7 @@ int4_group_dequantize(const uint4* __restrict__ qw, const uint4* __restrict__ sz
     const int tile = (int)(item / chunks), c = (int)(item % chunks);
     if (tile >= tiles) return;
     const uint4 q = __ldg(qw + item * 32 + lane);
-    const uint4 sc = __ldg(sz + ((size_t)min((c * 64 + 16 * t) / group, G - 1) * tiles + tile) * 8 + g);
+    const uint4 sc = __ldg(sz + ((size_t)lane_group(c, t, group, G) * tiles + tile) * 8 + g);
     const u32 words[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
     for (int r = 0; r < 2; ++r) {

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ...numerics.groupwise import SCALE_BITS
 from . import load_module, nvrtc_available
 
 W4A16, W4A8 = 0, 1
@@ -43,13 +42,6 @@ def kernels_supported(device: torch.device, mode: int) -> bool:
     return torch.cuda.get_device_capability(device) >= ((8, 9) if mode == W4A8 else (8, 0))
 
 
-def scales_fit_kernel(scale: torch.Tensor) -> bool:
-    """Whether float16 scales have at most SCALE_BITS significant bits, as the kernel's exact packed
-    conversion needs (numerics/groupwise.py rounds them so; older checkpoints may not be)."""
-    bits = scale.float().view(torch.int32) & ((1 << (24 - SCALE_BITS)) - 1)
-    return not bool(bits.any())
-
-
 @dataclass
 class KernelWeights:
     """The kernel's layout of one layer's weights (see int4_group.cu): ``qw`` int32 [N16/16, K64/64, 32, 4],
@@ -60,7 +52,6 @@ class KernelWeights:
     sz: torch.Tensor
     arrivals: torch.Tensor
     n: int
-    k: int
     group: int
 
     @property
@@ -80,7 +71,7 @@ def _dup16(v: torch.Tensor) -> torch.Tensor:
 
 def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
                   mode: int) -> KernelWeights:
-    """Codes uint8 [N, K] (0..15), float16 scales (at most SCALE_BITS significant bits) and uint8 zero
+    """Codes uint8 [N, K] (0..15), float16 scales (on numerics.groupwise's 7-bit grid) and uint8 zero
     points [N, G] -> the kernel's layout (on the codes' device)."""
     n, k = codes.shape
     n16, k64 = -(-n // 16) * 16, -(-k // 64) * 64
@@ -100,7 +91,7 @@ def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
     pairs = torch.stack([_dup16(s.to(half)), _dup16((-(base + z)).to(half))], -1)  # [N16, G, 2]
     sz = pairs.reshape(tiles, 2, 8, groups, 2).permute(3, 0, 2, 1, 4).reshape(groups, tiles, 8, 4)
     return KernelWeights(words.reshape(tiles, chunks, 32, 4).contiguous(), sz.contiguous(),
-                         torch.zeros(tiles, dtype=torch.int32, device=codes.device), n, k, group)
+                         torch.zeros(tiles, dtype=torch.int32, device=codes.device), n, group)
 
 
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
@@ -112,8 +103,8 @@ def _config(mode: int, rows: int) -> dict[str, int]:
     return {"MODE": mode, "NT": nt, "WARPS": WARPS, "STAGES": STAGES, "XDEPTH": 2}
 
 
-def _module(mode: int, rows: int, device: torch.device, config: dict | None = None):
-    return load_module("int4_group.cu", config or _config(mode, rows), device)
+def _module(mode: int, rows: int, device: torch.device):
+    return load_module("int4_group.cu", _config(mode, rows), device)
 
 
 @functools.cache
@@ -121,10 +112,10 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def split_chunks(weights: KernelWeights, device: torch.device, warps: int = WARPS) -> int:
+def split_chunks(weights: KernelWeights, device: torch.device) -> int:
     """The 64-column chunks of K per block: K is split until the grid fills BLOCKS_PER_SM blocks on
     every multiprocessor, with splits of at least MIN_SPLIT_CHUNKS chunks."""
-    blocks = -(-weights.tiles // warps)
+    blocks = -(-weights.tiles // WARPS)
     want = -(-BLOCKS_PER_SM * _multiprocessors(device) // blocks)
     splits = max(1, min(want, weights.chunks // MIN_SPLIT_CHUNKS))
     return -(-weights.chunks // splits)
@@ -159,23 +150,21 @@ def prepare_input(x: torch.Tensor, mode: int, k64: int, input_scale: torch.Tenso
 
 def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scale: torch.Tensor | None,
                  per_token: bool, tensor_scale: torch.Tensor | None, bias: torch.Tensor | None,
-                 out_dtype: torch.dtype, *, config: dict | None = None, chunks_per_split: int | None = None) -> torch.Tensor:
+                 out_dtype: torch.dtype) -> torch.Tensor:
     """y [M, N] (float32 or bf16) for the prepared input xq [M, K64], M <= MAX_ROWS. Launched early
-    behind :func:`prepare_input` on Hopper (programmatic dependent launch). ``config`` (the kernel's
-    compile-time constants) and ``chunks_per_split`` override the defaults, for tuning."""
+    behind :func:`prepare_input` on Hopper (programmatic dependent launch)."""
     m = xq.shape[0]
     if not 0 < m <= MAX_ROWS:
         raise ValueError(f"the few-rows INT4 kernel takes 1..{MAX_ROWS} input rows, got {m}")
-    config = config or _config(mode, m)
-    warps = config["WARPS"]
-    per_split = chunks_per_split or split_chunks(weights, xq.device, warps)
-    blocks, splits = -(-weights.tiles // warps), -(-weights.chunks // per_split)
+    per_split = split_chunks(weights, xq.device)
+    blocks, splits = -(-weights.tiles // WARPS), -(-weights.chunks // per_split)
     out = torch.empty(m, weights.n, dtype=out_dtype, device=xq.device)
     partial = None
-    if splits > 1:
-        partial = torch.empty(splits * blocks * warps * config["NT"] * 128, dtype=torch.float32, device=xq.device)
-    _module(mode, m, xq.device, config).launch(
-        "int4_group_gemm", (blocks, splits, 1), 32 * warps,
+    if splits > 1:  # per block, warp, accumulator and lane
+        partial = torch.empty(splits * blocks * WARPS * _config(mode, m)["NT"] * 128, dtype=torch.float32,
+                              device=xq.device)
+    _module(mode, m, xq.device).launch(
+        "int4_group_gemm", (blocks, splits, 1), 32 * WARPS,
         [_ptr(weights.qw), _ptr(weights.sz), _ptr(xq), _ptr(input_scale), _ptr(tensor_scale), _ptr(bias), _ptr(out),
          _ptr(partial), _ptr(weights.arrivals), ctypes.c_int(m), ctypes.c_int(weights.n), ctypes.c_int(weights.tiles),
          ctypes.c_int(weights.chunks), ctypes.c_int(per_split), ctypes.c_int(xq.stride(0)),
