@@ -1,5 +1,7 @@
 """INT8 GEMM on the GPU: lowbit's Triton kernel vs torch bf16 (cuBLAS) vs torch._int_mm (cuBLASLt int8),
 and the same kernel with packed INT4 weights (unpacked to int8 in registers: half the weight bytes).
+For M <= 16 int8_gemm runs INT4 weights through a CUDA kernel (kernels/cuda/int4_small_m.cu); the
+Triton split-K kernel it replaces there is timed beside it (triton_int4_us).
 
     PYTHONPATH=src python3 benchmarks/gemm_int8.py [--out benchmarks/results/gemm_int8.json]
 
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from lowbit.kernels.cuda import int4_small_m  # noqa: E402
 from lowbit.kernels.triton import int8_gemm  # noqa: E402
 from lowbit.numerics import pack_int4  # noqa: E402
 from timing import bench, copies, write_result  # noqa: E402
@@ -49,6 +52,12 @@ def main():
             (e_bf16, t_bf16) = bench([lambda x=x, w=w: x @ w.t() for x, w in zip(x16, w16)])
             (e_ours, t_ours) = bench([lambda x=x, w=w: int8_gemm(x, w, sa, sw, bias) for x, w in zip(x8, w8)])
             (e_int4, t_int4) = bench([lambda x=x, w=w: int8_gemm(x, w, sa, sw, bias) for x, w in zip(x8, w4)])
+            triton = {}
+            if m <= int4_small_m.MAX_ROWS:  # the Triton split-K kernel that the INT4 CUDA kernel replaces
+                int4_small_m.ENABLED = False
+                triton["triton_int4_us"] = bench([lambda x=x, w=w: int8_gemm(x, w, sa, sw, bias)
+                                                  for x, w in zip(x8, w4)])[1] * 1e6
+                int4_small_m.ENABLED = True
             if m > 16:
                 (e_intmm, t_intmm) = bench([lambda x=x, w=w: torch._int_mm(x, w) for x, w in zip(x8, wt8)])
             else:  # _int_mm needs M > 16: pad to 17 rows, as a caller would
@@ -65,13 +74,13 @@ def main():
                    "eager_bf16_us": e_bf16 * 1e6, "eager_int_mm_us": e_intmm * 1e6, "eager_lowbit_int8_us": e_ours * 1e6,
                    "eager_speedup_vs_bf16": e_bf16 / e_ours, "lowbit_int4_us": t_int4 * 1e6,
                    "int4_vs_int8": t_ours / t_int4, "int4_vs_bf16": t_bf16 / t_int4,
-                   "floor_int4_us": max(flops / PEAK["int8"], (m * k + n * k / 2 + 2 * m * n) / HBM) * 1e6}
+                   "floor_int4_us": max(flops / PEAK["int8"], (m * k + n * k / 2 + 2 * m * n) / HBM) * 1e6, **triton}
             rows.append(row)
             print(f"M={m:5d} N=K={nk}: bf16 {t_bf16*1e6:8.1f} us  _int_mm {t_intmm*1e6:8.1f} us  lowbit "
                   f"{t_ours*1e6:8.1f} us  ({row['lowbit_tops']:.0f} TOP/s)  x{row['speedup_vs_bf16']:.2f} vs bf16  "
                   f"x{row['speedup_vs_int_mm']:.2f} vs _int_mm  floor {floor_int8*1e6:.1f} us  "
                   f"(eager: bf16 {e_bf16*1e6:.1f}, lowbit {e_ours*1e6:.1f} us)  int4 {t_int4*1e6:8.1f} us "
-                  f"x{row['int4_vs_int8']:.2f} vs int8", flush=True)
+                  f"x{row['int4_vs_int8']:.2f} vs int8  {triton}", flush=True)
             del w16, x16, w8, x8, wt8, w4
             torch.cuda.empty_cache()
     write_result(args.out, "gemm_int8", rows=rows)

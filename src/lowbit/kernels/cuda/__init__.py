@@ -34,11 +34,16 @@ def _check(result, what: str):
     return values[0] if len(values) == 1 else values
 
 
-def compile_cubin(source: str, name: str, options: list[str], arch: str) -> bytes:
-    """NVRTC: CUDA C++ source -> cubin for ``arch`` (e.g. "sm_90"); compile errors come with NVRTC's log."""
+def compile_cubin(source: str, name: str, options: list[str], arch: str,
+                  headers: dict[str, str] | None = None) -> bytes:
+    """NVRTC: CUDA C++ source -> cubin for ``arch`` (e.g. "sm_90"), with ``headers`` (include name ->
+    text) for its ``#include "..."``; compile errors come with NVRTC's log."""
     from cuda.bindings import nvrtc
 
-    prog = _check(nvrtc.nvrtcCreateProgram(source.encode(), name.encode(), 0, [], []), "nvrtcCreateProgram")
+    headers = headers or {}
+    prog = _check(nvrtc.nvrtcCreateProgram(source.encode(), name.encode(), len(headers),
+                                           [h.encode() for h in headers.values()],
+                                           [n.encode() for n in headers]), "nvrtcCreateProgram")
     try:
         opts = [f"--gpu-architecture={arch}", "-std=c++17", *options]
         status = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])[0]
@@ -53,6 +58,23 @@ def compile_cubin(source: str, name: str, options: list[str], arch: str) -> byte
         return cubin
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
+
+
+# The few-rows kernels (int4_group.cu, int4_small_m.cu) split K over blocks until the GPU is full.
+MIN_SPLIT_CHUNKS = 2  # a split of K has at least this many chunks (fewer: the partial sums cost more)
+
+
+@cache
+def multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def split_chunks(blocks: int, chunks: int, device: torch.device, blocks_per_sm: int) -> int:
+    """The chunks of K per block for a grid of ``blocks`` blocks along N: K is split until the grid fills
+    ``blocks_per_sm`` blocks on every multiprocessor, with splits of at least MIN_SPLIT_CHUNKS chunks."""
+    want = -(-blocks_per_sm * multiprocessors(device) // blocks)
+    splits = max(1, min(want, chunks // MIN_SPLIT_CHUNKS))
+    return -(-chunks // splits)
 
 
 def device_arch(device: torch.device) -> str:
@@ -105,22 +127,27 @@ class CudaModule:
 _MODULES: dict[tuple, CudaModule] = {}
 
 
+def shared_headers() -> dict[str, str]:
+    """The headers beside the kernels (``*.cuh``), by file name: what their ``#include "..."`` finds."""
+    return {p.name: p.read_text() for p in sorted(SOURCE_DIR.glob("*.cuh"))}
+
+
 def load_module(source_file: str, defines: dict[str, int], device: torch.device) -> CudaModule:
     """The module of ``source_file`` (beside this file) compiled with ``-D`` ``defines`` for ``device``."""
     from cuda.bindings import nvrtc
 
-    source = (SOURCE_DIR / source_file).read_text()
     arch = device_arch(device)
     options = [f"-D{k}={v}" for k, v in sorted(defines.items())]
     key = (source_file, tuple(options), arch, device.index)
     if key not in _MODULES:
+        source, headers = (SOURCE_DIR / source_file).read_text(), shared_headers()
         version = _check(nvrtc.nvrtcVersion(), "nvrtcVersion")
-        digest = hashlib.sha256(repr((source, options, arch, version)).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(repr((source, sorted(headers.items()), options, arch, version)).encode()).hexdigest()[:16]
         path = cache_dir() / "cubin" / f"{Path(source_file).stem}-{arch}-{digest}.cubin"
         if path.is_file():
             cubin = path.read_bytes()
         else:
-            cubin = compile_cubin(source, source_file, options, arch)
+            cubin = compile_cubin(source, source_file, options, arch, headers)
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
                 Path(tmp).write_bytes(cubin)

@@ -14,7 +14,8 @@
 // Only A and B need the same assignment of K bits to mma k-positions (AND + popcount sums over K), so
 // each thread loads 16 consecutive bytes and feeds words {0, 1} to one mma and {2, 3} to the next.
 
-typedef unsigned int u32;
+#include "common.cuh"
+
 typedef long long i64;
 
 #ifndef NT
@@ -30,14 +31,6 @@ typedef long long i64;
 #define PG 4
 #endif
 #define M_PER_WARP (NT * 8 / A8)
-
-__device__ __forceinline__ void bmma_and_popc(int (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 // One block: 16 output rows x (NT * 8) input-plane columns, its WARPS_K warps splitting K.
 // out[m, r] = float(acc) * scale[r] + bias[r] (then ReLU), acc as in reference.bitserial_acc.
@@ -95,8 +88,8 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
 #pragma unroll
                 for (int n = 0; n < NT; ++n) {
                     int acc[4] = {0, 0, 0, 0};
-                    bmma_and_popc(acc, a_lo[p].x, a_hi[p].x, a_lo[p].y, a_hi[p].y, b[n].x, b[n].y);
-                    bmma_and_popc(acc, a_lo[p].z, a_hi[p].z, a_lo[p].w, a_hi[p].w, b[n].z, b[n].w);
+                    mma_b1_and_popc(acc, a_lo[p].x, a_hi[p].x, a_lo[p].y, a_hi[p].y, b[n].x, b[n].y);
+                    mma_b1_and_popc(acc, a_lo[p].z, a_hi[p].z, a_lo[p].w, a_hi[p].w, b[n].z, b[n].w);
 #pragma unroll
                     for (int e = 0; e < 4; ++e) total[n][e] += (i64)acc[e] << shift;
                 }

@@ -14,19 +14,17 @@ converting every weight tile again in every row tile.
 from __future__ import annotations
 
 import ctypes
-import functools
 from dataclasses import dataclass
 
 import torch
 
-from . import load_module, nvrtc_available
+from . import load_module, multiprocessors, nvrtc_available, split_chunks
 
 W4A16, W4A8 = 0, 1
 MAX_ROWS = 32  # up to 4 column tiles of 8 input rows per warp
 WARPS = 4  # weight tiles (16 rows) of a block: they read the same input columns, once from memory
 STAGES = 4  # chunks of weights and scales in flight per warp (1 KiB each, in shared memory)
 BLOCKS_PER_SM = 4  # blocks the split of K aims at per multiprocessor (one wave)
-MIN_SPLIT_CHUNKS = 2  # a split of K has at least this many 64-column chunks (fewer: the partial sums cost more)
 
 # Within a lane's 8-column word, the column of each code (bits 4i..4i+3): pairs (2i, 2i+1) at bits 4i
 # and 16 + 4i, which one shift and mask put in the two halves of a register (int4_group.cu).
@@ -107,23 +105,9 @@ def _module(mode: int, rows: int, device: torch.device):
     return load_module("int4_group.cu", _config(mode, rows), device)
 
 
-@functools.cache
-def _multiprocessors(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def split_chunks(weights: KernelWeights, device: torch.device) -> int:
-    """The 64-column chunks of K per block: K is split until the grid fills BLOCKS_PER_SM blocks on
-    every multiprocessor, with splits of at least MIN_SPLIT_CHUNKS chunks."""
-    blocks = -(-weights.tiles // WARPS)
-    want = -(-BLOCKS_PER_SM * _multiprocessors(device) // blocks)
-    splits = max(1, min(want, weights.chunks // MIN_SPLIT_CHUNKS))
-    return -(-weights.chunks // splits)
-
-
 def _column_blocks(rows: int, k64: int, device: torch.device) -> int:
     """Blocks per input row for the input kernel: few rows are spread over the multiprocessors."""
-    return max(1, min(-(-k64 // 512), -(-BLOCKS_PER_SM * _multiprocessors(device) // rows)))
+    return max(1, min(-(-k64 // 512), -(-BLOCKS_PER_SM * multiprocessors(device) // rows)))
 
 
 def prepare_input(x: torch.Tensor, mode: int, k64: int, input_scale: torch.Tensor | None = None,
@@ -156,8 +140,9 @@ def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scal
     m = xq.shape[0]
     if not 0 < m <= MAX_ROWS:
         raise ValueError(f"the few-rows INT4 kernel takes 1..{MAX_ROWS} input rows, got {m}")
-    per_split = split_chunks(weights, xq.device)
-    blocks, splits = -(-weights.tiles // WARPS), -(-weights.chunks // per_split)
+    blocks = -(-weights.tiles // WARPS)
+    per_split = split_chunks(blocks, weights.chunks, xq.device, BLOCKS_PER_SM)
+    splits = -(-weights.chunks // per_split)
     out = torch.empty(m, weights.n, dtype=out_dtype, device=xq.device)
     partial = None
     if splits > 1:  # per block, warp, accumulator and lane

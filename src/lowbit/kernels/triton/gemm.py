@@ -3,7 +3,9 @@ float ones of the W4A8 / W4A16 / FP8 layers (E4M3 x E4M3 or bf16 x bf16 -> float
 
 The weights are int8, or signed INT4 packed two per byte (lowbit.numerics.pack_int4): Hopper has no
 INT4 tensor cores, so the nibbles are sign-extended to int8 in registers and the dots are int8 ones;
-INT4 halves the bytes streamed from memory, which is what bounds small batches.
+INT4 halves the bytes streamed from memory, which is what bounds small batches. With INT4 weights and at
+most 16 rows, int8_gemm runs a CUDA kernel instead (kernels/cuda/int4_small_m.cu, same results), which
+unpacks the nibbles with a few integer operations where Triton's tensor reshapes cost more than the bytes saved.
 Computes exactly what kernels/reference.py defines for an integer linear layer:
   acc[m, n] = sum_k a[m, k] * w[n, k]                         (int32, exact)
   y[m, n]   = float32(acc) * (sa[m or 0] * sw[n]) + bias[n]    then ReLU/GELU, then the output cast
@@ -298,21 +300,32 @@ def int8_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: 
         return out
     if k == 0:
         return out.zero_() if kind == 0 else _empty_k(m, n, bias, activation, out_dtype, out_scale, out_range, device)
+    _check_scales(a, w, a_scale, w_scale, bias)
+    if packed:
+        from ..cuda import int4_small_m
+
+        if int4_small_m.fits(a, w):  # few rows: a CUDA kernel unpacks INT4 faster than Triton can
+            int4_small_m.int4_small_m_gemm(a, w, a_scale, w_scale, bias, out, out_scale, _ACTIVATIONS[activation],
+                                           qmin, qmax)
+            return out
     _launch(a, w, out, a_scale, w_scale, bias, out_scale, {"ACT": _ACTIVATIONS[activation], "OUT_KIND": kind,
             "QMIN": qmin, "QMAX": qmax, "W_PACKED": packed, "FLOAT_ACC": False})
     return out
 
 
-def _launch(a, w, out, a_scale, w_scale, bias, out_scale, flags: dict) -> None:
-    """Checks the scales (per tensor, or per token when a_scale is 1-D) and the bias, then launches the
-    split-K kernel for few rows, the tiled one otherwise."""
-    (m, k), n = a.shape, w.shape[0]
-    per_token = a_scale.dim() == 1
-    _check(a_scale, "a_scale", torch.float32, a.device, (m,) if per_token else ())
+def _check_scales(a, w, a_scale, w_scale, bias) -> None:
+    """The scales (per tensor, or per token when a_scale is 1-D) and the bias: float32 on a's device."""
+    m, n = a.shape[0], w.shape[0]
+    _check(a_scale, "a_scale", torch.float32, a.device, (m,) if a_scale.dim() == 1 else ())
     _check(w_scale, "w_scale", torch.float32, a.device, (n,))
     if bias is not None:
         _check(bias, "bias", torch.float32, a.device, (n,))
-    flags = {**flags, "PER_TOKEN": per_token, "HAS_BIAS": bias is not None}
+
+
+def _launch(a, w, out, a_scale, w_scale, bias, out_scale, flags: dict) -> None:
+    """The split-K kernel for few rows, the tiled one otherwise (the scales already checked)."""
+    (m, k), n = a.shape, w.shape[0]
+    flags = {**flags, "PER_TOKEN": a_scale.dim() == 1, "HAS_BIAS": bias is not None}
     common = (m, n, k, triton.next_power_of_2(m) if m <= 256 else 512 * triton.cdiv(m, 512),
               a.stride(0), a.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1))
     bias_arg = bias if bias is not None else w_scale  # never read without HAS_BIAS
@@ -358,6 +371,7 @@ def float_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale:
         return out
     if k == 0:
         return _empty_k(m, n, bias, None, out_dtype, None, None, device)
+    _check_scales(a, w, a_scale, w_scale, bias)
     _launch(a, w, out, a_scale, w_scale, bias, None, {"ACT": 0, "OUT_KIND": 2, "QMIN": 0, "QMAX": 0,
                                                       "W_PACKED": False, "FLOAT_ACC": True})
     return out

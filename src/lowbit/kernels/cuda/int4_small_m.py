@@ -1,0 +1,76 @@
+"""Launcher of int4_small_m.cu: :func:`lowbit.kernels.triton.int8_gemm` with packed INT4 weights for
+1..MAX_ROWS input rows, where the weights' bytes bound the time. The CUDA kernel streams the canonical
+packed weights [N, K/2] once through a cp.async ring, unpacks them with three integer operations per
+eight codes, and splits K over blocks until the GPU is full. The Triton split-K kernel, which int8_gemm
+keeps for int8 weights (it streams those faster than this design did), took twice as long with INT4
+weights as this kernel (benchmarks/RESULTS.md)."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from . import load_module, nvrtc_available, split_chunks
+
+MAX_ROWS = 16  # two column tiles of 8 input rows per warp
+WARPS = 4  # 16-row weight tiles per block, reading the same input columns
+STAGES = 4  # chunks in flight per warp, through shared memory
+PIECES = 2  # 64-byte pieces of each weight row per chunk: a warp asks for 16 rows x 128 bytes at once
+XDEPTH = 1  # chunks of input held ahead in registers
+BLOCKS_PER_SM = 2  # the split of K aims at this many blocks per multiprocessor
+# int8_gemm takes this kernel where it fits; the benchmark turns it off to time the Triton kernel.
+ENABLED = True
+
+_FLOAT_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def fits(a: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether the kernel takes these (already checked) operands, int8 a [M, K] and packed INT4 w: a CUDA
+    GPU of compute capability 8.0 or newer with NVRTC, 1..MAX_ROWS rows, K a multiple of 32, and rows of
+    unit stride that start on 16-byte boundaries."""
+    m, k = a.shape
+    return (ENABLED and 0 < m <= MAX_ROWS and k % 32 == 0 and nvrtc_available()
+            and torch.cuda.get_device_capability(a.device) >= (8, 0)
+            and all(t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0 for t in (a, w)))
+
+
+_ARRIVALS: dict = {}
+
+
+def _arrivals(device: torch.device, blocks: int) -> torch.Tensor:
+    """Zeroed per-block counters of the split K, one set per device and stream (the kernel resets them)."""
+    key = (device, torch.cuda.current_stream(device).cuda_stream)
+    if key not in _ARRIVALS or _ARRIVALS[key].numel() < blocks:
+        _ARRIVALS[key] = torch.zeros(max(blocks, 1024), dtype=torch.int32, device=device)
+    return _ARRIVALS[key]
+
+
+def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(0 if t is None else t.data_ptr())
+
+
+def int4_small_m_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: torch.Tensor,
+                      bias: torch.Tensor | None, out: torch.Tensor, out_scale: torch.Tensor | None, act: int,
+                      qmin: int, qmax: int) -> None:
+    """Writes int8_gemm's result into ``out`` [M, N] (int32 accumulators, int8 codes at ``out_scale`` in
+    [qmin, qmax], or float32 / bf16 / fp16); ``act`` 0 none, 1 ReLU, 2 GELU. The operands are checked by
+    int8_gemm and :func:`fits`."""
+    (m, k), n = a.shape, w.shape[0]
+    nt = 1 if m <= 8 else 2
+    blocks, chunks = -(-n // (16 * WARPS)), -(-(k // 2) // (64 * PIECES))
+    per_split = split_chunks(blocks, chunks, a.device, BLOCKS_PER_SM)
+    splits = -(-chunks // per_split)
+    partial = None
+    if splits > 1:  # per split, warp of the grid, accumulator and lane
+        partial = torch.empty(splits * blocks * WARPS * nt * 128, dtype=torch.int32, device=a.device)
+    out_kind = 0 if out.dtype == torch.int32 else 1 if out.dtype == torch.int8 else 2
+    module = load_module("int4_small_m.cu", {"NT": nt, "WARPS": WARPS, "STAGES": STAGES, "PIECES": PIECES,
+                                             "XDEPTH": XDEPTH}, a.device)
+    module.launch(
+        "int4_small_m_gemm", (blocks, splits, 1), 32 * WARPS,
+        [_ptr(w), _ptr(a), _ptr(a_scale), _ptr(w_scale), _ptr(bias), _ptr(out_scale), _ptr(out), _ptr(partial),
+         _ptr(_arrivals(a.device, blocks)), *map(ctypes.c_int, (m, n, k, w.stride(0), a.stride(0), chunks, per_split,
+                                                                int(a_scale.dim() == 1), act, out_kind,
+                                                                _FLOAT_KINDS.get(out.dtype, 0), qmin, qmax))],
+        early=torch.cuda.get_device_capability(a.device) >= (9, 0))
