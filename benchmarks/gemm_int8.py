@@ -14,7 +14,6 @@ Inputs rotate over enough copies to exceed the 50 MB L2, so small-M cases stream
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,65 +23,60 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from lowbit.kernels.cuda import int4_small_m  # noqa: E402
 from lowbit.kernels.triton import int8_gemm  # noqa: E402
 from lowbit.numerics import pack_int4  # noqa: E402
-from timing import bench, copies, write_result  # noqa: E402
+from timing import bench, copies, gemm_sizes, write_result  # noqa: E402
 
 PEAK = {"bf16": 989e12, "int8": 1979e12}
 HBM = 3.35e12
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="benchmarks/results/gemm_int8.json")
-    parser.add_argument("--ms", default="1,16,128,4096,8192")
-    parser.add_argument("--nks", default="4096,8192")
-    args = parser.parse_args()
+    args, sizes = gemm_sizes(__doc__, "benchmarks/results/gemm_int8.json")
     torch.manual_seed(0)
     rows = []
-    for nk in map(int, args.nks.split(",")):
-        for m in map(int, args.ms.split(",")):
-            n = k = nk
-            c = copies(n * k * 2 + m * k * 2)
-            w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(c)]
-            x16 = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(c)]
-            w8 = [torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8) for _ in range(c)]
-            x8 = [torch.randint(-127, 128, (m, k), device="cuda", dtype=torch.int8) for _ in range(c)]
-            w4 = [pack_int4(torch.clamp(w, -8, 7)) for w in w8]
-            wt8 = [w.t() for w in w8]  # _int_mm wants [K, N]; a transposed view is column-major
-            sa, sw, bias = torch.tensor(0.01, device="cuda"), torch.rand(n, device="cuda"), torch.randn(n, device="cuda")
-            (e_bf16, t_bf16) = bench([lambda x=x, w=w: x @ w.t() for x, w in zip(x16, w16)])
-            (e_ours, t_ours) = bench([lambda x=x, w=w: int8_gemm(x, w, sa, sw, bias) for x, w in zip(x8, w8)])
-            (e_int4, t_int4) = bench([lambda x=x, w=w: int8_gemm(x, w, sa, sw, bias) for x, w in zip(x8, w4)])
-            triton = {}
-            if m <= int4_small_m.MAX_ROWS:  # the Triton split-K kernel that the INT4 CUDA kernel replaces
-                int4_small_m.ENABLED = False
-                triton["triton_int4_us"] = bench([lambda x=x, w=w: int8_gemm(x, w, sa, sw, bias)
-                                                  for x, w in zip(x8, w4)])[1] * 1e6
-                int4_small_m.ENABLED = True
-            if m > 16:
-                (e_intmm, t_intmm) = bench([lambda x=x, w=w: torch._int_mm(x, w) for x, w in zip(x8, wt8)])
-            else:  # _int_mm needs M > 16: pad to 17 rows, as a caller would
-                x17 = [torch.nn.functional.pad(x, (0, 0, 0, 17 - m)) for x in x8]
-                (e_intmm, t_intmm) = bench([lambda x=x, w=w: torch._int_mm(x, w) for x, w in zip(x17, wt8)])
-            flops = 2 * m * n * k
-            floor_bf16 = max(flops / PEAK["bf16"], (2 * (m * k + n * k + m * n)) / HBM)
-            floor_int8 = max(flops / PEAK["int8"], (m * k + n * k + 2 * m * n) / HBM)
-            row = {"M": m, "N": n, "K": k, "bf16_us": t_bf16 * 1e6, "int_mm_us": t_intmm * 1e6,
-                   "lowbit_int8_us": t_ours * 1e6, "speedup_vs_bf16": t_bf16 / t_ours,
-                   "speedup_vs_int_mm": t_intmm / t_ours, "int_mm_vs_bf16": t_bf16 / t_intmm,
-                   "lowbit_tops": flops / t_ours / 1e12, "bf16_tflops": flops / t_bf16 / 1e12,
-                   "floor_bf16_us": floor_bf16 * 1e6, "floor_int8_us": floor_int8 * 1e6,
-                   "eager_bf16_us": e_bf16 * 1e6, "eager_int_mm_us": e_intmm * 1e6, "eager_lowbit_int8_us": e_ours * 1e6,
-                   "eager_speedup_vs_bf16": e_bf16 / e_ours, "lowbit_int4_us": t_int4 * 1e6,
-                   "int4_vs_int8": t_ours / t_int4, "int4_vs_bf16": t_bf16 / t_int4,
-                   "floor_int4_us": max(flops / PEAK["int8"], (m * k + n * k / 2 + 2 * m * n) / HBM) * 1e6, **triton}
-            rows.append(row)
-            print(f"M={m:5d} N=K={nk}: bf16 {t_bf16*1e6:8.1f} us  _int_mm {t_intmm*1e6:8.1f} us  lowbit "
-                  f"{t_ours*1e6:8.1f} us  ({row['lowbit_tops']:.0f} TOP/s)  x{row['speedup_vs_bf16']:.2f} vs bf16  "
-                  f"x{row['speedup_vs_int_mm']:.2f} vs _int_mm  floor {floor_int8*1e6:.1f} us  "
-                  f"(eager: bf16 {e_bf16*1e6:.1f}, lowbit {e_ours*1e6:.1f} us)  int4 {t_int4*1e6:8.1f} us "
-                  f"x{row['int4_vs_int8']:.2f} vs int8  {triton}", flush=True)
-            del w16, x16, w8, x8, wt8, w4
-            torch.cuda.empty_cache()
+    for nk, m in sizes:
+        n = k = nk
+        c = copies(n * k * 2 + m * k * 2)
+        w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(c)]
+        x16 = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(c)]
+        w8 = [torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8) for _ in range(c)]
+        x8 = [torch.randint(-127, 128, (m, k), device="cuda", dtype=torch.int8) for _ in range(c)]
+        w4 = [pack_int4(torch.clamp(w, -8, 7)) for w in w8]
+        wt8 = [w.t() for w in w8]  # _int_mm wants [K, N]; a transposed view is column-major
+        sa, sw, bias = torch.tensor(0.01, device="cuda"), torch.rand(n, device="cuda"), torch.randn(n, device="cuda")
+        (e_bf16, t_bf16) = bench([lambda x=x, w=w: x @ w.t() for x, w in zip(x16, w16)])
+        (e_ours, t_ours) = bench([lambda x=x, w=w: int8_gemm(x, w, sa, sw, bias) for x, w in zip(x8, w8)])
+        (e_int4, t_int4) = bench([lambda x=x, w=w: int8_gemm(x, w, sa, sw, bias) for x, w in zip(x8, w4)])
+        triton = {}
+        if m <= int4_small_m.MAX_ROWS:  # the Triton split-K kernel that the INT4 CUDA kernel replaces
+            int4_small_m.ENABLED = False
+            triton["triton_int4_us"] = bench([lambda x=x, w=w: int8_gemm(x, w, sa, sw, bias)
+                                              for x, w in zip(x8, w4)])[1] * 1e6
+            int4_small_m.ENABLED = True
+        if m > 16:
+            (e_intmm, t_intmm) = bench([lambda x=x, w=w: torch._int_mm(x, w) for x, w in zip(x8, wt8)])
+        else:  # _int_mm needs M > 16: pad to 17 rows, as a caller would
+            x17 = [torch.nn.functional.pad(x, (0, 0, 0, 17 - m)) for x in x8]
+            (e_intmm, t_intmm) = bench([lambda x=x, w=w: torch._int_mm(x, w) for x, w in zip(x17, wt8)])
+        flops = 2 * m * n * k
+        floor_bf16 = max(flops / PEAK["bf16"], (2 * (m * k + n * k + m * n)) / HBM)
+        floor_int8 = max(flops / PEAK["int8"], (m * k + n * k + 2 * m * n) / HBM)
+        row = {"M": m, "N": n, "K": k, "bf16_us": t_bf16 * 1e6, "int_mm_us": t_intmm * 1e6,
+               "lowbit_int8_us": t_ours * 1e6, "speedup_vs_bf16": t_bf16 / t_ours,
+               "speedup_vs_int_mm": t_intmm / t_ours, "int_mm_vs_bf16": t_bf16 / t_intmm,
+               "lowbit_tops": flops / t_ours / 1e12, "bf16_tflops": flops / t_bf16 / 1e12,
+               "floor_bf16_us": floor_bf16 * 1e6, "floor_int8_us": floor_int8 * 1e6,
+               "eager_bf16_us": e_bf16 * 1e6, "eager_int_mm_us": e_intmm * 1e6, "eager_lowbit_int8_us": e_ours * 1e6,
+               "eager_speedup_vs_bf16": e_bf16 / e_ours, "lowbit_int4_us": t_int4 * 1e6,
+               "int4_vs_int8": t_ours / t_int4, "int4_vs_bf16": t_bf16 / t_int4,
+               "floor_int4_us": max(flops / PEAK["int8"], (m * k + n * k / 2 + 2 * m * n) / HBM) * 1e6, **triton}
+        rows.append(row)
+        print(f"M={m:5d} N=K={nk}: bf16 {t_bf16*1e6:8.1f} us  _int_mm {t_intmm*1e6:8.1f} us  lowbit "
+              f"{t_ours*1e6:8.1f} us  ({row['lowbit_tops']:.0f} TOP/s)  x{row['speedup_vs_bf16']:.2f} vs bf16  "
+              f"x{row['speedup_vs_int_mm']:.2f} vs _int_mm  floor {floor_int8*1e6:.1f} us  "
+              f"(eager: bf16 {e_bf16*1e6:.1f}, lowbit {e_ours*1e6:.1f} us)  int4 {t_int4*1e6:8.1f} us "
+              f"x{row['int4_vs_int8']:.2f} vs int8  {triton}", flush=True)
+        del w16, x16, w8, x8, wt8, w4
+        torch.cuda.empty_cache()
     write_result(args.out, "gemm_int8", rows=rows)
 
 

@@ -16,7 +16,6 @@ datasheet peak (bf16 989, FP8 1979 TFLOP/s). Inputs rotate over copies that exce
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from lowbit.kernels.cuda.int4_group import W4A8, W4A16, int4_group_linear, kernel_layout, prepare_input  # noqa: E402
 from lowbit.kernels.triton import float_gemm  # noqa: E402
 from lowbit.numerics.groupwise import round_scale  # noqa: E402
-from timing import bench, copies, write_result  # noqa: E402
+from timing import bench, copies, gemm_sizes, write_result  # noqa: E402
 
 PEAK = {"bf16": 989e12, "fp8": 1979e12}
 HBM = 3.35e12
@@ -87,20 +86,15 @@ def rows_for(m, nk):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="benchmarks/results/gemm_mixed.json")
-    parser.add_argument("--ms", default="1,16,128,4096,8192")
-    parser.add_argument("--nks", default="4096,8192")
-    args = parser.parse_args()
+    args, sizes = gemm_sizes(__doc__, "benchmarks/results/gemm_mixed.json")
     torch.manual_seed(0)
     rows = []
-    for nk in map(int, args.nks.split(",")):
-        for m in map(int, args.ms.split(",")):
-            row = rows_for(m, nk)
-            rows.append(row)
-            print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                           if not k.startswith(("eager", "floor"))), flush=True)
-            torch.cuda.empty_cache()
+    for nk, m in sizes:
+        row = rows_for(m, nk)
+        rows.append(row)
+        print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                       if not k.startswith(("eager", "floor"))), flush=True)
+        torch.cuda.empty_cache()
     write_result(args.out, "gemm_mixed", rows=rows)
 
 

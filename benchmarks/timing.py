@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import sys
@@ -34,6 +35,16 @@ def bench(fn_list):
             fn()
     replay = triton.testing.do_bench(graph.replay, warmup=20, rep=300, return_mode="median") * 1e-3
     return eager, replay / len(fn_list)
+
+
+def gemm_sizes(doc: str, out: str) -> tuple[argparse.Namespace, list[tuple[int, int]]]:
+    """The GEMM benchmarks' command line (--out, --ms, --nks) and the (N = K, M) pairs it asks for."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--ms", default="1,16,128,4096,8192", help="input rows, comma-separated")
+    parser.add_argument("--nks", default="4096,8192", help="N = K, comma-separated")
+    args = parser.parse_args()
+    return args, [(nk, m) for nk in map(int, args.nks.split(",")) for m in map(int, args.ms.split(","))]
 
 
 def copies(nbytes):

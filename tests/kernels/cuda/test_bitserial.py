@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lowbit
-from lowbit.kernels.cuda import SOURCE_DIR, compile_cubin, shared_headers
+from lowbit.kernels.cuda import SOURCE_DIR, compile_cubin
 from lowbit.kernels.reference import bitserial_acc, rescale
 from lowbit.numerics.bitlayers import input_planes, padded_words, to_bitlayers
 
@@ -21,8 +21,7 @@ needs_nvrtc = pytest.mark.skipif(importlib.util.find_spec("cuda") is None, reaso
 @pytest.mark.parametrize("nt,warps_k,a8", [(1, 1, 8), (4, 8, 8), (2, 4, 16), (4, 2, 16)])
 def test_kernel_compiles_with_nvrtc(arch, nt, warps_k, a8):
     source = (Path(SOURCE_DIR) / "bitserial.cu").read_text()
-    assert len(compile_cubin(source, "bitserial.cu", [f"-DNT={nt}", f"-DWARPS_K={warps_k}", f"-DA8={a8}"], arch,
-                            shared_headers())) > 0
+    assert len(compile_cubin(source, "bitserial.cu", [f"-DNT={nt}", f"-DWARPS_K={warps_k}", f"-DA8={a8}"], arch)) > 0
 
 
 def _reference(x, planes, active, x_scale, act_bits, signed, w_scale, bias, k):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lowbit.kernels.cuda import SOURCE_DIR, compile_cubin, shared_headers
+from lowbit.kernels.cuda import SOURCE_DIR, compile_cubin
 from lowbit.kernels.cuda.int4_group import MAX_ROWS, W4A8, W4A16, WORD_COLUMNS, kernel_layout
 from lowbit.nn.geometry import LayerGeometry
 from lowbit.nn.mixed_linear import CHECK_EVERY, FP8Linear, W4A8Linear, W4A16Linear
@@ -79,8 +79,7 @@ def test_scales_are_rounded_to_the_bits_the_kernel_converts_exactly():
 @pytest.mark.parametrize("nt", [1, 2, 4])
 def test_kernels_compile_with_nvrtc(arch, mode, nt):
     source = (Path(SOURCE_DIR) / "int4_group.cu").read_text()
-    assert len(compile_cubin(source, "int4_group.cu", [f"-DMODE={mode}", f"-DNT={nt}"], arch,
-                            shared_headers())) > 0
+    assert len(compile_cubin(source, "int4_group.cu", [f"-DMODE={mode}", f"-DNT={nt}"], arch)) > 0
 
 
 def _layer(cls, n, k, group, seed, activation="static", bias=True):

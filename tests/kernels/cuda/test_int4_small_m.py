@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lowbit.kernels.cuda import SOURCE_DIR, compile_cubin, shared_headers
+from lowbit.kernels.cuda import SOURCE_DIR, compile_cubin
 from lowbit.numerics import pack_int4
 
 needs_nvrtc = pytest.mark.skipif(importlib.util.find_spec("cuda") is None, reason="needs cuda-bindings (NVRTC)")
@@ -22,7 +22,7 @@ SHAPES = [(1, 1, 32), (1, 4096, 4096), (16, 8192, 64), (3, 37, 96), (9, 100, 412
 @pytest.mark.parametrize("nt", [1, 2])
 def test_kernel_compiles_with_nvrtc(arch, nt):
     source = (Path(SOURCE_DIR) / "int4_small_m.cu").read_text()
-    assert len(compile_cubin(source, "int4_small_m.cu", [f"-DNT={nt}"], arch, shared_headers())) > 0
+    assert len(compile_cubin(source, "int4_small_m.cu", [f"-DNT={nt}"], arch)) > 0
 
 
 def _operands(m, k, n, seed):

@@ -37,10 +37,10 @@ def _check(result, what: str):
 def compile_cubin(source: str, name: str, options: list[str], arch: str,
                   headers: dict[str, str] | None = None) -> bytes:
     """NVRTC: CUDA C++ source -> cubin for ``arch`` (e.g. "sm_90"), with ``headers`` (include name ->
-    text) for its ``#include "..."``; compile errors come with NVRTC's log."""
+    text; by default :func:`shared_headers`) for its ``#include "..."``; compile errors come with NVRTC's log."""
     from cuda.bindings import nvrtc
 
-    headers = headers or {}
+    headers = shared_headers() if headers is None else headers
     prog = _check(nvrtc.nvrtcCreateProgram(source.encode(), name.encode(), len(headers),
                                            [h.encode() for h in headers.values()],
                                            [n.encode() for n in headers]), "nvrtcCreateProgram")
@@ -75,6 +75,11 @@ def split_chunks(blocks: int, chunks: int, device: torch.device, blocks_per_sm: 
     want = -(-blocks_per_sm * multiprocessors(device) // blocks)
     splits = max(1, min(want, chunks // MIN_SPLIT_CHUNKS))
     return -(-chunks // splits)
+
+
+def pointer(t: torch.Tensor | None) -> ctypes.c_void_p:
+    """A tensor's device address as a kernel argument (None: a null pointer)."""
+    return ctypes.c_void_p(0 if t is None else t.data_ptr())
 
 
 def device_arch(device: torch.device) -> str:

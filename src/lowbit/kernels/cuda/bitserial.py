@@ -9,7 +9,7 @@ import ctypes
 import torch
 
 from ...numerics.bitlayers import WORD_MULTIPLE
-from . import load_module, nvrtc_available
+from . import load_module, nvrtc_available, pointer
 
 MAX_WARPS_K = 8
 MAX_NT = 4  # column tiles per warp; 8 spills its int64 sums to local memory
@@ -36,10 +36,6 @@ def _config(m: int, words: int, act_bits: int) -> dict[str, int]:
     return {"NT": nt, "WARPS_K": max(1, min(MAX_WARPS_K, chunks)), "A8": a8, "PG": 8 if nt == 1 else 4 if nt == 2 else 2}
 
 
-def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
-    return ctypes.c_void_p(0 if t is None else t.data_ptr())
-
-
 def input_planes(x: torch.Tensor, input_scale: torch.Tensor, act_bits: int, qmin: int, qmax: int, words: int,
                  flags: torch.Tensor, cfg: dict, module) -> tuple[torch.Tensor, torch.Tensor]:
     """(input bitplanes int32 [M * A8, words], per-word code sums int32 [M, words]) of x [M, K]."""
@@ -47,8 +43,8 @@ def input_planes(x: torch.Tensor, input_scale: torch.Tensor, act_bits: int, qmin
     xplanes = torch.empty(m * cfg["A8"], words, dtype=torch.int32, device=x.device)
     xsum = torch.empty(m, words, dtype=torch.int32, device=x.device)
     module.launch("bitserial_quantize_input", (-(-words // QUANTIZE_WARPS), m, 1), 32 * QUANTIZE_WARPS,
-                  [_ptr(x), _ptr(input_scale), ctypes.c_int(k), ctypes.c_int(words), ctypes.c_int(act_bits),
-                   ctypes.c_int(qmin), ctypes.c_int(qmax), _ptr(xplanes), _ptr(xsum), _ptr(flags)])
+                  [pointer(x), pointer(input_scale), ctypes.c_int(k), ctypes.c_int(words), ctypes.c_int(act_bits),
+                   ctypes.c_int(qmin), ctypes.c_int(qmax), pointer(xplanes), pointer(xsum), pointer(flags)])
     return xplanes, xsum
 
 
@@ -61,7 +57,7 @@ def binary_gemm(xplanes: torch.Tensor, xsum: torch.Tensor, planes: torch.Tensor,
     out = torch.empty(m, n, dtype=torch.float32, device=planes.device)
     grid = (-(-n // 16), -(-m * cfg["A8"] // (8 * cfg["NT"])), 1)
     module.launch("bitserial_gemm", grid, 32 * cfg["WARPS_K"],
-                  [_ptr(planes), _ptr(xplanes), _ptr(xsum), _ptr(scale), _ptr(bias), _ptr(out), ctypes.c_int(m),
+                  [pointer(planes), pointer(xplanes), pointer(xsum), pointer(scale), pointer(bias), pointer(out), ctypes.c_int(m),
                    ctypes.c_int(n), ctypes.c_int(words), ctypes.c_int(n_stored), ctypes.c_int(active),
                    ctypes.c_int(act_bits), ctypes.c_int(int(act_signed)), ctypes.c_int(int(relu))],
                   early=EARLY_LAUNCH and torch.cuda.get_device_capability(planes.device) >= (9, 0))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import load_module, multiprocessors, nvrtc_available, split_chunks
+from . import load_module, multiprocessors, nvrtc_available, pointer, split_chunks
 
 W4A16, W4A8 = 0, 1
 MAX_ROWS = 32  # up to 4 column tiles of 8 input rows per warp
@@ -92,10 +92,6 @@ def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
                          torch.zeros(tiles, dtype=torch.int32, device=codes.device), n, group)
 
 
-def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
-    return ctypes.c_void_p(0 if t is None else t.data_ptr())
-
-
 def _config(mode: int, rows: int) -> dict[str, int]:
     nt = 1 if rows <= 8 else 2 if rows <= 16 else 4
     return {"MODE": mode, "NT": nt, "WARPS": WARPS, "STAGES": STAGES, "XDEPTH": 2}
@@ -127,8 +123,8 @@ def prepare_input(x: torch.Tensor, mode: int, k64: int, input_scale: torch.Tenso
     if m:
         _module(mode, m, x.device).launch(
             "int4_group_prepare_input", (m, 1 if per_token else _column_blocks(m, k64, x.device), 1), 256,
-            [_ptr(x), ctypes.c_int(int(x.dtype == torch.bfloat16)), ctypes.c_int(x.stride(0)), ctypes.c_int(k),
-             ctypes.c_int(k64), _ptr(scale), ctypes.c_int(int(per_token)), _ptr(xq), _ptr(nan_count)])
+            [pointer(x), ctypes.c_int(int(x.dtype == torch.bfloat16)), ctypes.c_int(x.stride(0)), ctypes.c_int(k),
+             ctypes.c_int(k64), pointer(scale), ctypes.c_int(int(per_token)), pointer(xq), pointer(nan_count)])
     return xq, scale
 
 
@@ -150,8 +146,8 @@ def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scal
                               device=xq.device)
     _module(mode, m, xq.device).launch(
         "int4_group_gemm", (blocks, splits, 1), 32 * WARPS,
-        [_ptr(weights.qw), _ptr(weights.sz), _ptr(xq), _ptr(input_scale), _ptr(tensor_scale), _ptr(bias), _ptr(out),
-         _ptr(partial), _ptr(weights.arrivals), ctypes.c_int(m), ctypes.c_int(weights.n), ctypes.c_int(weights.tiles),
+        [pointer(weights.qw), pointer(weights.sz), pointer(xq), pointer(input_scale), pointer(tensor_scale), pointer(bias), pointer(out),
+         pointer(partial), pointer(weights.arrivals), ctypes.c_int(m), ctypes.c_int(weights.n), ctypes.c_int(weights.tiles),
          ctypes.c_int(weights.chunks), ctypes.c_int(per_split), ctypes.c_int(xq.stride(0)),
          ctypes.c_int(weights.group), ctypes.c_int(weights.sz.shape[0]), ctypes.c_int(int(per_token)),
          ctypes.c_int(int(out_dtype == torch.bfloat16))],
@@ -168,7 +164,7 @@ def dequantize(weights: KernelWeights, mode: int) -> torch.Tensor:
     if items:
         _module(mode, 1, w.device).launch(
             "int4_group_dequantize", (-(-items // 8), 1, 1), 256,
-            [_ptr(weights.qw), _ptr(weights.sz), _ptr(w), ctypes.c_int(weights.n), ctypes.c_int(weights.tiles),
+            [pointer(weights.qw), pointer(weights.sz), pointer(w), ctypes.c_int(weights.n), ctypes.c_int(weights.tiles),
              ctypes.c_int(weights.chunks), ctypes.c_int(k64), ctypes.c_int(weights.group),
              ctypes.c_int(weights.sz.shape[0])])
     return w
@@ -189,7 +185,7 @@ def int4_group_linear(x: torch.Tensor, weights: KernelWeights, mode: int, *, inp
     if mode == W4A8 and nan_count is None:
         nan_count = torch.zeros(1, dtype=torch.int32, device=x.device)
     if (mode == W4A16 and x.dtype == torch.bfloat16 and k == k64 and x.stride(1) == 1 and x.stride(0) % 8 == 0
-            and x.data_ptr() % 16 == 0):
+            and x.datapointer() % 16 == 0):
         xq, scale = x, None  # already what the kernel reads
     else:
         xq, scale = prepare_input(x, mode, k64, input_scale, per_token, nan_count)

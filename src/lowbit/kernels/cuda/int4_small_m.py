@@ -11,7 +11,7 @@ import ctypes
 
 import torch
 
-from . import load_module, nvrtc_available, split_chunks
+from . import load_module, nvrtc_available, pointer, split_chunks
 
 MAX_ROWS = 16  # two column tiles of 8 input rows per warp
 WARPS = 4  # 16-row weight tiles per block, reading the same input columns
@@ -32,7 +32,7 @@ def fits(a: torch.Tensor, w: torch.Tensor) -> bool:
     m, k = a.shape
     return (ENABLED and 0 < m <= MAX_ROWS and k % 32 == 0 and nvrtc_available()
             and torch.cuda.get_device_capability(a.device) >= (8, 0)
-            and all(t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0 for t in (a, w)))
+            and all(t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.datapointer() % 16 == 0 for t in (a, w)))
 
 
 _ARRIVALS: dict = {}
@@ -44,10 +44,6 @@ def _arrivals(device: torch.device, blocks: int) -> torch.Tensor:
     if key not in _ARRIVALS or _ARRIVALS[key].numel() < blocks:
         _ARRIVALS[key] = torch.zeros(max(blocks, 1024), dtype=torch.int32, device=device)
     return _ARRIVALS[key]
-
-
-def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
-    return ctypes.c_void_p(0 if t is None else t.data_ptr())
 
 
 def int4_small_m_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: torch.Tensor,
@@ -69,8 +65,8 @@ def int4_small_m_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w
                                              "XDEPTH": XDEPTH}, a.device)
     module.launch(
         "int4_small_m_gemm", (blocks, splits, 1), 32 * WARPS,
-        [_ptr(w), _ptr(a), _ptr(a_scale), _ptr(w_scale), _ptr(bias), _ptr(out_scale), _ptr(out), _ptr(partial),
-         _ptr(_arrivals(a.device, blocks)), *map(ctypes.c_int, (m, n, k, w.stride(0), a.stride(0), chunks, per_split,
+        [pointer(w), pointer(a), pointer(a_scale), pointer(w_scale), pointer(bias), pointer(out_scale), pointer(out), pointer(partial),
+         pointer(_arrivals(a.device, blocks)), *map(ctypes.c_int, (m, n, k, w.stride(0), a.stride(0), chunks, per_split,
                                                                 int(a_scale.dim() == 1), act, out_kind,
                                                                 _FLOAT_KINDS.get(out.dtype, 0), qmin, qmax))],
         early=torch.cuda.get_device_capability(a.device) >= (9, 0))

@@ -300,32 +300,29 @@ def int8_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: 
         return out
     if k == 0:
         return out.zero_() if kind == 0 else _empty_k(m, n, bias, activation, out_dtype, out_scale, out_range, device)
-    _check_scales(a, w, a_scale, w_scale, bias)
-    if packed:
-        from ..cuda import int4_small_m
-
-        if int4_small_m.fits(a, w):  # few rows: a CUDA kernel unpacks INT4 faster than Triton can
-            int4_small_m.int4_small_m_gemm(a, w, a_scale, w_scale, bias, out, out_scale, _ACTIVATIONS[activation],
-                                           qmin, qmax)
-            return out
     _launch(a, w, out, a_scale, w_scale, bias, out_scale, {"ACT": _ACTIVATIONS[activation], "OUT_KIND": kind,
             "QMIN": qmin, "QMAX": qmax, "W_PACKED": packed, "FLOAT_ACC": False})
     return out
 
 
-def _check_scales(a, w, a_scale, w_scale, bias) -> None:
-    """The scales (per tensor, or per token when a_scale is 1-D) and the bias: float32 on a's device."""
-    m, n = a.shape[0], w.shape[0]
-    _check(a_scale, "a_scale", torch.float32, a.device, (m,) if a_scale.dim() == 1 else ())
+def _launch(a, w, out, a_scale, w_scale, bias, out_scale, flags: dict) -> None:
+    """Checks the scales (per tensor, or per token when a_scale is 1-D) and the bias, then launches the
+    split-K kernel for few rows, the tiled one otherwise; packed INT4 weights with at most 16 rows go to
+    a CUDA kernel instead (kernels/cuda/int4_small_m.cu), where it fits."""
+    (m, k), n = a.shape, w.shape[0]
+    per_token = a_scale.dim() == 1
+    _check(a_scale, "a_scale", torch.float32, a.device, (m,) if per_token else ())
     _check(w_scale, "w_scale", torch.float32, a.device, (n,))
     if bias is not None:
         _check(bias, "bias", torch.float32, a.device, (n,))
+    if flags["W_PACKED"]:
+        from ..cuda import int4_small_m
 
-
-def _launch(a, w, out, a_scale, w_scale, bias, out_scale, flags: dict) -> None:
-    """The split-K kernel for few rows, the tiled one otherwise (the scales already checked)."""
-    (m, k), n = a.shape, w.shape[0]
-    flags = {**flags, "PER_TOKEN": a_scale.dim() == 1, "HAS_BIAS": bias is not None}
+        if int4_small_m.fits(a, w):  # few rows: a CUDA kernel unpacks INT4 faster than Triton can
+            int4_small_m.int4_small_m_gemm(a, w, a_scale, w_scale, bias, out, out_scale, flags["ACT"],
+                                           flags["QMIN"], flags["QMAX"])
+            return
+    flags = {**flags, "PER_TOKEN": per_token, "HAS_BIAS": bias is not None}
     common = (m, n, k, triton.next_power_of_2(m) if m <= 256 else 512 * triton.cdiv(m, 512),
               a.stride(0), a.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1))
     bias_arg = bias if bias is not None else w_scale  # never read without HAS_BIAS
@@ -371,7 +368,6 @@ def float_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale:
         return out
     if k == 0:
         return _empty_k(m, n, bias, None, out_dtype, None, None, device)
-    _check_scales(a, w, a_scale, w_scale, bias)
     _launch(a, w, out, a_scale, w_scale, bias, None, {"ACT": 0, "OUT_KIND": 2, "QMIN": 0, "QMAX": 0,
                                                       "W_PACKED": False, "FLOAT_ACC": True})
     return out
