@@ -185,7 +185,7 @@ def int4_group_linear(x: torch.Tensor, weights: KernelWeights, mode: int, *, inp
     if mode == W4A8 and nan_count is None:
         nan_count = torch.zeros(1, dtype=torch.int32, device=x.device)
     if (mode == W4A16 and x.dtype == torch.bfloat16 and k == k64 and x.stride(1) == 1 and x.stride(0) % 8 == 0
-            and x.datapointer() % 16 == 0):
+            and x.data_ptr() % 16 == 0):
         xq, scale = x, None  # already what the kernel reads
     else:
         xq, scale = prepare_input(x, mode, k64, input_scale, per_token, nan_count)

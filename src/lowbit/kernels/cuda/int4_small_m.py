@@ -32,7 +32,7 @@ def fits(a: torch.Tensor, w: torch.Tensor) -> bool:
     m, k = a.shape
     return (ENABLED and 0 < m <= MAX_ROWS and k % 32 == 0 and nvrtc_available()
             and torch.cuda.get_device_capability(a.device) >= (8, 0)
-            and all(t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.datapointer() % 16 == 0 for t in (a, w)))
+            and all(t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0 for t in (a, w)))
 
 
 _ARRIVALS: dict = {}
