@@ -12,7 +12,8 @@ from lowbit.kernels.cuda import SOURCE_DIR, compile_cubin
 from lowbit.numerics import pack_int4
 
 needs_nvrtc = pytest.mark.skipif(importlib.util.find_spec("cuda") is None, reason="needs cuda-bindings (NVRTC)")
-# (M, N, K): one and many splits of K, N not a multiple of the 64 rows of a block, K short of a chunk
+# (M, N, K): K split over blocks or not (few or many 16-row tiles), N not a multiple of 16, K short of a
+# chunk or of a round of the block's warps
 SHAPES = [(1, 1, 32), (1, 4096, 4096), (16, 8192, 64), (3, 37, 96), (9, 100, 4128), (16, 257, 2016),
           (5, 1000, 32), (2, 24, 30016), (8, 130, 160), (13, 64, 4096)]
 

@@ -56,40 +56,64 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int PENDING>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory"); }
 
-// K split over gridDim.y blocks of WARPS_PER_BLOCK warps: each block's warps leave their accumulators in `partial` (one slot of
-// TILES * 4 * 32 values per warp of the grid and split), and the block that arrives last at its
-// arrivals[blockIdx.x] counter adds every split's sums in split order (deterministic for floats) into
-// acc and resets the counter for the next launch. Returns whether this block goes on to the epilogue.
-// Called by every thread of the block.
-template <int WARPS_PER_BLOCK, int TILES, typename T>
+// The few-rows kernels split K twice. A block's BLOCK_WARPS warps share one 16-row weight tile and take its
+// chunks in turn (so the block asks for BLOCK_WARPS consecutive chunks of every row at once); their sums meet
+// in warp 0 through shared memory, in warp order (deterministic for floats). Called by every thread of
+// the block; returns whether this thread's warp (warp 0) holds the block's sums.
+template <int BLOCK_WARPS, int TILES, typename T>
+__device__ __forceinline__ bool sum_warps(T (&acc)[TILES][4]) {
+    if constexpr (BLOCK_WARPS > 1) {
+        __shared__ T parts[BLOCK_WARPS - 1][TILES * 4][32];
+        const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+        if (warp) {
+#pragma unroll
+            for (int j = 0; j < TILES; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) parts[warp - 1][j * 4 + e][lane] = acc[j][e];
+        }
+        __syncthreads();
+        if (warp) return false;
+#pragma unroll
+        for (int w = 0; w < BLOCK_WARPS - 1; ++w)
+#pragma unroll
+            for (int j = 0; j < TILES; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[j][e] += parts[w][j * 4 + e][lane];
+    }
+    return true;
+}
+
+// Then K split over gridDim.y blocks (when the tiles alone would leave multiprocessors idle): the warp
+// holding a block's sums leaves them in `partial` (TILES * 4 * 32 values per block and split), and the
+// block that arrives last at its arrivals[blockIdx.x] counter adds every split's sums in split order
+// (deterministic for floats) and resets the counter for the next launch. Called by that one warp;
+// returns whether it goes on to the epilogue.
+template <int TILES, typename T>
 __device__ __forceinline__ bool sum_splits(T (&acc)[TILES][4], T* __restrict__ partial, int* __restrict__ arrivals) {
     const int splits = gridDim.y, lane = threadIdx.x & 31;
-    const int slot = blockIdx.x * WARPS_PER_BLOCK + (threadIdx.x >> 5);
-    if (splits > 1) {
-        T* mine = partial + (((size_t)blockIdx.y * gridDim.x * WARPS_PER_BLOCK + slot) * TILES * 4) * 32 + lane;
+    if (splits == 1) return true;
+    T* mine = partial + (((size_t)blockIdx.y * gridDim.x + blockIdx.x) * TILES * 4) * 32 + lane;
 #pragma unroll
-        for (int j = 0; j < TILES; ++j)
+    for (int j = 0; j < TILES; ++j)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) mine[(j * 4 + e) * 32] = acc[j][e];
-        __threadfence();
-        __syncthreads();
-        __shared__ int last;
-        if (threadIdx.x == 0) last = atomicAdd(arrivals + blockIdx.x, 1) == splits - 1;
-        __syncthreads();
-        if (!last) return false;
-        __threadfence();
-        const T* all = partial + ((size_t)slot * TILES * 4) * 32 + lane;
-        const size_t split_stride = (size_t)gridDim.x * WARPS_PER_BLOCK * TILES * 4 * 32;
+        for (int e = 0; e < 4; ++e) mine[(j * 4 + e) * 32] = acc[j][e];
+    __threadfence();
+    __syncwarp();
+    int last = 0;
+    if (lane == 0) last = atomicAdd(arrivals + blockIdx.x, 1) == splits - 1;
+    if (!__shfl_sync(0xffffffffu, last, 0)) return false;
+    __threadfence();
+    const T* all = partial + ((size_t)blockIdx.x * TILES * 4) * 32 + lane;
+    const size_t split_stride = (size_t)gridDim.x * TILES * 4 * 32;
 #pragma unroll
-        for (int j = 0; j < TILES; ++j)
+    for (int j = 0; j < TILES; ++j)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                T y = 0;
-                for (int s = 0; s < splits; ++s) y += __ldcg(all + s * split_stride + (j * 4 + e) * 32);
-                acc[j][e] = y;
-            }
-        if (threadIdx.x == 0) arrivals[blockIdx.x] = 0;
-    }
+        for (int e = 0; e < 4; ++e) {
+            T y = 0;
+            for (int s = 0; s < splits; ++s) y += __ldcg(all + s * split_stride + (j * 4 + e) * 32);
+            acc[j][e] = y;
+        }
+    if (lane == 0) arrivals[blockIdx.x] = 0;
     return true;
 }
 

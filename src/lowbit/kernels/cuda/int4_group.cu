@@ -9,9 +9,9 @@
 // exactly, and one packed fma by s rounds (c - z) * s once (bf16), or leaves it exact (fp16, at most
 // 4 + 7 significant bits) for the one rounding to E4M3. Every weight is rounded as the reference rounds it.
 //
-// Compile-time constants (-D): MODE, NT (column tiles of 8 input rows), WARPS (warps of a block, one
-// 16-row weight tile each, reading the same input columns), STAGES (64-column chunks of weights and
-// scales in flight per warp, through shared memory), XDEPTH (chunks of input fragments loaded ahead).
+// Compile-time constants (-D): MODE, NT (column tiles of 8 input rows), KWARPS (warps of a block: one
+// 16-row weight tile, its chunks taken in turn), STAGES (64-column chunks of weights and scales in
+// flight per warp, through shared memory), XDEPTH (chunks of input fragments loaded ahead).
 //
 // Layouts (kernels/cuda/int4_group.py builds them):
 //   qw  [N16 / 16, K64 / 64, 32 lanes, 4 words]  a warp's 16 x 64 tile, 16 bytes per lane. Lane (g, t)
@@ -24,8 +24,8 @@
 //       same 16 columns of its input rows as of its weights, so a row's bytes are read in their order.
 // N16, K64: N and K rounded up to 16 and 64 (padded rows have scale 0; padded columns meet x = 0).
 //
-// K may be split over SPLITS blocks (gridDim.y): each writes its partial sums to a workspace, and the
-// block that arrives last adds them in split order (deterministic) and applies the epilogue.
+// K is split over the block's warps and, where the tiles alone would leave multiprocessors idle, over
+// gridDim.y blocks (common.cuh: sum_warps, sum_splits; both add in a fixed order: deterministic).
 
 #include "common.cuh"
 
@@ -35,8 +35,8 @@
 #ifndef NT
 #define NT 1
 #endif
-#ifndef WARPS
-#define WARPS 4
+#ifndef KWARPS
+#define KWARPS 4
 #endif
 #ifndef STAGES
 #define STAGES 4
@@ -125,17 +125,18 @@ __device__ __forceinline__ void chunk_step(float (&acc)[NT][4], const uint4& q, 
 // The group of lane t's 16 columns of chunk c (groups are multiples of 32 columns, or one of K).
 __device__ __forceinline__ int lane_group(int c, int t, int group, int G) { return min((c * 64 + 16 * t) / group, G - 1); }
 
-// Block (bx, split): weight tiles bx * WARPS + warp, chunks [split * split_chunks, +split_chunks).
-extern "C" __global__ void __launch_bounds__(32 * WARPS)
+// Block (tile, split): chunks [split * split_chunks, +split_chunks) of one weight tile, of which warp w
+// takes every KWARPS-th from the w-th.
+extern "C" __global__ void __launch_bounds__(32 * KWARPS)
 int4_group_gemm(const uint4* __restrict__ qw, const uint4* __restrict__ sz, const unsigned char* __restrict__ x,
                 const float* __restrict__ sx, const float* __restrict__ s8, const float* __restrict__ bias,
                 void* __restrict__ out, float* __restrict__ partial, int* __restrict__ arrivals, int M, int N,
                 int tiles, int chunks, int split_chunks, int ldx, int group, int G, int per_token, int out_bf16) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int tile = blockIdx.x * WARPS + warp;
-    const int c_begin = blockIdx.y * split_chunks;
-    const int c_end = tile < tiles ? min(c_begin + split_chunks, chunks) : c_begin;
+    const int tile = blockIdx.x;
+    const int c_first = blockIdx.y * split_chunks + warp;
+    const int c_end = min(blockIdx.y * split_chunks + split_chunks, chunks);
     const uint4* tile_w = qw + (size_t)tile * chunks * 32 + lane;
     const uint4* tile_sz = sz + (size_t)tile * 8 + g;
     const int elem = MODE == 1 ? 1 : 2;
@@ -150,18 +151,19 @@ int4_group_gemm(const uint4* __restrict__ qw, const uint4* __restrict__ sz, cons
         for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
 
     // The weights and scales stream through a ring of STAGES chunks in shared memory (cp.async), each lane
-    // copying and later reading its own 16 + 16 bytes, so the bytes in flight need no registers.
-    __shared__ uint4 ring[WARPS][STAGES][2][32];
-    auto fetch = [&](int c) {
+    // copying and later reading its own 16 + 16 bytes, so the bytes in flight need no registers. The
+    // warp's i-th chunk is c_first + i * KWARPS.
+    __shared__ uint4 ring[KWARPS][STAGES][2][32];
+    auto fetch = [&](int i) {
+        const int c = c_first + i * KWARPS;
         if (c < c_end) {
             const int grp = lane_group(c, t, group, G);
-            cp_async16(&ring[warp][c % STAGES][0][lane], tile_w + (size_t)c * 32);
-            cp_async16(&ring[warp][c % STAGES][1][lane], tile_sz + (size_t)grp * tiles * 8);
+            cp_async16(&ring[warp][i % STAGES][0][lane], tile_w + (size_t)c * 32);
+            cp_async16(&ring[warp][i % STAGES][1][lane], tile_sz + (size_t)grp * tiles * 8);
         }
         cp_async_commit();  // empty groups too: the count of groups stays uniform
     };
-    // The input fragments (from L2 or L1: the block's warps read the same ones) come through registers,
-    // XDEPTH chunks ahead.
+    // The input fragments (from L2 or L1) come through registers, XDEPTH chunks ahead.
     uint4 xv[XDEPTH][NT][XV];
     auto load_x = [&](int d, int c) {
 #pragma unroll
@@ -171,59 +173,31 @@ int4_group_gemm(const uint4* __restrict__ qw, const uint4* __restrict__ sz, cons
                 xv[d][j][v] = xrow[j] && c < c_end ? __ldg((const uint4*)(xrow[j] + (size_t)c * 64 * elem) + v)
                                                    : make_uint4(0, 0, 0, 0);
     };
-    for (int s = 0; s < STAGES - 1; ++s) fetch(c_begin + s);
+    for (int s = 0; s < STAGES - 1; ++s) fetch(s);
     // Launched early behind the kernel that writes x (programmatic dependent launch on Hopper): the first
     // weights are on their way; wait for x before reading it.
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 #pragma unroll
-    for (int d = 0; d < XDEPTH; ++d) load_x(d, c_begin + d);
-    for (int c0 = c_begin; c0 < c_end; c0 += XDEPTH) {
+    for (int d = 0; d < XDEPTH; ++d) load_x(d, c_first + d * KWARPS);
+    for (int i0 = 0; c_first + i0 * KWARPS < c_end; i0 += XDEPTH) {
 #pragma unroll
         for (int d = 0; d < XDEPTH; ++d) {
-            const int c = c0 + d;
+            const int i = i0 + d, c = c_first + i * KWARPS;
             if (c < c_end) {
-                cp_async_wait<STAGES - 2>();  // chunk c has landed
-                const uint4 q = ring[warp][c % STAGES][0][lane], sc = ring[warp][c % STAGES][1][lane];
-                fetch(c + STAGES - 1);  // into the slot chunk c - 1 left
+                cp_async_wait<STAGES - 2>();  // chunk i has landed
+                const uint4 q = ring[warp][i % STAGES][0][lane], sc = ring[warp][i % STAGES][1][lane];
+                fetch(i + STAGES - 1);  // into the slot chunk i - 1 left
                 chunk_step(acc, q, sc, xv[d]);
-                load_x(d, c + XDEPTH);
+                load_x(d, c + XDEPTH * KWARPS);
             }
         }
     }
     cp_async_wait<0>();
+    if (!sum_warps<KWARPS>(acc) || !sum_splits(acc, partial, arrivals)) return;
 
-    // The partial sums of a split K meet here as in common.cuh's sum_splits, written out: with that helper
-    // this kernel took 29 us instead of 25 at N = K = 8192, one row (H100, same process), though the main
-    // loop's instructions were nearly the same.
     // Accumulator (j, e) of lane (g, t): weight row g + 8 (e >= 2), input row 8j + 2t + (e & 1).
-    const int splits = gridDim.y;
-    if (splits > 1) {
-        float* mine = partial + (((size_t)blockIdx.y * gridDim.x * WARPS + tile) * NT * 4) * 32 + lane;
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) mine[(j * 4 + e) * 32] = acc[j][e];
-        __threadfence();
-        __syncthreads();
-        __shared__ int last;
-        if (threadIdx.x == 0) last = atomicAdd(arrivals + blockIdx.x, 1) == splits - 1;
-        __syncthreads();
-        if (!last) return;
-        __threadfence();
-        const float* all = partial + ((size_t)tile * NT * 4) * 32 + lane;
-        const size_t split_stride = (size_t)gridDim.x * WARPS * NT * 4 * 32;
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float y = 0.0f;
-                for (int s = 0; s < splits; ++s) y += __ldcg(all + s * split_stride + (j * 4 + e) * 32);
-                acc[j][e] = y;
-            }
-        if (threadIdx.x == 0) arrivals[blockIdx.x] = 0;  // ready for the next launch
-    }
 #pragma unroll
     for (int j = 0; j < NT; ++j)
 #pragma unroll

@@ -4,8 +4,9 @@ lowbit.nn.mixed_linear's reference computes, up to the order of the float32 sums
 
 Few input rows (M <= MAX_ROWS) are bound by the weight bytes: the weights stream once, through a ring
 of chunks in shared memory (cp.async), in a layout where each lane's 16 bytes hold exactly the codes of
-its mma fragments (:func:`kernel_layout`), and are converted two at a time in registers. K is split
-over blocks until the grid fills the GPU; the partial sums meet in a fixed order. Many rows are bound
+its mma fragments (:func:`kernel_layout`), and are converted two at a time in registers. A block's warps
+share one weight tile and split its K, and K is split over blocks only where the tiles leave
+multiprocessors idle; the partial sums meet in a fixed order. Many rows are bound
 by arithmetic: the weights are then expanded once per call into a plain bf16 / E4M3 matrix (a pass
 over N * K bytes) for a tensor-core GEMM (kernels/triton float_gemm), which costs far less than
 converting every weight tile again in every row tile.
@@ -22,9 +23,12 @@ from . import load_module, multiprocessors, nvrtc_available, pointer, split_chun
 
 W4A16, W4A8 = 0, 1
 MAX_ROWS = 32  # up to 4 column tiles of 8 input rows per warp
-WARPS = 4  # weight tiles (16 rows) of a block: they read the same input columns, once from memory
+KWARPS = 4  # warps of a block, sharing one 16-row weight tile and taking its chunks in turn
 STAGES = 4  # chunks of weights and scales in flight per warp (1 KiB each, in shared memory)
-BLOCKS_PER_SM = 4  # blocks the split of K aims at per multiprocessor (one wave)
+# K is split over blocks too while the tiles give fewer blocks than this per multiprocessor: such a split
+# costs a round trip through global memory (W4A16, N = K = 4096, one row: 9.3 us unsplit, 10.9 split in two)
+BLOCKS_PER_SM = 1
+INPUT_BLOCKS_PER_SM = 4  # the input kernel spreads few rows over this many blocks per multiprocessor
 
 # Within a lane's 8-column word, the column of each code (bits 4i..4i+3): pairs (2i, 2i+1) at bits 4i
 # and 16 + 4i, which one shift and mask put in the two halves of a register (int4_group.cu).
@@ -94,7 +98,7 @@ def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
 
 def _config(mode: int, rows: int) -> dict[str, int]:
     nt = 1 if rows <= 8 else 2 if rows <= 16 else 4
-    return {"MODE": mode, "NT": nt, "WARPS": WARPS, "STAGES": STAGES, "XDEPTH": 2}
+    return {"MODE": mode, "NT": nt, "KWARPS": KWARPS, "STAGES": STAGES, "XDEPTH": 2}
 
 
 def _module(mode: int, rows: int, device: torch.device):
@@ -103,7 +107,7 @@ def _module(mode: int, rows: int, device: torch.device):
 
 def _column_blocks(rows: int, k64: int, device: torch.device) -> int:
     """Blocks per input row for the input kernel: few rows are spread over the multiprocessors."""
-    return max(1, min(-(-k64 // 512), -(-BLOCKS_PER_SM * multiprocessors(device) // rows)))
+    return max(1, min(-(-k64 // 512), -(-INPUT_BLOCKS_PER_SM * multiprocessors(device) // rows)))
 
 
 def prepare_input(x: torch.Tensor, mode: int, k64: int, input_scale: torch.Tensor | None = None,
@@ -136,16 +140,16 @@ def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scal
     m = xq.shape[0]
     if not 0 < m <= MAX_ROWS:
         raise ValueError(f"the few-rows INT4 kernel takes 1..{MAX_ROWS} input rows, got {m}")
-    blocks = -(-weights.tiles // WARPS)
-    per_split = split_chunks(blocks, weights.chunks, xq.device, BLOCKS_PER_SM)
+    # a split over blocks takes whole rounds of KWARPS chunks
+    per_split = KWARPS * split_chunks(weights.tiles, -(-weights.chunks // KWARPS), xq.device, BLOCKS_PER_SM)
     splits = -(-weights.chunks // per_split)
     out = torch.empty(m, weights.n, dtype=out_dtype, device=xq.device)
     partial = None
-    if splits > 1:  # per block, warp, accumulator and lane
-        partial = torch.empty(splits * blocks * WARPS * _config(mode, m)["NT"] * 128, dtype=torch.float32,
+    if splits > 1:  # per split, block, accumulator and lane
+        partial = torch.empty(splits * weights.tiles * _config(mode, m)["NT"] * 128, dtype=torch.float32,
                               device=xq.device)
     _module(mode, m, xq.device).launch(
-        "int4_group_gemm", (blocks, splits, 1), 32 * WARPS,
+        "int4_group_gemm", (weights.tiles, splits, 1), 32 * KWARPS,
         [pointer(weights.qw), pointer(weights.sz), pointer(xq), pointer(input_scale), pointer(tensor_scale), pointer(bias), pointer(out),
          pointer(partial), pointer(weights.arrivals), ctypes.c_int(m), ctypes.c_int(weights.n), ctypes.c_int(weights.tiles),
          ctypes.c_int(weights.chunks), ctypes.c_int(per_split), ctypes.c_int(xq.stride(0)),

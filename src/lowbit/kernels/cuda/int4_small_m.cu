@@ -15,9 +15,11 @@
 // to match (byte_perm 0x6420 / 0x7531), and the accumulators, 16 times the sums, are shifted back
 // (exact: every product is a multiple of 16).
 //
-// Compile-time constants (-D): NT (column tiles of 8 input rows), WARPS (16-row weight tiles per block,
-// reading the same input columns), STAGES (chunks in flight per warp), PIECES, XDEPTH (chunks of input
-// loaded ahead into registers). K is split over gridDim.y blocks (common.cuh:sum_splits).
+// Compile-time constants (-D): NT (column tiles of 8 input rows), KWARPS (warps of a block: one 16-row
+// weight tile, its chunks taken in turn), STAGES (chunks in flight per warp), PIECES. K is split over
+// the block's warps and, where the tiles alone would leave multiprocessors idle, over gridDim.y blocks
+// (common.cuh: sum_warps, sum_splits): a split over blocks costs a round trip through global memory
+// (about 5 us at N = K = 8192 on the H100), one over warps a shared-memory sum.
 // The launcher guarantees: rows of a and w start 16-byte aligned, K a multiple of 32.
 
 #include "common.cuh"
@@ -25,14 +27,11 @@
 #ifndef NT
 #define NT 1
 #endif
-#ifndef WARPS
-#define WARPS 4
+#ifndef KWARPS
+#define KWARPS 4
 #endif
 #ifndef STAGES
 #define STAGES 4
-#endif
-#ifndef XDEPTH
-#define XDEPTH 2
 #endif
 #ifndef PIECES
 #define PIECES 2
@@ -59,10 +58,11 @@ __device__ __forceinline__ void piece_step(int (&acc)[NT][4], const uint4& lo, c
     }
 }
 
-// Block (bx, split): weight tiles bx * WARPS + warp, chunks [split * split_chunks, +split_chunks).
-// act: 0 none, 1 ReLU, 2 GELU (erf). out_kind: 0 int32 accumulators, 1 int8 codes at out_scale clamped to
-// [qmin, qmax], 2 float (float_kind 0 float32, 1 bf16, 2 fp16).
-extern "C" __global__ void __launch_bounds__(32 * WARPS)
+// Block (tile, split): weight rows 16 tile.., chunks [split * split_chunks, +split_chunks), of which warp
+// w takes every KWARPS-th from the w-th. act: 0 none, 1 ReLU, 2 GELU (erf). out_kind: 0 int32
+// accumulators, 1 int8 codes at out_scale clamped to [qmin, qmax], 2 float (float_kind 0 float32, 1 bf16,
+// 2 fp16).
+extern "C" __global__ void __launch_bounds__(32 * KWARPS)
 int4_small_m_gemm(const unsigned char* __restrict__ w, const unsigned char* __restrict__ a,
                   const float* __restrict__ sa, const float* __restrict__ sw, const float* __restrict__ bias,
                   const float* __restrict__ out_scale, void* __restrict__ out, int* __restrict__ partial,
@@ -70,10 +70,10 @@ int4_small_m_gemm(const unsigned char* __restrict__ w, const unsigned char* __re
                   int per_token, int act, int out_kind, int float_kind, int qmin, int qmax) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int tile = blockIdx.x * WARPS + warp;
+    const int tile = blockIdx.x;
     const int row_bytes = K / 2;
-    const int c_begin = blockIdx.y * split_chunks;
-    const int c_end = tile * 16 < N ? min(c_begin + split_chunks, chunks) : c_begin;
+    const int c_first = blockIdx.y * split_chunks + warp;
+    const int c_end = min(blockIdx.y * split_chunks + split_chunks, chunks);
     const unsigned char* wrow[2];
     bool wrow_ok[2];
 #pragma unroll
@@ -86,16 +86,20 @@ int4_small_m_gemm(const unsigned char* __restrict__ w, const unsigned char* __re
 #pragma unroll
     for (int j = 0; j < NT; ++j) xrow[j] = 8 * j + g < M ? a + (size_t)(8 * j + g) * lda + XV * 16 * t : nullptr;
 
-    int acc[NT][4];
+    // One accumulator set per piece: the mma steps of different pieces do not wait for each other.
+    int acc[PIECES][NT][4];
 #pragma unroll
-    for (int j = 0; j < NT; ++j)
+    for (int p = 0; p < PIECES; ++p)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[j][e] = 0;
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[p][j][e] = 0;
 
-    // Piece p of chunk c: bytes c * CHUNK_BYTES + 64p + 16t.. of the lane's rows, so that the warp asks
-    // for CHUNK_BYTES contiguous bytes of each of its 16 rows at once.
-    __shared__ uint4 ring[WARPS][STAGES][2][PIECES][32];
-    auto fetch = [&](int c) {
+    // The warp's i-th chunk is c = c_first + i * KWARPS; its piece p: bytes c * CHUNK_BYTES + 64p + 16t.. of
+    // the lane's rows, so that the warp asks for CHUNK_BYTES contiguous bytes of each of its 16 rows at once.
+    __shared__ uint4 ring[KWARPS][STAGES][2][PIECES][32];
+    auto fetch = [&](int i) {
+        const int c = c_first + i * KWARPS;
         if (c < c_end) {
 #pragma unroll
             for (int p = 0; p < PIECES; ++p)
@@ -103,13 +107,13 @@ int4_small_m_gemm(const unsigned char* __restrict__ w, const unsigned char* __re
                 for (int r = 0; r < 2; ++r) {
                     const int off = c * CHUNK_BYTES + 64 * p;  // zero-filled past a row's end and for rows past N
                     const bool ok = wrow_ok[r] && off + 16 * t < row_bytes;
-                    cp_async16_zfill(&ring[warp][c % STAGES][r][p][lane], ok ? wrow[r] + off : w, ok ? 16 : 0);
+                    cp_async16_zfill(&ring[warp][i % STAGES][r][p][lane], ok ? wrow[r] + off : w, ok ? 16 : 0);
                 }
         }
         cp_async_commit();  // empty groups too: the count of groups stays uniform
     };
-    uint4 xv[XDEPTH][NT][PIECES * XV];
-    auto load_x = [&](int d, int c) {
+    uint4 xv[NT][PIECES * XV];  // the input columns of the chunk in hand, loaded one chunk ahead
+    auto load_x = [&](int c) {
 #pragma unroll
         for (int j = 0; j < NT; ++j)
 #pragma unroll
@@ -117,39 +121,38 @@ int4_small_m_gemm(const unsigned char* __restrict__ w, const unsigned char* __re
 #pragma unroll
                 for (int v = 0; v < XV; ++v) {
                     const int col = (c * PIECES + p) * PIECE_COLS + XV * 16 * t + 16 * v;
-                    xv[d][j][p * XV + v] = xrow[j] && c < c_end && col < K
-                                               ? __ldg((const uint4*)(xrow[j] + (size_t)(c * PIECES + p) * PIECE_COLS) + v)
-                                               : make_uint4(0, 0, 0, 0);
+                    xv[j][p * XV + v] = xrow[j] && c < c_end && col < K
+                                            ? __ldg((const uint4*)(xrow[j] + (size_t)(c * PIECES + p) * PIECE_COLS) + v)
+                                            : make_uint4(0, 0, 0, 0);
                 }
     };
-    for (int s = 0; s < STAGES - 1; ++s) fetch(c_begin + s);
+    for (int s = 0; s < STAGES - 1; ++s) fetch(s);
     // Launched early behind the kernel that writes a (programmatic dependent launch on Hopper).
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+    load_x(c_first);
+    for (int i = 0, c = c_first; c < c_end; ++i, c += KWARPS) {
+        cp_async_wait<STAGES - 2>();  // chunk i has landed
+        uint4 lo[PIECES], hi[PIECES];
 #pragma unroll
-    for (int d = 0; d < XDEPTH; ++d) load_x(d, c_begin + d);
-    for (int c0 = c_begin; c0 < c_end; c0 += XDEPTH) {
-#pragma unroll
-        for (int d = 0; d < XDEPTH; ++d) {
-            const int c = c0 + d;
-            if (c < c_end) {
-                cp_async_wait<STAGES - 2>();  // chunk c has landed
-                uint4 lo[PIECES], hi[PIECES];
-#pragma unroll
-                for (int p = 0; p < PIECES; ++p) {
-                    lo[p] = ring[warp][c % STAGES][0][p][lane];
-                    hi[p] = ring[warp][c % STAGES][1][p][lane];
-                }
-                fetch(c + STAGES - 1);  // into the slot chunk c - 1 left
-#pragma unroll
-                for (int p = 0; p < PIECES; ++p) piece_step(acc, lo[p], hi[p], xv[d], p);
-                load_x(d, c + XDEPTH);
-            }
+        for (int p = 0; p < PIECES; ++p) {
+            lo[p] = ring[warp][i % STAGES][0][p][lane];
+            hi[p] = ring[warp][i % STAGES][1][p][lane];
         }
+        fetch(i + STAGES - 1);  // into the slot chunk i - 1 left
+#pragma unroll
+        for (int p = 0; p < PIECES; ++p) piece_step(acc[p], lo[p], hi[p], xv, p);
+        load_x(c + KWARPS);
     }
     cp_async_wait<0>();
-    if (!sum_splits<WARPS>(acc, partial, arrivals)) return;
+#pragma unroll
+    for (int p = 1; p < PIECES; ++p)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[0][j][e] += acc[p][j][e];
+    if (!sum_warps<KWARPS>(acc[0]) || !sum_splits(acc[0], partial, arrivals)) return;
 
     // Accumulator (j, e) of lane (g, t): weight row g + 8 (e >= 2), input row 8j + 2t + (e & 1).
 #pragma unroll
@@ -158,7 +161,7 @@ int4_small_m_gemm(const unsigned char* __restrict__ w, const unsigned char* __re
         for (int e = 0; e < 4; ++e) {
             const int n = tile * 16 + g + (e >= 2 ? 8 : 0), m = 8 * j + 2 * t + (e & 1);
             if (n >= N || m >= M) continue;
-            const int total = acc[j][e] >> 4;
+            const int total = acc[0][j][e] >> 4;
             const size_t i = (size_t)m * N + n;
             if (out_kind == 0) {
                 ((int*)out)[i] = total;

@@ -1,9 +1,10 @@
 """Launcher of int4_small_m.cu: :func:`lowbit.kernels.triton.int8_gemm` with packed INT4 weights for
 1..MAX_ROWS input rows, where the weights' bytes bound the time. The CUDA kernel streams the canonical
-packed weights [N, K/2] once through a cp.async ring, unpacks them with three integer operations per
-eight codes, and splits K over blocks until the GPU is full. The Triton split-K kernel, which int8_gemm
-keeps for int8 weights (it streams those faster than this design did), took twice as long with INT4
-weights as this kernel (benchmarks/RESULTS.md)."""
+packed weights [N, K/2] once through a cp.async ring and unpacks them with three integer operations per
+eight codes. A block's warps share one 16-row weight tile and split its K (their sums meet in shared
+memory); K is split over blocks too only where the tiles leave multiprocessors idle, because that split
+meets in global memory (about 5 us at N = K = 8192 on the H100). The Triton split-K kernel, which
+int8_gemm keeps for int8 weights, took 2-3 times as long with INT4 weights (benchmarks/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ import torch
 from . import load_module, nvrtc_available, pointer, split_chunks
 
 MAX_ROWS = 16  # two column tiles of 8 input rows per warp
-WARPS = 4  # 16-row weight tiles per block, reading the same input columns
+KWARPS = 4  # warps of a block, sharing one 16-row weight tile and taking its chunks in turn
 STAGES = 4  # chunks in flight per warp, through shared memory
-PIECES = 2  # 64-byte pieces of each weight row per chunk: a warp asks for 16 rows x 128 bytes at once
-XDEPTH = 1  # chunks of input held ahead in registers
-BLOCKS_PER_SM = 2  # the split of K aims at this many blocks per multiprocessor
+PIECES = 2  # 64-byte pieces of each weight row per chunk: a block asks for KWARPS x 128 bytes of a row at once
+BLOCKS_PER_SM = 1  # K is split over blocks too while the tiles give fewer blocks than this per multiprocessor
 # int8_gemm takes this kernel where it fits; the benchmark turns it off to time the Triton kernel.
 ENABLED = True
 
@@ -54,19 +54,19 @@ def int4_small_m_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w
     int8_gemm and :func:`fits`."""
     (m, k), n = a.shape, w.shape[0]
     nt = 1 if m <= 8 else 2
-    blocks, chunks = -(-n // (16 * WARPS)), -(-(k // 2) // (64 * PIECES))
-    per_split = split_chunks(blocks, chunks, a.device, BLOCKS_PER_SM)
+    tiles, chunks = -(-n // 16), -(-(k // 2) // (64 * PIECES))
+    # a split over blocks takes whole rounds of KWARPS chunks
+    per_split = KWARPS * split_chunks(tiles, -(-chunks // KWARPS), a.device, BLOCKS_PER_SM)
     splits = -(-chunks // per_split)
     partial = None
-    if splits > 1:  # per split, warp of the grid, accumulator and lane
-        partial = torch.empty(splits * blocks * WARPS * nt * 128, dtype=torch.int32, device=a.device)
+    if splits > 1:  # per split, block, accumulator and lane
+        partial = torch.empty(splits * tiles * nt * 128, dtype=torch.int32, device=a.device)
     out_kind = 0 if out.dtype == torch.int32 else 1 if out.dtype == torch.int8 else 2
-    module = load_module("int4_small_m.cu", {"NT": nt, "WARPS": WARPS, "STAGES": STAGES, "PIECES": PIECES,
-                                             "XDEPTH": XDEPTH}, a.device)
+    module = load_module("int4_small_m.cu", {"NT": nt, "KWARPS": KWARPS, "STAGES": STAGES, "PIECES": PIECES}, a.device)
     module.launch(
-        "int4_small_m_gemm", (blocks, splits, 1), 32 * WARPS,
+        "int4_small_m_gemm", (tiles, splits, 1), 32 * KWARPS,
         [pointer(w), pointer(a), pointer(a_scale), pointer(w_scale), pointer(bias), pointer(out_scale), pointer(out), pointer(partial),
-         pointer(_arrivals(a.device, blocks)), *map(ctypes.c_int, (m, n, k, w.stride(0), a.stride(0), chunks, per_split,
+         pointer(_arrivals(a.device, tiles)), *map(ctypes.c_int, (m, n, k, w.stride(0), a.stride(0), chunks, per_split,
                                                                 int(a_scale.dim() == 1), act, out_kind,
                                                                 _FLOAT_KINDS.get(out.dtype, 0), qmin, qmax))],
         early=torch.cuda.get_device_capability(a.device) >= (9, 0))
