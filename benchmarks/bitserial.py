@@ -39,11 +39,6 @@ def bitserial_layers(n, k, weight_bits, act_bits, count):
     return [copy.deepcopy(q[0]) for _ in range(count)]
 
 
-def rotation(nbytes):
-    """Copies whose weights together exceed the 50 MB L2 four times over (small layers would sit in L2)."""
-    return max(2, min(128, int(200e6 // max(nbytes, 1)) + 1))
-
-
 def gemm_rows(nks, batches, weight_bits, act_bits_list):
     rows = []
     for nk in nks:
@@ -51,9 +46,9 @@ def gemm_rows(nks, batches, weight_bits, act_bits_list):
         c = copies(n * k * 2)
         w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(c)]
         w32 = [w.float() for w in w16]
-        w8 = [torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8) for _ in range(rotation(n * k))]
+        w8 = [torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8) for _ in range(copies(n * k, at_most=128))]
         sa, sw, bias = torch.tensor(0.01, device="cuda"), torch.rand(n, device="cuda"), torch.randn(n, device="cuda")
-        layers = {(wb, ab): bitserial_layers(n, k, wb, ab, rotation(n * k * wb // 8)) for wb in weight_bits
+        layers = {(wb, ab): bitserial_layers(n, k, wb, ab, copies(n * k * wb // 8, at_most=128)) for wb in weight_bits
                   for ab in act_bits_list}
         for m in batches:
             x32 = torch.randn(m, k, device="cuda")
@@ -74,7 +69,7 @@ def gemm_rows(nks, batches, weight_bits, act_bits_list):
 
 
 def scaling_rows(nk=4096, m=1, act_bits=8):
-    layers = bitserial_layers(nk, nk, 8, act_bits, rotation(nk * nk))
+    layers = bitserial_layers(nk, nk, 8, act_bits, copies(nk * nk, at_most=128))
     x = torch.randn(m, nk, device="cuda")
     rows = []
     for k in range(8, 0, -1):
@@ -92,7 +87,7 @@ def breakdown_rows(nk=4096, weight_bits=4, act_bits=8):
     from lowbit.kernels.cuda import bitserial as kernels
     from lowbit.kernels.cuda import load_module
 
-    layers = bitserial_layers(nk, nk, weight_bits, act_bits, rotation(nk * nk * weight_bits // 8))
+    layers = bitserial_layers(nk, nk, weight_bits, act_bits, copies(nk * nk * weight_bits // 8, at_most=128))
     x = torch.randn(1, nk, device="cuda")
     layer = layers[0]
     fmt = layer.input_format

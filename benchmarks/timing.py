@@ -47,11 +47,11 @@ def gemm_sizes(doc: str, out: str) -> tuple[argparse.Namespace, list[tuple[int, 
     return args, [(nk, m) for nk in map(int, args.nks.split(",")) for m in map(int, args.ms.split(","))]
 
 
-def copies(nbytes):
-    """Input copies for bench(): together past the 50 MB L2 (so every call reads its operands from
-    memory), and at least 8, so that a graph replay's own launch (a few us) is spread over 8 kernels
-    or more, as in a decode step's graph (with 2 copies, a 17 us kernel measured 22 us, H100)."""
-    return max(8, min(16, int(200e6 // max(nbytes, 1)) + 1))
+def copies(nbytes, at_most=16):
+    """Input copies for bench(): together past the 50 MB L2 where ``at_most`` allows (so every call reads
+    its operands from memory), and at least 8, so that a graph replay's own launch (a few us) is spread
+    over 8 kernels or more, as in a decode step's graph (with 2 copies, a 17 us kernel timed 22 us, H100)."""
+    return max(8, min(at_most, int(200e6 // max(nbytes, 1)) + 1))
 
 
 def write_result(path, benchmark: str, **sections) -> None:
