@@ -43,7 +43,8 @@ def _tile_configs(bits: int = 8):
 def _splitk_configs():
     return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_stages=s, num_warps=4)
             for bn, bk, sk, s in [(64, 256, 2, 3), (64, 256, 2, 5), (64, 128, 8, 3), (128, 256, 2, 3),
-                                  (64, 512, 2, 3)]]  # the last: packed INT4 moves as many bytes per step
+                                  (64, 512, 2, 3),  # packed INT4 moves as many bytes per step
+                                  (32, 256, 1, 4), (16, 256, 1, 4), (32, 512, 1, 3)]]  # unsplit
 
 
 @triton.jit
@@ -160,7 +161,7 @@ def _gemm_splitk_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_sca
     to put every SM to streaming them. Partial sums meet in a workspace by atomic adds (int32:
     exact and order-free; float32: in arrival order); the last program of a tile applies the epilogue and
     zeroes the workspace and its counter again, so one launch does all and stays
-    capturable in a CUDA graph."""
+    capturable in a CUDA graph. With SPLIT_K 1 (tiles enough to fill the GPU) there is no workspace."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     k_per_split = (K + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K) * BLOCK_K
@@ -177,18 +178,22 @@ def _gemm_splitk_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_sca
         acc = _dot_weights(acc, a, w_ptr, offs_n, k_start + kk, N, K, stride_wn, stride_wk, BLOCK_M, BLOCK_K,
                            BLOCK_N, W_PACKED, True)
         a_ptrs += BLOCK_K * stride_ak
-    ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
-    tile_mask = mask_m & mask_n
-    tl.atomic_add(ws_ptrs, acc, mask=tile_mask, sem="relaxed")
-    tl.debug_barrier()  # every thread's partial sums before the release below
-    arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
-    if arrived == SPLIT_K - 1:
-        tl.debug_barrier()
-        total = tl.load(ws_ptrs, mask=tile_mask, other=0, cache_modifier=".cg")
-        tl.store(ws_ptrs, tl.zeros((BLOCK_M, BLOCK_N), dtype=total.dtype), mask=tile_mask)
-        tl.atomic_xchg(count_ptr + pid_n, 0)
-        _epilogue(total, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr,
+    if SPLIT_K == 1:  # the program holds its tile's whole sums: no round trip through the workspace
+        _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr,
                   out_scale_ptr, out_ptr, 0, 0, out_scale_ptr, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, 0, QMIN, QMAX)
+    else:
+        ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tile_mask = mask_m & mask_n
+        tl.atomic_add(ws_ptrs, acc, mask=tile_mask, sem="relaxed")
+        tl.debug_barrier()  # every thread's partial sums before the release below
+        arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            tl.debug_barrier()
+            total = tl.load(ws_ptrs, mask=tile_mask, other=0, cache_modifier=".cg")
+            tl.store(ws_ptrs, tl.zeros((BLOCK_M, BLOCK_N), dtype=total.dtype), mask=tile_mask)
+            tl.atomic_xchg(count_ptr + pid_n, 0)
+            _epilogue(total, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr,
+                      out_scale_ptr, out_ptr, 0, 0, out_scale_ptr, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, 0, QMIN, QMAX)
 
 
 _KEY = ["M_BUCKET", "N", "K", "OUT_KIND", "W_PACKED", "FLOAT_ACC"]
