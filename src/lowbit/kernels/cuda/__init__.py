@@ -60,8 +60,9 @@ def compile_cubin(source: str, name: str, options: list[str], arch: str,
         nvrtc.nvrtcDestroyProgram(prog)
 
 
-# The few-rows kernels (int4_group.cu, int4_small_m.cu) split K over blocks until the GPU is full.
-MIN_SPLIT_CHUNKS = 2  # a split of K has at least this many chunks (fewer: the partial sums cost more)
+# The few-rows kernels (int4_group.cu, int4_small_m.cu) run one block per 16-row weight tile, whose warps
+# take its chunks of K in turn; K is split over blocks too while the tiles leave multiprocessors idle.
+MIN_SPLIT_ROUNDS = 2  # a split of K over blocks has at least this many rounds of the block's warps
 
 
 @cache
@@ -69,12 +70,22 @@ def multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def split_chunks(blocks: int, chunks: int, device: torch.device, blocks_per_sm: int) -> int:
-    """The chunks of K per block for a grid of ``blocks`` blocks along N: K is split until the grid fills
-    ``blocks_per_sm`` blocks on every multiprocessor, with splits of at least MIN_SPLIT_CHUNKS chunks."""
-    want = -(-blocks_per_sm * multiprocessors(device) // blocks)
-    splits = max(1, min(want, chunks // MIN_SPLIT_CHUNKS))
-    return -(-chunks // splits)
+def split_k(tiles: int, chunks: int, warps: int, device: torch.device, blocks_per_sm: int) -> tuple[int, int]:
+    """(chunks per block, splits of K over blocks) for ``tiles`` blocks of ``warps`` warps: K is split,
+    in whole rounds of ``warps`` chunks, until the grid has ``blocks_per_sm`` blocks per multiprocessor,
+    each split keeping at least MIN_SPLIT_ROUNDS rounds."""
+    rounds = -(-chunks // warps)
+    want = -(-blocks_per_sm * multiprocessors(device) // tiles)
+    splits = max(1, min(want, rounds // MIN_SPLIT_ROUNDS))
+    per_split = warps * -(-rounds // splits)
+    return per_split, -(-chunks // per_split)
+
+
+def partial_sums(splits: int, tiles: int, column_tiles: int, dtype: torch.dtype,
+                 device: torch.device) -> torch.Tensor | None:
+    """The workspace of common.cuh's sum_splits (column_tiles * 4 sums of 32 lanes per block and split);
+    None without a split over blocks."""
+    return None if splits == 1 else torch.empty(splits * tiles * column_tiles * 128, dtype=dtype, device=device)
 
 
 def pointer(t: torch.Tensor | None) -> ctypes.c_void_p:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import load_module, multiprocessors, nvrtc_available, pointer, split_chunks
+from . import load_module, multiprocessors, nvrtc_available, partial_sums, pointer, split_k
 
 W4A16, W4A8 = 0, 1
 MAX_ROWS = 32  # up to 4 column tiles of 8 input rows per warp
@@ -140,14 +140,9 @@ def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scal
     m = xq.shape[0]
     if not 0 < m <= MAX_ROWS:
         raise ValueError(f"the few-rows INT4 kernel takes 1..{MAX_ROWS} input rows, got {m}")
-    # a split over blocks takes whole rounds of KWARPS chunks
-    per_split = KWARPS * split_chunks(weights.tiles, -(-weights.chunks // KWARPS), xq.device, BLOCKS_PER_SM)
-    splits = -(-weights.chunks // per_split)
+    per_split, splits = split_k(weights.tiles, weights.chunks, KWARPS, xq.device, BLOCKS_PER_SM)
     out = torch.empty(m, weights.n, dtype=out_dtype, device=xq.device)
-    partial = None
-    if splits > 1:  # per split, block, accumulator and lane
-        partial = torch.empty(splits * weights.tiles * _config(mode, m)["NT"] * 128, dtype=torch.float32,
-                              device=xq.device)
+    partial = partial_sums(splits, weights.tiles, _config(mode, m)["NT"], torch.float32, xq.device)
     _module(mode, m, xq.device).launch(
         "int4_group_gemm", (weights.tiles, splits, 1), 32 * KWARPS,
         [pointer(weights.qw), pointer(weights.sz), pointer(xq), pointer(input_scale), pointer(tensor_scale), pointer(bias), pointer(out),

@@ -12,7 +12,7 @@ import ctypes
 
 import torch
 
-from . import load_module, nvrtc_available, pointer, split_chunks
+from . import load_module, nvrtc_available, partial_sums, pointer, split_k
 
 MAX_ROWS = 16  # two column tiles of 8 input rows per warp
 KWARPS = 4  # warps of a block, sharing one 16-row weight tile and taking its chunks in turn
@@ -55,12 +55,8 @@ def int4_small_m_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w
     (m, k), n = a.shape, w.shape[0]
     nt = 1 if m <= 8 else 2
     tiles, chunks = -(-n // 16), -(-(k // 2) // (64 * PIECES))
-    # a split over blocks takes whole rounds of KWARPS chunks
-    per_split = KWARPS * split_chunks(tiles, -(-chunks // KWARPS), a.device, BLOCKS_PER_SM)
-    splits = -(-chunks // per_split)
-    partial = None
-    if splits > 1:  # per split, block, accumulator and lane
-        partial = torch.empty(splits * tiles * nt * 128, dtype=torch.int32, device=a.device)
+    per_split, splits = split_k(tiles, chunks, KWARPS, a.device, BLOCKS_PER_SM)
+    partial = partial_sums(splits, tiles, nt, torch.int32, a.device)
     out_kind = 0 if out.dtype == torch.int32 else 1 if out.dtype == torch.int8 else 2
     module = load_module("int4_small_m.cu", {"NT": nt, "KWARPS": KWARPS, "STAGES": STAGES, "PIECES": PIECES}, a.device)
     module.launch(
