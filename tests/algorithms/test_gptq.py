@@ -153,6 +153,38 @@ def test_gptq_on_a_model_lowers_the_output_error_and_reports_itself():
     assert errors["dpq", False] < errors["rtn", False]
 
 
+def test_layers_share_a_hessian_only_when_they_read_the_very_same_tensor():
+    """b's input is made right after a's input is freed, so Python may give it a's input's id (as it did
+    with SmolLM2's o_proj and gate/up): b must still get its own Hessian."""
+    class Chain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(32, 32, bias=False), nn.Linear(32, 32, bias=False)
+            self.c = nn.Linear(32, 32, bias=False)
+
+        def forward(self, x):
+            y = self.a(x * 2.0)  # a's input is freed on return ...
+            return self.c(self.b(y + 1.0))  # ... and b's, made next, may take its place
+
+    from lowbit.algorithms import gptq
+
+    model = Chain()
+    x = torch.randn(8, 32, generator=GEN)
+    groups = gptq._execution_groups(model, x, dict(a=model.a, b=model.b, c=model.c))
+    assert groups == [["a"], ["b"], ["c"]]
+
+    prepared = lowbit.prepare(model, "w4a16", [x], algorithm="gptq", group_size=16, progress=False)
+    seen = []
+    hook = prepared.b.register_forward_pre_hook(lambda m, a: seen.append(a[0].bfloat16().float()))
+    with torch.no_grad():
+        prepared(x)  # b's input through a's frozen codes, as GPTQ saw it
+    hook.remove()
+    b = prepared.b
+    expected = gptq_quantize(b.weight, 2 * seen[0].t() @ seen[0] / len(x),
+                             b.weight_quantizer.column_quantizer(b.weight, composed=False))
+    assert torch.equal(b.weight_quantizer.frozen.codes, expected.codes.codes)
+
+
 def test_a_weight_shared_by_two_layers_is_quantized_once():
     class Tied(nn.Module):
         def __init__(self):

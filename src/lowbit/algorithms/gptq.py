@@ -164,8 +164,10 @@ def _call_all(run, inputs: Sequence) -> None:
 def _execution_groups(run, first_input, layers: dict[str, nn.Module]) -> list[list[str]]:
     """The layers in the order they run on one input, consecutive layers that read the same
     tensor (q/k/v, gate/up) grouped: they share one Hessian."""
-    seen: list[tuple[str, int]] = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: seen.append((n, id(args[0]))))
+    # The inputs themselves, not their id(): a tensor freed during the pass (o_proj's input) may hand
+    # its id to the next one (the MLP's input), which would put unrelated layers in one group.
+    seen: list[tuple[str, torch.Tensor]] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: seen.append((n, args[0])))
              for n, m in layers.items()]
     try:
         _call_all(run, [first_input])
@@ -179,14 +181,14 @@ def _execution_groups(run, first_input, layers: dict[str, nn.Module]) -> list[li
                                "reaches them")
     groups: list[list[str]] = []
     last_input = None
-    for name, tensor_id in seen:
+    for name, tensor in seen:
         if any(name in grp for grp in groups):
             continue  # a layer called twice is quantized once, from its first call's group
-        if groups and tensor_id == last_input:
+        if groups and tensor is last_input:
             groups[-1].append(name)
         else:
             groups.append([name])
-        last_input = tensor_id
+        last_input = tensor
     return groups
 
 
