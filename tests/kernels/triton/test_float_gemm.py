@@ -6,7 +6,7 @@ import torch
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.bfloat16])
-@pytest.mark.parametrize("m,k,n", [(300, 129, 257), (17, 2000, 300)], ids=["tile", "split_k"])
+@pytest.mark.parametrize("m,k,n", [(300, 129, 257), (17, 2000, 300), (4100, 272, 1100)], ids=["tile", "split_k", "tma"])
 def test_float_gemm_every_config(dtype, m, k, n, pinned_config):
     from lowbit.kernels.triton import float_gemm, gemm
 
@@ -19,6 +19,8 @@ def test_float_gemm_every_config(dtype, m, k, n, pinned_config):
     size = ((a.double().abs() @ w.double().abs().t()) * (sa.double() * sw.double())).max()  # of the sums
     if m <= gemm.SMALL_M:
         kernel, configs = gemm._SPLITK_KERNEL, gemm._splitk_configs()
+    elif gemm._uses_tma(a, w, packed=False):  # E4M3 at the large shape
+        kernel, configs = gemm._TMA_KERNEL, gemm._tma_configs()
     else:
         kernel, configs = gemm._TILE_KERNELS[8 * a.element_size()], gemm._tile_configs(8 * a.element_size())
     for config in configs:

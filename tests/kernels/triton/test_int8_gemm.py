@@ -79,6 +79,32 @@ def test_epilogue_matches_reference(per_token, activation):
     assert torch.allclose(bf16.float().cpu(), ref, rtol=8e-3, atol=1e-5)
 
 
+def test_tma_kernel_every_config_exact_with_the_epilogue(pinned_config):
+    """Large 8-bit GEMMs go to the TMA kernel: M, N and K all end inside a tile (the descriptors read
+    zeros there). Each config alone: the sums, and the per-token epilogue bit for bit."""
+    from lowbit.kernels.triton import gemm, int8_gemm
+
+    m, k, n = 4100, 272, 1100  # 33 x 5 tiles of 128 x 256: enough to take the TMA kernel on an H100
+    a, w = _operands(m, k, n, seed=21)
+    assert gemm._uses_tma(a, w, packed=False)
+    acc_ref = (a.double() @ w.double().t()).long().cpu()  # exact: |sums| < 2^53
+    sa = (torch.rand(m, device="cuda") + 0.5) * 0.01
+    sw = (torch.rand(n, device="cuda") + 0.5) * 0.01
+    bias = torch.randn(n, device="cuda")
+    ref = (acc_ref.float() * (sa.cpu()[:, None] * sw.cpu()[None, :]) + bias.cpu()).relu()
+    one = torch.ones((), device="cuda")
+    for config in gemm._tma_configs():
+        with pinned_config(gemm._TMA_KERNEL, config):
+            acc = int8_gemm(a, w, one, torch.ones(n, device="cuda"), out_dtype=torch.int32)
+            out = int8_gemm(a, w, sa, sw, bias, activation="relu", out_dtype=torch.float32)
+        assert torch.equal(acc.cpu().long(), acc_ref), config.kwargs
+        assert torch.equal(out.cpu(), ref), config.kwargs
+    unaligned = torch.cat([a, a[:, :1]], 1)[:, :k]  # rows 273 bytes apart: no descriptor can take them
+    assert not gemm._uses_tma(unaligned, w, packed=False)
+    acc = int8_gemm(unaligned, w, one, torch.ones(n, device="cuda"), out_dtype=torch.int32)
+    assert torch.equal(acc.cpu().long(), acc_ref)
+
+
 def test_requantized_int8_output():
     from lowbit.kernels.triton import int8_gemm
 

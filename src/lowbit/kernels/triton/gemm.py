@@ -6,6 +6,7 @@ INT4 tensor cores, so the nibbles are sign-extended to int8 in registers and the
 INT4 halves the bytes streamed from memory, which is what bounds small batches. With INT4 weights and at
 most 16 rows, int8_gemm runs a CUDA kernel instead (kernels/cuda/int4_small_m.cu, same results), which
 unpacks the nibbles with a few integer operations where Triton's tensor reshapes cost more than the bytes saved.
+Large GEMMs of int8 or E4M3 operands load their tiles through TMA descriptors (:func:`_gemm_tma_kernel`).
 Computes exactly what kernels/reference.py defines for an integer linear layer:
   acc[m, n] = sum_k a[m, k] * w[n, k]                         (int32, exact)
   y[m, n]   = float32(acc) * (sa[m or 0] * sw[n]) + bias[n]    then ReLU/GELU, then the output cast
@@ -18,10 +19,13 @@ call never waits for the GPU and can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .autotune import candidate_configs
 
@@ -47,11 +51,25 @@ def _splitk_configs():
                                   (32, 256, 1, 4), (16, 256, 1, 4), (32, 512, 1, 3)]]  # unsplit
 
 
+def _set_tma_blocks(nargs):
+    """Autotune pre-hook: the descriptors' box is the config's tile."""
+    nargs["a_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
+    nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+
+
+def _tma_configs():
+    # H100, 2026-11-23 (devprobe sweep, 8192^3 int8): 128x256 persistent 864 us, 256x128 one program per
+    # tile 882, against 990 for the best pointer-load tile; 128x128 for shapes that fill fewer SMs.
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "GROUP_M": 8, "PERSISTENT": p},
+                          num_stages=s, num_warps=w, pre_hook=_set_tma_blocks)
+            for bm, bn, s, w, p in [(128, 256, 4, 8, True), (256, 128, 4, 8, False), (128, 256, 3, 8, True),
+                                    (128, 128, 4, 4, False)]]
+
+
 @triton.jit
-def _grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """This program's (row tile, column tile) in grouped launch order: programs that share
+def _grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Tile ``pid``'s (row tile, column tile) in grouped launch order: programs that share
     weight columns run together, so the weights are reused from L2."""
-    pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
     width = GROUP_M * grid_n
@@ -132,7 +150,7 @@ def _gemm_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr,
                       PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr,
                       QMIN: tl.constexpr, QMAX: tl.constexpr, W_PACKED: tl.constexpr, FLOAT_ACC: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -147,6 +165,43 @@ def _gemm_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr,
         a_ptrs += BLOCK_K * stride_ak
     _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr,
               out_ptr, 0, 0, out_scale_ptr, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, 0, QMIN, QMAX)
+
+
+@triton.jit
+def _tma_tile(pid, a_desc, w_desc, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr, M, N, K, stride_om, stride_on,
+              PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr,
+              QMIN: tl.constexpr, QMAX: tl.constexpr, FLOAT_ACC: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid_m, pid_n = _grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if FLOAT_ACC else tl.int32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):  # the descriptors read zeros past M, N and K
+        a = a_desc.load([pid_m * BLOCK_M, k * BLOCK_K])
+        w = w_desc.load([pid_n * BLOCK_N, k * BLOCK_K])
+        acc = tl.dot(a, w.T, acc, out_dtype=acc.dtype)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr,
+              out_ptr, 0, 0, out_scale_ptr, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, 0, QMIN, QMAX)
+
+
+@triton.jit
+def _gemm_tma_kernel(a_desc, w_desc, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr,
+                     M, N, K, M_BUCKET, stride_om, stride_on,
+                     PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_KIND: tl.constexpr,
+                     QMIN: tl.constexpr, QMAX: tl.constexpr, W_PACKED: tl.constexpr, FLOAT_ACC: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                     PERSISTENT: tl.constexpr):
+    """Large 8-bit GEMMs: the operand tiles come by TMA (tensor descriptors) into the wgmma pipeline,
+    without per-element addresses and masks. PERSISTENT: one program per SM walks the tiles."""
+    if PERSISTENT:
+        for pid in tl.range(tl.program_id(0), tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N), tl.num_programs(0)):
+            _tma_tile(pid, a_desc, w_desc, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr, M, N, K, stride_om,
+                      stride_on, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, QMIN, QMAX, FLOAT_ACC, BLOCK_M, BLOCK_N, BLOCK_K,
+                      GROUP_M)
+    else:
+        _tma_tile(tl.program_id(0), a_desc, w_desc, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr, M, N, K,
+                  stride_om, stride_on, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, QMIN, QMAX, FLOAT_ACC, BLOCK_M, BLOCK_N,
+                  BLOCK_K, GROUP_M)
 
 
 @triton.jit
@@ -201,6 +256,7 @@ _KEY = ["M_BUCKET", "N", "K", "OUT_KIND", "W_PACKED", "FLOAT_ACC"]
 _TILE_KERNELS = {bits: triton.autotune(configs=candidate_configs(_tile_configs(bits)), key=_KEY)(_gemm_kernel)
                  for bits in (8, 16)}
 _SPLITK_KERNEL = triton.autotune(configs=candidate_configs(_splitk_configs()), key=_KEY)(_gemm_splitk_kernel)
+_TMA_KERNEL = triton.autotune(configs=candidate_configs(_tma_configs()), key=_KEY)(_gemm_tma_kernel)
 
 _WORKSPACES: dict = {}
 
@@ -213,6 +269,23 @@ def _splitk_workspace(device: torch.device, n: int, dtype: torch.dtype) -> tuple
         _WORKSPACES[key] = (torch.zeros(SMALL_M, n, dtype=dtype, device=device),
                             torch.zeros(triton.cdiv(n, 16), dtype=torch.int32, device=device))
     return _WORKSPACES[key]
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _tma_ready(t: torch.Tensor) -> bool:
+    """What a TMA descriptor needs: unit stride along K, a 16-byte aligned start and row stride."""
+    return t.stride(1) == 1 and t.stride(0) * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
+
+
+def _uses_tma(a: torch.Tensor, w: torch.Tensor, packed: bool) -> bool:
+    """The TMA kernel takes 8-bit operands (int8, E4M3) when its 128 x 256 tiles fill every SM at least
+    once; below that the pointer-load kernel's smaller tiles keep more SMs busy."""
+    return (a.element_size() == 1 and not packed and _tma_ready(a) and _tma_ready(w)
+            and triton.cdiv(a.shape[0], 128) * triton.cdiv(w.shape[0], 256) >= _sm_count(a.device))
 
 
 _OUT_KINDS = {torch.int32: 0, torch.int8: 1, torch.bfloat16: 2, torch.float16: 2, torch.float32: 2}
@@ -312,8 +385,9 @@ def int8_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale: 
 
 def _launch(a, w, out, a_scale, w_scale, bias, out_scale, flags: dict) -> None:
     """Checks the scales (per tensor, or per token when a_scale is 1-D) and the bias, then launches the
-    split-K kernel for few rows, the tiled one otherwise; packed INT4 weights with at most 16 rows go to
-    a CUDA kernel instead (kernels/cuda/int4_small_m.cu), where it fits."""
+    split-K kernel for few rows, the TMA kernel for large 8-bit GEMMs whose operands a descriptor can
+    take, the pointer-load tiled one otherwise; packed INT4 weights with at most 16 rows go to a CUDA
+    kernel instead (kernels/cuda/int4_small_m.cu), where it fits."""
     (m, k), n = a.shape, w.shape[0]
     per_token = a_scale.dim() == 1
     _check(a_scale, "a_scale", torch.float32, a.device, (m,) if per_token else ())
@@ -337,6 +411,15 @@ def _launch(a, w, out, a_scale, w_scale, bias, out_scale, flags: dict) -> None:
         _SPLITK_KERNEL[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
             a, w, out, a_scale, w_scale, bias_arg, out_scale_arg, ws, counts, *common,
             BLOCK_M=16 if m <= 16 else 32, **flags, enable_fp_fusion=False)
+    elif _uses_tma(a, w, flags["W_PACKED"]):
+        def grid(meta):
+            tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])
+            return (min(tiles, _sm_count(a.device)) if meta["PERSISTENT"] else tiles,)
+
+        # The box shape is set per config by the autotuner's pre-hook (_set_tma_blocks).
+        _TMA_KERNEL[grid](TensorDescriptor.from_tensor(a, [128, 128]), TensorDescriptor.from_tensor(w, [128, 128]),
+                          out, a_scale, w_scale, bias_arg, out_scale_arg, *common[:4], *common[8:], **flags,
+                          enable_fp_fusion=False)
     else:
         _TILE_KERNELS[8 * a.element_size()][
             lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)](
