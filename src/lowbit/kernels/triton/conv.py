@@ -46,7 +46,7 @@ def _int8_conv_kernel(x_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale
                       QMIN: tl.constexpr, QMAX: tl.constexpr, W_PACKED: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                       C_ALIGNED: tl.constexpr):
-    pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
