@@ -185,7 +185,9 @@ class Int8ResNet(nn.Module):
         if self.maxpool is not None:
             q = self.pool(q)
         y = self.blocks(q)  # float32 out of the last block
-        return self.fc(y.mean((2, 3)))
+        # Summed in float64, the mean rounds to the same float32 in any summation order, so the FC's
+        # input codes do not depend on the device (torch's CUDA and CPU reductions add in different orders).
+        return self.fc(y.double().mean((2, 3)).float())
 
 
 def _pair(v) -> tuple:

@@ -82,6 +82,37 @@ def test_fused_epilogue_is_bit_exact(residual_kind, relu):
     assert 0 < (q != 0).float().mean() and (q.abs() == 127).float().mean() < 0.5  # a real test of rounding
 
 
+@pytest.mark.parametrize("case", [CASES[0], (3, 5, 13, 11, 70, (3, 5), (2, 1), (2, 0, 1, 3), (2, 1))],
+                         ids=["stem", "c5_dilated"])
+def test_few_channels_run_im2col_and_the_gemm_bit_exact(case, monkeypatch):
+    """Fewer than 16 input channels: an im2col matrix and the GEMM, with the same sums and epilogue."""
+    from lowbit.kernels.triton import conv, conv_weight_nhwc, int8_conv2d
+
+    calls = []
+    real = conv._conv_by_im2col
+    monkeypatch.setattr(conv, "_conv_by_im2col", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, wt, geo = _case(*case, seed=5)
+    g = torch.Generator(device="cuda").manual_seed(6)
+    o = geo.out_channels
+    sx = torch.tensor(0.02, device="cuda")
+    sw = torch.rand(o, device="cuda", generator=g) * 1e-3 + 1e-4
+    bias = torch.randn(o, device="cuda", generator=g)
+    out_scale = torch.tensor(0.03, device="cuda")
+    args = dict(stride=geo.stride, pads=geo.pads, dilation=geo.dilation, relu=True)
+    acc = int8_conv2d(x, conv_weight_nhwc(wt), torch.ones((), device="cuda"), torch.ones(o, device="cuda"),
+                      stride=geo.stride, pads=geo.pads, dilation=geo.dilation, out_dtype=torch.int32)
+    q = int8_conv2d(x, conv_weight_nhwc(wt), sx, sw, bias, out_dtype=torch.int8, out_scale=out_scale, **args)
+    y = int8_conv2d(x, conv_weight_nhwc(wt), sx, sw, bias, out_dtype=torch.float32, **args)
+    assert len(calls) == 3
+    ref_acc = _acc_ref(x, wt, geo)
+    assert acc.is_contiguous(memory_format=torch.channels_last) and q.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(acc.cpu(), ref_acc)
+    assert torch.equal(y.cpu(), epilogue(ref_acc, sx.cpu(), sw.cpu(), bias.cpu(), 1, relu=True))
+    assert torch.equal(q.cpu(), epilogue(ref_acc, sx.cpu(), sw.cpu(), bias.cpu(), 1, relu=True,
+                                         out_scale=out_scale.cpu()))
+    assert 0 < (q != 0).float().mean() and (q == 127).float().mean() < 0.5
+
+
 def test_layouts_and_bad_inputs():
     from lowbit.kernels.triton import conv_weight_nhwc, int8_conv2d
 
@@ -133,8 +164,9 @@ def test_static_quantize_keeps_layout():
     assert torch.equal(q.cpu(), ref)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[2], (2, 128, 9, 7, 200, (3, 3), (2, 1), (1, 1, 1, 1), (1, 1))],
-                         ids=["generic", "c48", "aligned"])
+@pytest.mark.parametrize("case", [(2, 20, 9, 8, 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)), CASES[2],
+                                  (2, 128, 9, 7, 200, (3, 3), (2, 1), (1, 1, 1, 1), (1, 1))],
+                         ids=["c20", "c48", "aligned"])
 @pytest.mark.parametrize("int4", [False, True], ids=["int8", "int4"])
 def test_every_config_is_exact(case, int4, pinned_config):
     """Tests run one config per shape (LOWBIT_AUTOTUNE=0); here each candidate runs alone."""

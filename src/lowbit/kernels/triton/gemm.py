@@ -38,7 +38,7 @@ SMALL_M = 32  # up to this many rows the split-K kernel streams the weights acro
 # tiles (int8, E4M3) take 128 columns of K per stage; bf16 tiles, twice the bytes per element, 64.
 def _tile_configs(bits: int = 8):
     shapes = ([(256, 128, 128, 3, 8), (128, 256, 128, 3, 8), (128, 128, 64, 5, 4), (64, 128, 128, 4, 4),
-               (64, 64, 256, 4, 4)] if bits == 8 else
+               (64, 64, 256, 4, 4), (256, 64, 64, 4, 8)] if bits == 8 else
               [(128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 128, 64, 4, 4), (64, 128, 64, 4, 4)])
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
             for bm, bn, bk, s, w in shapes]
@@ -283,9 +283,10 @@ def _tma_ready(t: torch.Tensor) -> bool:
 
 def _uses_tma(a: torch.Tensor, w: torch.Tensor, packed: bool) -> bool:
     """The TMA kernel takes 8-bit operands (int8, E4M3) when its 128 x 256 tiles fill every SM at least
-    once; below that the pointer-load kernel's smaller tiles keep more SMs busy."""
-    return (a.element_size() == 1 and not packed and _tma_ready(a) and _tma_ready(w)
-            and triton.cdiv(a.shape[0], 128) * triton.cdiv(w.shape[0], 256) >= _sm_count(a.device))
+    once; below that (or for fewer than 256 columns) the pointer-load kernel's smaller tiles fit better."""
+    n = w.shape[0]
+    return (a.element_size() == 1 and not packed and n >= 256 and _tma_ready(a) and _tma_ready(w)
+            and triton.cdiv(a.shape[0], 128) * triton.cdiv(n, 256) >= _sm_count(a.device))
 
 
 _OUT_KINDS = {torch.int32: 0, torch.int8: 1, torch.bfloat16: 2, torch.float16: 2, torch.float32: 2}
