@@ -6,9 +6,9 @@ weight stored [O, KH, KW, C] (:func:`conv_weight_nhwc`), int8 or signed INT4 pac
 the GEMM. Each A tile is gathered straight from the
 input, no im2col in memory: when C is a multiple of BLOCK_K a k block lies inside one (kh, kw) tap and
 is contiguous; otherwise each element's tap is decoded. Convolutions of fewer than 16 input channels
-without a residual (the 3-channel stem) write an im2col matrix instead and run the GEMM on it. Padding reads code 0,
-which is real 0 for the symmetric activations this kernel takes. The epilogue is the GEMM's
-(gemm._epilogue): scales, bias, residual, ReLU, then int8 for the next layer or float.
+without a residual (the 3-channel stem) write an im2col matrix instead and run the GEMM on it.
+Padding reads code 0, which is real 0 for the symmetric activations this kernel takes. The epilogue is
+the GEMM's (gemm._epilogue): scales, bias, residual, ReLU, then int8 for the next layer or float.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def _conv_by_im2col(x, w, x_scale, w_scale, bias, geometry, relu, out_dtype, out
     o, kh, kw = w.shape[:3]
     oh, ow, (sh, sw), (pt, pl), (dh, dw) = geometry
     m, k = b * oh * ow, kh * kw * c
-    kp = -(-k // 16) * 16  # as the caller's k_padded, under 2^31 elements in all (the GEMM's 32-bit offsets)
+    kp = -(-k // 16) * 16  # the caller's k_padded
     a = torch.empty(m, kp, dtype=torch.int8, device=x.device)
     _im2col_kernel[(triton.cdiv(m, 64), triton.cdiv(kp, 32))](
         x, a, m, k, kp, h, wd, oh, ow, sh, sw, pt, pl, dh, dw, x.stride(0), x.stride(2), x.stride(3),
@@ -199,8 +199,8 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_scale
         x = x.contiguous(memory_format=torch.channels_last)
     check_int32_indexable(x, "x", "int8_conv2d")
     m = b * oh * ow
-    k_padded = -(-k // 16) * 16
-    if c < IM2COL_MAX_CHANNELS and residual is None and not packed and 0 < m * k_padded < 1 << 31 and o > 0:
+    k_padded = -(-k // 16) * 16  # the GEMM indexes its im2col input and its output with 32 bits
+    if c < IM2COL_MAX_CHANNELS and residual is None and not packed and 0 < m * max(k_padded, o) < 1 << 31 and o > 0:
         return _conv_by_im2col(x, w, x_scale, w_scale, bias, (oh, ow, stride, (pt, pl), dilation), relu,
                                out_dtype, out_scale if kind == 1 else None, out_range)
     out = torch.empty((b, o, oh, ow), dtype=out_dtype, device=device, memory_format=torch.channels_last)
