@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import rows_16_byte_aligned
 from . import load_module, multiprocessors, nvrtc_available, partial_sums, pointer, split_k
 
 W4A16, W4A8 = 0, 1
@@ -183,8 +184,7 @@ def int4_group_linear(x: torch.Tensor, weights: KernelWeights, mode: int, *, inp
     k64 = weights.chunks * 64
     if mode == W4A8 and nan_count is None:
         nan_count = torch.zeros(1, dtype=torch.int32, device=x.device)
-    if (mode == W4A16 and x.dtype == torch.bfloat16 and k == k64 and x.stride(1) == 1 and x.stride(0) % 8 == 0
-            and x.data_ptr() % 16 == 0):
+    if mode == W4A16 and x.dtype == torch.bfloat16 and k == k64 and rows_16_byte_aligned(x):
         xq, scale = x, None  # already what the kernel reads
     else:
         xq, scale = prepare_input(x, mode, k64, input_scale, per_token, nan_count)

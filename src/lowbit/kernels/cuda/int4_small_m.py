@@ -12,6 +12,7 @@ import ctypes
 
 import torch
 
+from .. import rows_16_byte_aligned
 from . import load_module, nvrtc_available, partial_sums, pointer, split_k
 
 MAX_ROWS = 16  # two column tiles of 8 input rows per warp
@@ -32,7 +33,7 @@ def fits(a: torch.Tensor, w: torch.Tensor) -> bool:
     m, k = a.shape
     return (ENABLED and 0 < m <= MAX_ROWS and k % 32 == 0 and nvrtc_available()
             and torch.cuda.get_device_capability(a.device) >= (8, 0)
-            and all(t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0 for t in (a, w)))
+            and rows_16_byte_aligned(a) and rows_16_byte_aligned(w))
 
 
 _ARRIVALS: dict = {}

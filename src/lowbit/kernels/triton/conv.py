@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .autotune import candidate_configs
 from .gemm import (_OUT_KINDS, _check, _epilogue, _grouped_tile, _dot_weights, check_int32_accumulation,
-                   check_int32_indexable, check_out_range, scale_arg)
+                   check_int32_indexable, check_out_range, int8_gemm, scale_arg)
 
 
 def conv_configs():
@@ -119,14 +119,11 @@ def _im2col_kernel(x_ptr, a_ptr, M, K, KP, H, W, OH, OW, stride_h, stride_w, pad
 
 def _conv_by_im2col(x, w, x_scale, w_scale, bias, geometry, relu, out_dtype, out_scale, out_range):
     """The convolution as im2col [M, KP] int8 + int8_gemm (the same sums and epilogue): its [M, O] rows
-    are the channels-last output."""
-    from .gemm import int8_gemm
-
+    are the channels-last output. KP is K rounded up to 16 (``geometry`` holds it with the output size)."""
     b, c, h, wd = x.shape
     o, kh, kw = w.shape[:3]
-    oh, ow, (sh, sw), (pt, pl), (dh, dw) = geometry
+    oh, ow, kp, (sh, sw), (pt, pl), (dh, dw) = geometry
     m, k = b * oh * ow, kh * kw * c
-    kp = -(-k // 16) * 16  # the caller's k_padded
     a = torch.empty(m, kp, dtype=torch.int8, device=x.device)
     _im2col_kernel[(triton.cdiv(m, 64), triton.cdiv(kp, 32))](
         x, a, m, k, kp, h, wd, oh, ow, sh, sw, pt, pl, dh, dw, x.stride(0), x.stride(2), x.stride(3),
@@ -201,7 +198,7 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_scale
     m = b * oh * ow
     k_padded = -(-k // 16) * 16  # the GEMM indexes its im2col input and its output with 32 bits
     if c < IM2COL_MAX_CHANNELS and residual is None and not packed and 0 < m * max(k_padded, o) < 1 << 31 and o > 0:
-        return _conv_by_im2col(x, w, x_scale, w_scale, bias, (oh, ow, stride, (pt, pl), dilation), relu,
+        return _conv_by_im2col(x, w, x_scale, w_scale, bias, (oh, ow, k_padded, stride, (pt, pl), dilation), relu,
                                out_dtype, out_scale if kind == 1 else None, out_range)
     out = torch.empty((b, o, oh, ow), dtype=out_dtype, device=device, memory_format=torch.channels_last)
     res_kind, res_scale = 0, w_scale  # never read without a residual

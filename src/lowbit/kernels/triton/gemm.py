@@ -19,14 +19,14 @@ call never waits for the GPU and can be captured in a CUDA graph.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from .. import rows_16_byte_aligned
+from ..cuda import multiprocessors
 from .autotune import candidate_configs
 
 _ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
@@ -271,22 +271,12 @@ def _splitk_workspace(device: torch.device, n: int, dtype: torch.dtype) -> tuple
     return _WORKSPACES[key]
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def _tma_ready(t: torch.Tensor) -> bool:
-    """What a TMA descriptor needs: unit stride along K, a 16-byte aligned start and row stride."""
-    return t.stride(1) == 1 and t.stride(0) * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
-
-
 def _uses_tma(a: torch.Tensor, w: torch.Tensor, packed: bool) -> bool:
     """The TMA kernel takes 8-bit operands (int8, E4M3) when its 128 x 256 tiles fill every SM at least
     once; below that (or for fewer than 256 columns) the pointer-load kernel's smaller tiles fit better."""
     n = w.shape[0]
-    return (a.element_size() == 1 and not packed and n >= 256 and _tma_ready(a) and _tma_ready(w)
-            and triton.cdiv(a.shape[0], 128) * triton.cdiv(n, 256) >= _sm_count(a.device))
+    return (a.element_size() == 1 and not packed and n >= 256 and rows_16_byte_aligned(a) and rows_16_byte_aligned(w)
+            and triton.cdiv(a.shape[0], 128) * triton.cdiv(n, 256) >= multiprocessors(a.device))
 
 
 _OUT_KINDS = {torch.int32: 0, torch.int8: 1, torch.bfloat16: 2, torch.float16: 2, torch.float32: 2}
@@ -415,7 +405,7 @@ def _launch(a, w, out, a_scale, w_scale, bias, out_scale, flags: dict) -> None:
     elif _uses_tma(a, w, flags["W_PACKED"]):
         def grid(meta):
             tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])
-            return (min(tiles, _sm_count(a.device)) if meta["PERSISTENT"] else tiles,)
+            return (min(tiles, multiprocessors(a.device)) if meta["PERSISTENT"] else tiles,)
 
         # The box shape is set per config by the autotuner's pre-hook (_set_tma_blocks).
         _TMA_KERNEL[grid](TensorDescriptor.from_tensor(a, [128, 128]), TensorDescriptor.from_tensor(w, [128, 128]),
