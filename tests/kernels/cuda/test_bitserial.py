@@ -18,10 +18,13 @@ needs_nvrtc = pytest.mark.skipif(importlib.util.find_spec("cuda") is None, reaso
 
 @needs_nvrtc
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("nt,warps_k,a8", [(1, 1, 8), (4, 8, 8), (2, 4, 16), (4, 2, 16)])
-def test_kernel_compiles_with_nvrtc(arch, nt, warps_k, a8):
+@pytest.mark.parametrize("m,words,act_bits", [(1, 16, 8), (1, 128, 8), (3, 64, 16), (8, 256, 8), (33, 32, 16)])
+def test_kernel_compiles_with_nvrtc(arch, m, words, act_bits):
+    from lowbit.kernels.cuda.bitserial import _config
+
+    cfg = _config(m, words, act_bits)
     source = (Path(SOURCE_DIR) / "bitserial.cu").read_text()
-    assert len(compile_cubin(source, "bitserial.cu", [f"-DNT={nt}", f"-DWARPS_K={warps_k}", f"-DA8={a8}"], arch)) > 0
+    assert len(compile_cubin(source, "bitserial.cu", [f"-D{k}={v}" for k, v in cfg.items()], arch)) > 0
 
 
 def _reference(x, planes, active, x_scale, act_bits, signed, w_scale, bias, k):
@@ -33,7 +36,9 @@ def _reference(x, planes, active, x_scale, act_bits, signed, w_scale, bias, k):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("m,n,k", [(1, 17, 77), (3, 130, 513), (8, 64, 1000), (33, 5, 1), (2, 300, 4096)])
+# K = 9000: 18 chunks of 512, so a warp takes 2 or 3 of them through the two-stage weight pipeline.
+@pytest.mark.parametrize("m,n,k", [(1, 17, 77), (3, 130, 513), (8, 64, 1000), (33, 5, 1), (2, 300, 4096),
+                                   (5, 40, 9000)])
 @pytest.mark.parametrize("weight_bits,active,act_bits,signed",
                          [(8, 8, 8, True), (8, 3, 8, False), (1, 1, 16, True), (4, 2, 11, True), (16, 16, 16, False),
                           (6, 6, 2, True)])

@@ -66,6 +66,14 @@ MIN_SPLIT_ROUNDS = 2  # a split of K over blocks has at least this many rounds o
 
 
 @cache
+def launches_early(device: torch.device) -> bool:
+    """Whether kernels may be launched while the previous one on the stream runs (programmatic dependent
+    launch, Hopper on): such a kernel loads what does not depend on that one (its weights), then waits
+    (griddepcontrol.wait) before reading its input."""
+    return torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+@cache
 def multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 

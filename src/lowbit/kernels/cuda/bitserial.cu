@@ -2,7 +2,7 @@
 // The arithmetic is kernels/reference.py:bitserial_acc and nn/bitserial.py, exactly.
 //
 // Compile-time constants (-D): NT (column tiles of 8 per warp), WARPS_K (warps of a block splitting K),
-// A8 (activation planes per input row, padded to a multiple of 8), PG (weight planes loaded ahead).
+// A8 (activation planes per input row, padded to a multiple of 8), PG (weight planes per pipeline stage).
 //
 // Layouts (int32 words, bit i of word w = element 32w + i along K; K padded with zero bits to WPAD words,
 // a multiple of 16, i.e. 512 bits: two mma k-steps per 16-byte load):
@@ -34,6 +34,8 @@ typedef long long i64;
 
 // One block: 16 output rows x (NT * 8) input-plane columns, its WARPS_K warps splitting K.
 // out[m, r] = float(acc) * scale[r] + bias[r] (then ReLU), acc as in reference.bitserial_acc.
+// A warp's work is a sequence of groups (PG weight planes of one of its chunks); the loads of the next
+// group are in flight while the current one's mmas run, across chunk boundaries too.
 extern "C" __global__ void __launch_bounds__(32 * WARPS_K)
 bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xplanes, const int* __restrict__ xsum,
                const float* __restrict__ scale, const float* __restrict__ bias, float* __restrict__ out,
@@ -45,56 +47,91 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
     const int chunks = wpad / 16;              // 512-bit chunks along K
     const int r_lo = row0 + g, r_hi = row0 + g + 8;
     const int cols = M * A8;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");  // the next layer's input kernel may be launched
+#endif
+
+    const int per_chunk = (active + PG - 1) / PG;  // groups of each chunk
+    const int groups = chunks > warp ? (chunks - warp + WARPS_K - 1) / WARPS_K * per_chunk : 0;
+    auto chunk_of = [&](int gi) { return warp + gi / per_chunk * WARPS_K; };
+    auto load_weights = [&](uint4 (&lo)[PG], uint4 (&hi)[PG], int gi) {
+        const int c = chunk_of(gi), i0 = gi % per_chunk * PG;
+#pragma unroll
+        for (int p = 0; p < PG; ++p) {
+            const int plane = n_stored - active + i0 + p;
+            const bool ok = i0 + p < active;
+            lo[p] = ok && r_lo < N ? __ldg(wplanes + ((size_t)plane * N + r_lo) * (wpad / 4) + c * 4 + t) : zero;
+            hi[p] = ok && r_hi < N ? __ldg(wplanes + ((size_t)plane * N + r_hi) * (wpad / 4) + c * 4 + t) : zero;
+        }
+    };
+    // Weights and epilogue constants do not depend on the previous kernel: they are in flight before
+    // waiting for it (this kernel is launched early behind it on Hopper: programmatic dependent launch).
+    uint4 w0_lo[PG], w0_hi[PG], w1_lo[PG], w1_hi[PG];
+    if (groups > 0) load_weights(w0_lo, w0_hi, 0);
+    const int rr = threadIdx.x % 16;  // the output row of this thread's epilogue (blockDim is a multiple of 16)
+    const bool epilogue_row = row0 + rr < N && threadIdx.x < M_PER_WARP * 16;
+    const float scale_r = epilogue_row ? scale[row0 + rr] : 0.0f;
+    const float bias_r = epilogue_row && bias ? bias[row0 + rr] : 0.0f;
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
 
     i64 total[NT][4];
 #pragma unroll
     for (int n = 0; n < NT; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) total[n][e] = 0;
-
-    // Launched early behind the input kernel (programmatic dependent launch on Hopper): wait for it.
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-    const uint4 zero = make_uint4(0, 0, 0, 0);
     int rowsum[M_PER_WARP];  // this lane's share of sum_K xq for the block's input rows
 #pragma unroll
     for (int mm = 0; mm < M_PER_WARP; ++mm) rowsum[mm] = 0;
-    for (int c = warp; c < chunks; c += WARPS_K) {
+    // The input planes and code sums of a chunk, one chunk ahead like the weights.
+    uint4 b[NT], b_next[NT];
+    int xs_next[M_PER_WARP];
+    auto load_input = [&](int c) {
 #pragma unroll
         for (int mm = 0; mm < M_PER_WARP; ++mm) {
             const int m = col0 / A8 + mm;
-            if (lane < 16 && m < M) rowsum[mm] += xsum[(size_t)m * wpad + c * 16 + lane];
+            xs_next[mm] = lane < 16 && m < M ? xsum[(size_t)m * wpad + c * 16 + lane] : 0;
         }
-        uint4 b[NT];
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
             const int col = col0 + n * 8 + g;
-            b[n] = col < cols ? __ldg(xplanes + (size_t)col * (wpad / 4) + c * 4 + t) : zero;
+            b_next[n] = col < cols ? __ldg(xplanes + (size_t)col * (wpad / 4) + c * 4 + t) : zero;
         }
-        for (int i0 = 0; i0 < active; i0 += PG) {  // PG planes' loads in flight before their mmas
-            uint4 a_lo[PG], a_hi[PG];
+    };
+    if (groups > 0) load_input(warp);
+
+    auto step = [&](const uint4 (&lo)[PG], const uint4 (&hi)[PG], uint4 (&next_lo)[PG], uint4 (&next_hi)[PG],
+                    int gi) {
+        const int i0 = gi % per_chunk * PG;
+        if (i0 == 0) {  // a new chunk: its input is the one loaded ahead
 #pragma unroll
-            for (int p = 0; p < PG; ++p) {
-                const int plane = n_stored - active + i0 + p;
-                const bool ok = i0 + p < active;
-                a_lo[p] = ok && r_lo < N ? __ldg(wplanes + ((size_t)plane * N + r_lo) * (wpad / 4) + c * 4 + t) : zero;
-                a_hi[p] = ok && r_hi < N ? __ldg(wplanes + ((size_t)plane * N + r_hi) * (wpad / 4) + c * 4 + t) : zero;
-            }
+            for (int n = 0; n < NT; ++n) b[n] = b_next[n];
 #pragma unroll
-            for (int p = 0; p < PG; ++p) {
-                if (i0 + p >= active) break;
-                const int shift = n_stored - active + i0 + p;  // this plane's weight 2^shift
+            for (int mm = 0; mm < M_PER_WARP; ++mm) rowsum[mm] += xs_next[mm];
+        }
+        if (gi + 1 < groups) {
+            load_weights(next_lo, next_hi, gi + 1);
+            if ((gi + 1) % per_chunk == 0) load_input(chunk_of(gi + 1));
+        }
 #pragma unroll
-                for (int n = 0; n < NT; ++n) {
-                    int acc[4] = {0, 0, 0, 0};
-                    mma_b1_and_popc(acc, a_lo[p].x, a_hi[p].x, a_lo[p].y, a_hi[p].y, b[n].x, b[n].y);
-                    mma_b1_and_popc(acc, a_lo[p].z, a_hi[p].z, a_lo[p].w, a_hi[p].w, b[n].z, b[n].w);
+        for (int p = 0; p < PG; ++p) {
+            if (i0 + p >= active) break;
+            const int shift = n_stored - active + i0 + p;  // this plane's weight 2^shift
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) total[n][e] += (i64)acc[e] << shift;
-                }
+            for (int n = 0; n < NT; ++n) {
+                int acc[4] = {0, 0, 0, 0};
+                mma_b1_and_popc(acc, lo[p].x, hi[p].x, lo[p].y, hi[p].y, b[n].x, b[n].y);
+                mma_b1_and_popc(acc, lo[p].z, hi[p].z, lo[p].w, hi[p].w, b[n].z, b[n].w);
+#pragma unroll
+                for (int e = 0; e < 4; ++e) total[n][e] += (i64)acc[e] << shift;
             }
         }
+    };
+    for (int gi = 0; gi < groups; gi += 2) {  // two register stages, named at compile time
+        step(w0_lo, w0_hi, w1_lo, w1_hi, gi);
+        if (gi + 1 < groups) step(w1_lo, w1_hi, w0_lo, w0_hi, gi + 1);
     }
 
     // Columns -> input rows: column (m, j) carries c_j 2^j, c_j = -1 for the top plane when signed.
@@ -140,9 +177,9 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
     __syncthreads();
     const i64 planes_sum = ((1LL << active) - 1) << (n_stored - active);  // sum_i 2^(n - k + i)
     for (int idx = threadIdx.x; idx < M_PER_WARP * 16; idx += 32 * WARPS_K) {
-        const int mm = idx / 16, rr = idx % 16;
-        const int m = col0 / A8 + mm, r = row0 + rr;
-        if (m >= M || r >= N) continue;
+        const int mm = idx / 16;
+        const int m = col0 / A8 + mm;
+        if (m >= M || !epilogue_row) continue;
         i64 s = 0, row_sum = 0;
 #pragma unroll
         for (int w = 0; w < WARPS_K; ++w) {
@@ -150,10 +187,10 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
             row_sum += shared_sum[w][mm];
         }
         const i64 acc = 2 * s - planes_sum * row_sum;
-        float y = __fmul_rn(__ll2float_rn(acc), scale[r]);
-        if (bias) y = __fadd_rn(y, bias[r]);
+        float y = __fmul_rn(__ll2float_rn(acc), scale_r);
+        if (bias) y = __fadd_rn(y, bias_r);
         if (relu) y = fmaxf(y, 0.0f);
-        out[(size_t)m * N + r] = y;
+        out[(size_t)m * N + row0 + rr] = y;
     }
 }
 
@@ -168,6 +205,7 @@ extern "C" __global__ void bitserial_quantize_input(const float* __restrict__ x,
                                                     unsigned long long* __restrict__ flags) {
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");  // the GEMM may start loading its weights now
+    asm volatile("griddepcontrol.wait;" ::: "memory");  // launched early too: x may be the last kernel's output
 #endif
     const int lane = threadIdx.x & 31;
     const int w = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);

@@ -9,13 +9,13 @@ import ctypes
 import torch
 
 from ...numerics.bitlayers import WORD_MULTIPLE
-from . import load_module, nvrtc_available, pointer
+from . import launches_early, load_module, nvrtc_available, pointer
 
 MAX_WARPS_K = 8
 MAX_NT = 4  # column tiles per warp; 8 spills its int64 sums to local memory
 QUANTIZE_WARPS = 8
-# Hopper: launch the GEMM while the input kernel runs (programmatic dependent launch), hiding its
-# launch latency; the benchmark turns it off to measure what it brings.
+# Hopper: launch each kernel while the one before it runs (programmatic dependent launch): it loads its
+# weights and waits for the previous kernel's output; the benchmark turns it off to measure what it brings.
 EARLY_LAUNCH = True
 
 
@@ -25,6 +25,10 @@ def bitserial_supported(device: torch.device) -> bool:
             and nvrtc_available())
 
 
+def _early(device: torch.device) -> bool:
+    return EARLY_LAUNCH and launches_early(device)
+
+
 def _config(m: int, words: int, act_bits: int) -> dict[str, int]:
     a8 = 8 if act_bits <= 8 else 16
     tiles = -(-m * a8 // 8)
@@ -32,8 +36,9 @@ def _config(m: int, words: int, act_bits: int) -> dict[str, int]:
     nt = min(MAX_NT, max(per_row, tiles))
     nt -= nt % per_row
     chunks = words // WORD_MULTIPLE
-    # Weight planes loaded ahead of their mmas: all 8 of a byte when the registers allow.
-    return {"NT": nt, "WARPS_K": max(1, min(MAX_WARPS_K, chunks)), "A8": a8, "PG": 8 if nt == 1 else 4 if nt == 2 else 2}
+    # Weight planes per pipeline stage (two stages in flight): 8 planes' registers at one column tile.
+    # (Stages spanning several chunks when fewer planes are active were slower: H100, session 11.)
+    return {"NT": nt, "WARPS_K": max(1, min(MAX_WARPS_K, chunks)), "A8": a8, "PG": 4 if nt == 1 else 2 if nt == 2 else 1}
 
 
 def input_planes(x: torch.Tensor, input_scale: torch.Tensor, act_bits: int, qmin: int, qmax: int, words: int,
@@ -44,7 +49,8 @@ def input_planes(x: torch.Tensor, input_scale: torch.Tensor, act_bits: int, qmin
     xsum = torch.empty(m, words, dtype=torch.int32, device=x.device)
     module.launch("bitserial_quantize_input", (-(-words // QUANTIZE_WARPS), m, 1), 32 * QUANTIZE_WARPS,
                   [pointer(x), pointer(input_scale), ctypes.c_int(k), ctypes.c_int(words), ctypes.c_int(act_bits),
-                   ctypes.c_int(qmin), ctypes.c_int(qmax), pointer(xplanes), pointer(xsum), pointer(flags)])
+                   ctypes.c_int(qmin), ctypes.c_int(qmax), pointer(xplanes), pointer(xsum), pointer(flags)],
+                  early=_early(x.device))
     return xplanes, xsum
 
 
@@ -60,7 +66,7 @@ def binary_gemm(xplanes: torch.Tensor, xsum: torch.Tensor, planes: torch.Tensor,
                   [pointer(planes), pointer(xplanes), pointer(xsum), pointer(scale), pointer(bias), pointer(out), ctypes.c_int(m),
                    ctypes.c_int(n), ctypes.c_int(words), ctypes.c_int(n_stored), ctypes.c_int(active),
                    ctypes.c_int(act_bits), ctypes.c_int(int(act_signed)), ctypes.c_int(int(relu))],
-                  early=EARLY_LAUNCH and torch.cuda.get_device_capability(planes.device) >= (9, 0))
+                  early=_early(planes.device))
     return out
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import rows_16_byte_aligned
-from . import load_module, multiprocessors, nvrtc_available, partial_sums, pointer, split_k
+from . import launches_early, load_module, multiprocessors, nvrtc_available, partial_sums, pointer, split_k
 
 W4A16, W4A8 = 0, 1
 MAX_ROWS = 32  # up to 4 column tiles of 8 input rows per warp
@@ -151,7 +151,7 @@ def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scal
          ctypes.c_int(weights.chunks), ctypes.c_int(per_split), ctypes.c_int(xq.stride(0)),
          ctypes.c_int(weights.group), ctypes.c_int(weights.sz.shape[0]), ctypes.c_int(int(per_token)),
          ctypes.c_int(int(out_dtype == torch.bfloat16))],
-        early=torch.cuda.get_device_capability(xq.device) >= (9, 0))
+        early=launches_early(xq.device))
     return out
 
 

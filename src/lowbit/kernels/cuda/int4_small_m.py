@@ -13,7 +13,7 @@ import ctypes
 import torch
 
 from .. import rows_16_byte_aligned
-from . import load_module, nvrtc_available, partial_sums, pointer, split_k
+from . import launches_early, load_module, nvrtc_available, partial_sums, pointer, split_k
 
 MAX_ROWS = 16  # two column tiles of 8 input rows per warp
 KWARPS = 4  # warps of a block, sharing one 16-row weight tile and taking its chunks in turn
@@ -66,4 +66,4 @@ def int4_small_m_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w
          pointer(_arrivals(a.device, tiles)), *map(ctypes.c_int, (m, n, k, w.stride(0), a.stride(0), chunks, per_split,
                                                                 int(a_scale.dim() == 1), act, out_kind,
                                                                 _FLOAT_KINDS.get(out.dtype, 0), qmin, qmax))],
-        early=torch.cuda.get_device_capability(a.device) >= (9, 0))
+        early=launches_early(a.device))
