@@ -25,11 +25,21 @@ class GateLSTMLayer(nn.Module):
         gates_in = self.input_gates(x)  # [T, B, 4H]
         outputs = []
         for t in range(x.shape[0]):
-            i, f, g, o = (gates_in[t] + self.hidden_gates(h)).chunk(4, dim=-1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
+            h, c = _cell(gates_in[t], self.hidden_gates(h), c)
             outputs.append(h)
         return torch.stack(outputs), h, c
+
+
+def _cell(gates_in: torch.Tensor, gates_hidden: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's element-wise part: one Triton kernel on CUDA (kernels/triton/lstm.py), else PyTorch."""
+    if c.is_cuda:
+        from ..kernels.triton import lstm_cell, lstm_cell_fits
+
+        if lstm_cell_fits(gates_in, gates_hidden, c):
+            return lstm_cell(gates_in, gates_hidden, c)
+    i, f, g, o = (gates_in + gates_hidden).chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 class GateLSTM(nn.Module):

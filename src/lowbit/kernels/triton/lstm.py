@@ -1,0 +1,55 @@
+"""An LSTM step's element-wise part in one kernel: from the gate pre-activations (input part + hidden
+part, gate order i, f, g, o) and the cell state to the new h and c. At batch 1 on a GPU the hidden
+product takes a few microseconds; the ten element-wise kernels PyTorch launches for the same formula
+took most of a step (benchmarks/bitserial.py, the char LSTM)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+BLOCK = 256
+
+
+@triton.jit
+def _lstm_cell_kernel(gin_ptr, ghid_ptr, c_ptr, h_out_ptr, c_out_ptr, H, total, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    b = offs // H
+    gate = b * 4 * H + (offs - b * H)  # gate i of unit (b, j); f, g, o follow at + H, + 2H, + 3H
+    i = tl.load(gin_ptr + gate, mask=mask).to(tl.float32) + tl.load(ghid_ptr + gate, mask=mask).to(tl.float32)
+    f = tl.load(gin_ptr + gate + H, mask=mask).to(tl.float32) + tl.load(ghid_ptr + gate + H, mask=mask).to(tl.float32)
+    g = (tl.load(gin_ptr + gate + 2 * H, mask=mask).to(tl.float32)
+         + tl.load(ghid_ptr + gate + 2 * H, mask=mask).to(tl.float32))
+    o = (tl.load(gin_ptr + gate + 3 * H, mask=mask).to(tl.float32)
+         + tl.load(ghid_ptr + gate + 3 * H, mask=mask).to(tl.float32))
+    c = tl.load(c_ptr + offs, mask=mask).to(tl.float32)
+    c_new = tl.sigmoid(f) * c + tl.sigmoid(i) * libdevice.tanh(g)
+    h = tl.sigmoid(o) * libdevice.tanh(c_new)
+    tl.store(c_out_ptr + offs, c_new.to(c_out_ptr.dtype.element_ty), mask=mask)
+    tl.store(h_out_ptr + offs, h.to(h_out_ptr.dtype.element_ty), mask=mask)
+
+
+def lstm_cell_fits(gates_in: torch.Tensor, gates_hidden: torch.Tensor, c: torch.Tensor) -> bool:
+    """Whether :func:`lstm_cell` takes these: CUDA tensors of one float dtype, contiguous, [B, 4H] and [B, H]."""
+    tensors = (gates_in, gates_hidden, c)
+    return (all(t.is_cuda and t.is_contiguous() and t.dtype == c.dtype for t in tensors) and c.is_floating_point()
+            and c.dim() == 2 and gates_in.shape == gates_hidden.shape == (c.shape[0], 4 * c.shape[1]))
+
+
+def lstm_cell(gates_in: torch.Tensor, gates_hidden: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, c') for i, f, g, o = (gates_in + gates_hidden).chunk(4, -1): c' = sigmoid(f) c + sigmoid(i) tanh(g),
+    h = sigmoid(o) tanh(c'), computed in float32 and stored in c's dtype."""
+    if not lstm_cell_fits(gates_in, gates_hidden, c):
+        raise ValueError(f"lstm_cell takes contiguous CUDA tensors of one float dtype, gates [B, 4H] and cell state "
+                         f"[B, H]; got gates {tuple(gates_in.shape)} {gates_in.dtype} {gates_in.device} and "
+                         f"{tuple(gates_hidden.shape)} {gates_hidden.dtype}, state {tuple(c.shape)} {c.dtype}")
+    h_out, c_out = torch.empty_like(c), torch.empty_like(c)
+    total = c.numel()
+    if total:
+        with torch.cuda.device(c.device):
+            _lstm_cell_kernel[(triton.cdiv(total, BLOCK),)](gates_in, gates_hidden, c, h_out, c_out, c.shape[1], total,
+                                                            BLOCK=BLOCK)
+    return h_out, c_out

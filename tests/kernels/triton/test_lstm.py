@@ -1,0 +1,47 @@
+"""The LSTM cell kernel against PyTorch's formula, and GateLSTM on the GPU against the CPU."""
+
+import pytest
+import torch
+
+from lowbit.nn.lstm import GateLSTM
+
+pytestmark = pytest.mark.gpu
+
+
+def _formula(gates_in, gates_hidden, c):
+    i, f, g, o = (gates_in.double() + gates_hidden.double()).chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c.double() + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+@pytest.mark.parametrize("b,hidden", [(1, 5), (3, 130), (1, 2048), (7, 33), (0, 8)])
+def test_cell_kernel_matches_the_formula(b, hidden):
+    from lowbit.kernels.triton import lstm_cell
+
+    g = torch.Generator().manual_seed(b * 100 + hidden)
+    gates_in, gates_hidden = (torch.randn(b, 4 * hidden, generator=g) * 3 for _ in range(2))
+    c = torch.randn(b, hidden, generator=g) * 2
+    h_out, c_out = lstm_cell(gates_in.cuda(), gates_hidden.cuda(), c.cuda())
+    h_ref, c_ref = _formula(gates_in, gates_hidden, c)
+    torch.testing.assert_close(c_out.cpu().double(), c_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_out.cpu().double(), h_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_cell_kernel_refuses_mismatched_shapes_and_dtypes():
+    from lowbit.kernels.triton import lstm_cell
+
+    with pytest.raises(ValueError, match=r"gates \[B, 4H\]"):
+        lstm_cell(torch.zeros(1, 12, device="cuda"), torch.zeros(1, 12, device="cuda"), torch.zeros(1, 4, device="cuda"))
+    with pytest.raises(ValueError, match="one float dtype"):
+        lstm_cell(torch.zeros(1, 8, device="cuda"), torch.zeros(1, 8, device="cuda", dtype=torch.float64),
+                  torch.zeros(1, 2, device="cuda"))
+
+
+def test_gate_lstm_on_the_gpu_matches_the_cpu():
+    torch.manual_seed(0)
+    lstm = GateLSTM.from_lstm(torch.nn.LSTM(12, 40, num_layers=2))
+    x = torch.randn(9, 3, 12)
+    out_cpu, (h_cpu, c_cpu) = lstm(x)
+    out_gpu, (h_gpu, c_gpu) = lstm.cuda()(x.cuda())
+    for a, b in ((out_gpu, out_cpu), (h_gpu, h_cpu), (c_gpu, c_cpu)):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5)
