@@ -45,3 +45,15 @@ def test_gate_lstm_on_the_gpu_matches_the_cpu():
     out_gpu, (h_gpu, c_gpu) = lstm.cuda()(x.cuda())
     for a, b in ((out_gpu, out_cpu), (h_gpu, h_cpu), (c_gpu, c_cpu)):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5)
+
+
+def test_gate_lstm_trains_on_the_gpu_through_pytorch():
+    torch.manual_seed(0)
+    lstm = GateLSTM.from_lstm(torch.nn.LSTM(6, 16))
+    x = torch.randn(5, 2, 6)
+    lstm(x)[0].square().sum().backward()
+    expected = lstm.layers[0].hidden_gates.weight.grad.clone()
+    gpu = lstm.cuda()
+    gpu.zero_grad()
+    gpu(x.cuda())[0].square().sum().backward()
+    torch.testing.assert_close(gpu.layers[0].hidden_gates.weight.grad.cpu(), expected, rtol=1e-4, atol=1e-5)

@@ -33,10 +33,12 @@ def _lstm_cell_kernel(gin_ptr, ghid_ptr, c_ptr, h_out_ptr, c_out_ptr, H, total, 
 
 
 def lstm_cell_fits(gates_in: torch.Tensor, gates_hidden: torch.Tensor, c: torch.Tensor) -> bool:
-    """Whether :func:`lstm_cell` takes these: CUDA tensors of one float dtype, contiguous, [B, 4H] and [B, H]."""
+    """Whether :func:`lstm_cell` takes these: CUDA tensors of one float dtype, contiguous, [B, 4H] and [B, H],
+    none needing a gradient (the kernel has no backward: training keeps PyTorch's formula)."""
     tensors = (gates_in, gates_hidden, c)
     return (all(t.is_cuda and t.is_contiguous() and t.dtype == c.dtype for t in tensors) and c.is_floating_point()
-            and c.dim() == 2 and gates_in.shape == gates_hidden.shape == (c.shape[0], 4 * c.shape[1]))
+            and c.dim() == 2 and gates_in.shape == gates_hidden.shape == (c.shape[0], 4 * c.shape[1])
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
 
 
 def lstm_cell(gates_in: torch.Tensor, gates_hidden: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +46,7 @@ def lstm_cell(gates_in: torch.Tensor, gates_hidden: torch.Tensor, c: torch.Tenso
     h = sigmoid(o) tanh(c'), computed in float32 and stored in c's dtype."""
     if not lstm_cell_fits(gates_in, gates_hidden, c):
         raise ValueError(f"lstm_cell takes contiguous CUDA tensors of one float dtype, gates [B, 4H] and cell state "
-                         f"[B, H]; got gates {tuple(gates_in.shape)} {gates_in.dtype} {gates_in.device} and "
+                         f"[B, H], without gradients; got gates {tuple(gates_in.shape)} {gates_in.dtype} {gates_in.device} and "
                          f"{tuple(gates_hidden.shape)} {gates_hidden.dtype}, state {tuple(c.shape)} {c.dtype}")
     h_out, c_out = torch.empty_like(c), torch.empty_like(c)
     total = c.numel()
