@@ -1,7 +1,8 @@
 """An LSTM step's element-wise part in one kernel: from the gate pre-activations (input part + hidden
 part, gate order i, f, g, o) and the cell state to the new h and c. At batch 1 on a GPU the hidden
 product takes a few microseconds; the ten element-wise kernels PyTorch launches for the same formula
-took most of a step (benchmarks/bitserial.py, the char LSTM)."""
+took most of a step (benchmarks/bitserial.py, the char LSTM). On Hopper it is launched while the
+hidden product runs (programmatic dependent launch) and waits for it."""
 
 from __future__ import annotations
 
@@ -9,22 +10,34 @@ import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from ..cuda import launches_early
 
 BLOCK = 256
 
 
 @triton.jit
-def _lstm_cell_kernel(gin_ptr, ghid_ptr, c_ptr, h_out_ptr, c_out_ptr, H, total, BLOCK: tl.constexpr):
+def _lstm_cell_kernel(gin_ptr, ghid_ptr, c_ptr, h_out_ptr, c_out_ptr, H, total, BLOCK: tl.constexpr,
+                      EARLY: tl.constexpr):
+    if EARLY:  # launched while the hidden product runs (Hopper): let the next step's kernels be launched
+        gdc_launch_dependents()
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
     b = offs // H
     gate = b * 4 * H + (offs - b * H)  # gate i of unit (b, j); f, g, o follow at + H, + 2H, + 3H
-    i = tl.load(gin_ptr + gate, mask=mask).to(tl.float32) + tl.load(ghid_ptr + gate, mask=mask).to(tl.float32)
-    f = tl.load(gin_ptr + gate + H, mask=mask).to(tl.float32) + tl.load(ghid_ptr + gate + H, mask=mask).to(tl.float32)
-    g = (tl.load(gin_ptr + gate + 2 * H, mask=mask).to(tl.float32)
-         + tl.load(ghid_ptr + gate + 2 * H, mask=mask).to(tl.float32))
-    o = (tl.load(gin_ptr + gate + 3 * H, mask=mask).to(tl.float32)
-         + tl.load(ghid_ptr + gate + 3 * H, mask=mask).to(tl.float32))
+    # The input projection was computed before the steps began; the hidden product and the state are
+    # the previous kernels' outputs: read after waiting for them.
+    gi = tl.load(gin_ptr + gate, mask=mask).to(tl.float32)
+    gf = tl.load(gin_ptr + gate + H, mask=mask).to(tl.float32)
+    gg = tl.load(gin_ptr + gate + 2 * H, mask=mask).to(tl.float32)
+    go = tl.load(gin_ptr + gate + 3 * H, mask=mask).to(tl.float32)
+    if EARLY:
+        gdc_wait()
+    i = gi + tl.load(ghid_ptr + gate, mask=mask).to(tl.float32)
+    f = gf + tl.load(ghid_ptr + gate + H, mask=mask).to(tl.float32)
+    g = gg + tl.load(ghid_ptr + gate + 2 * H, mask=mask).to(tl.float32)
+    o = go + tl.load(ghid_ptr + gate + 3 * H, mask=mask).to(tl.float32)
     c = tl.load(c_ptr + offs, mask=mask).to(tl.float32)
     c_new = tl.sigmoid(f) * c + tl.sigmoid(i) * libdevice.tanh(g)
     h = tl.sigmoid(o) * libdevice.tanh(c_new)
@@ -51,7 +64,8 @@ def lstm_cell(gates_in: torch.Tensor, gates_hidden: torch.Tensor, c: torch.Tenso
     h_out, c_out = torch.empty_like(c), torch.empty_like(c)
     total = c.numel()
     if total:
+        early = launches_early(c.device)
         with torch.cuda.device(c.device):
             _lstm_cell_kernel[(triton.cdiv(total, BLOCK),)](gates_in, gates_hidden, c, h_out, c_out, c.shape[1], total,
-                                                            BLOCK=BLOCK)
+                                                            BLOCK=BLOCK, EARLY=early, launch_pdl=early)
     return h_out, c_out
