@@ -26,18 +26,16 @@ def _lstm_cell_kernel(gin_ptr, ghid_ptr, c_ptr, h_out_ptr, c_out_ptr, H, total, 
     mask = offs < total
     b = offs // H
     gate = b * 4 * H + (offs - b * H)  # gate i of unit (b, j); f, g, o follow at + H, + 2H, + 3H
-    # The input projection was computed before the steps began; the hidden product and the state are
-    # the previous kernels' outputs: read after waiting for them.
-    gi = tl.load(gin_ptr + gate, mask=mask).to(tl.float32)
-    gf = tl.load(gin_ptr + gate + H, mask=mask).to(tl.float32)
-    gg = tl.load(gin_ptr + gate + 2 * H, mask=mask).to(tl.float32)
-    go = tl.load(gin_ptr + gate + 3 * H, mask=mask).to(tl.float32)
+    # Every input is read after the wait: the kernels before this one may also have been launched early,
+    # so even the input projection (a bit-serial layer too) may still be being written.
     if EARLY:
         gdc_wait()
-    i = gi + tl.load(ghid_ptr + gate, mask=mask).to(tl.float32)
-    f = gf + tl.load(ghid_ptr + gate + H, mask=mask).to(tl.float32)
-    g = gg + tl.load(ghid_ptr + gate + 2 * H, mask=mask).to(tl.float32)
-    o = go + tl.load(ghid_ptr + gate + 3 * H, mask=mask).to(tl.float32)
+    i = tl.load(gin_ptr + gate, mask=mask).to(tl.float32) + tl.load(ghid_ptr + gate, mask=mask).to(tl.float32)
+    f = tl.load(gin_ptr + gate + H, mask=mask).to(tl.float32) + tl.load(ghid_ptr + gate + H, mask=mask).to(tl.float32)
+    g = (tl.load(gin_ptr + gate + 2 * H, mask=mask).to(tl.float32)
+         + tl.load(ghid_ptr + gate + 2 * H, mask=mask).to(tl.float32))
+    o = (tl.load(gin_ptr + gate + 3 * H, mask=mask).to(tl.float32)
+         + tl.load(ghid_ptr + gate + 3 * H, mask=mask).to(tl.float32))
     c = tl.load(c_ptr + offs, mask=mask).to(tl.float32)
     c_new = tl.sigmoid(f) * c + tl.sigmoid(i) * libdevice.tanh(g)
     h = tl.sigmoid(o) * libdevice.tanh(c_new)
