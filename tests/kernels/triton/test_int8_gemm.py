@@ -117,6 +117,59 @@ def test_requantized_int8_output():
     assert 0 < (out != 0).float().mean() and (out == 127).float().mean() < 0.5
 
 
+
+@pytest.mark.parametrize("m", [1, 16])
+def test_chained_few_row_gemms_replayed_from_a_graph(m):
+    """Few-row GEMMs are launched early on Hopper, each waiting for the one before it: a chain in which
+    every GEMM reads the last one's int8 output, replayed from a CUDA graph on fresh inputs, equals the
+    integer reference layer by layer."""
+    from lowbit.kernels.triton import int8_gemm
+
+    g = torch.Generator(device="cuda").manual_seed(m)
+    k = 2048
+    ws = [torch.randint(-127, 128, (k, k), dtype=torch.int8, device="cuda", generator=g) for _ in range(4)]
+    x = torch.empty(m, k, dtype=torch.int8, device="cuda")
+    # input scales that keep every layer's codes spread (about 20 of 127 wide)
+    sas = [torch.tensor(s, device="cuda") for s in (0.02, 0.075, 0.075, 0.075)]
+    sw, so = torch.full((k,), 2e-4, device="cuda"), torch.tensor(0.05, device="cuda")
+
+    def chain():
+        h = x
+        for w, sa in zip(ws, sas):
+            h = int8_gemm(h, w, sa, sw, out_dtype=torch.int8, out_scale=so)
+        return h
+
+    x.random_(-127, 128, generator=g)
+    chain()  # compiles (and autotunes) before the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = chain()
+    for _ in range(3):
+        x.random_(-127, 128, generator=g)
+        graph.replay()
+        ref = x.cpu()
+        for w, sa in zip(ws, sas):
+            ref = epilogue(ref.long() @ w.cpu().long().t(), sa.cpu(), sw.cpu(), None, -1, out_scale=so.cpu())
+        assert torch.equal(out.cpu(), ref)
+        assert (ref.abs() > 3).float().mean() > 0.5 and (ref.abs() == 127).float().mean() < 0.05
+
+
+def test_early_launched_split_k_keeps_one_wave_configs():
+    """Launched early, the split-K autotuner tries only configs of at most one program per SM where some exist."""
+    import triton
+
+    from lowbit.kernels.cuda import multiprocessors
+    from lowbit.kernels.triton import gemm
+
+    a = torch.empty(1, 64, dtype=torch.int8, device="cuda")
+    configs, sms = gemm._splitk_configs(), multiprocessors(a.device)
+    for n in (300, 4096, 8192):
+        kept = gemm._one_wave_when_early(configs, {"a_ptr": a, "N": n}, EARLY=True)
+        assert kept and all(triton.cdiv(n, c.kwargs["BLOCK_N"]) * c.kwargs["SPLIT_K"] <= sms for c in kept)
+        assert gemm._one_wave_when_early(configs, {"a_ptr": a, "N": n}, EARLY=False) == configs
+    assert gemm._one_wave_when_early(configs, {"a_ptr": a, "N": 1 << 20}, EARLY=True) == configs  # none fits
+
 def test_empty_and_bad_inputs():
     from lowbit.kernels.triton import int8_gemm
 

@@ -23,10 +23,11 @@ import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .. import rows_16_byte_aligned
-from ..cuda import multiprocessors
+from ..cuda import launches_early, multiprocessors
 from .autotune import candidate_configs
 
 _ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
@@ -48,7 +49,8 @@ def _splitk_configs():
     return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_stages=s, num_warps=4)
             for bn, bk, sk, s in [(64, 256, 2, 3), (64, 256, 2, 5), (64, 128, 8, 3), (128, 256, 2, 3),
                                   (64, 512, 2, 3),  # packed INT4 moves as many bytes per step
-                                  (32, 256, 1, 4), (16, 256, 1, 4), (32, 512, 1, 3)]]  # unsplit
+                                  (32, 256, 1, 4), (16, 256, 1, 4), (32, 512, 1, 3),  # unsplit
+                                  (32, 256, 1, 6), (32, 512, 1, 4), (64, 512, 1, 4)]]
 
 
 def _set_tma_blocks(nargs):
@@ -211,12 +213,20 @@ def _gemm_splitk_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_sca
                              PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
                              OUT_KIND: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
                              W_PACKED: tl.constexpr, FLOAT_ACC: tl.constexpr, BLOCK_M: tl.constexpr,
-                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                             EARLY: tl.constexpr):
     """Few rows: the weights dominate, so K is split over SPLIT_K programs per column tile
     to put every SM to streaming them. Partial sums meet in a workspace by atomic adds (int32:
     exact and order-free; float32: in arrival order); the last program of a tile applies the epilogue and
     zeroes the workspace and its counter again, so one launch does all and stays
-    capturable in a CUDA graph. With SPLIT_K 1 (tiles enough to fill the GPU) there is no workspace."""
+    capturable in a CUDA graph. With SPLIT_K 1 (tiles enough to fill the GPU) there is no workspace.
+
+    EARLY (Hopper): launched while the kernel before it runs; it waits for that one before any load, then
+    lets the next be launched, so its launch and the first loads overlap this kernel's end. Triggering
+    only after the wait keeps two grids alive at most (triggering first was slower at 256 programs)."""
+    if EARLY:
+        gdc_wait()
+        gdc_launch_dependents()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     k_per_split = (K + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K) * BLOCK_K
@@ -255,7 +265,24 @@ _KEY = ["M_BUCKET", "N", "K", "OUT_KIND", "W_PACKED", "FLOAT_ACC"]
 # One autotuned launcher per element width: the tile lists differ (see _tile_configs).
 _TILE_KERNELS = {bits: triton.autotune(configs=candidate_configs(_tile_configs(bits)), key=_KEY)(_gemm_kernel)
                  for bits in (8, 16)}
-_SPLITK_KERNEL = triton.autotune(configs=candidate_configs(_splitk_configs()), key=_KEY)(_gemm_splitk_kernel)
+
+
+def _one_wave_when_early(configs, nargs, **kwargs):
+    """Autotune pruning of the split-K kernel: launched early, a grid of more programs than SMs waits with
+    some of its programs resident beside the kernel before it, which measured slower (H100, N = K = 8192,
+    one row: 32-column tiles, 256 programs, 29.1 us against 27.2 launched normally; 64-column tiles, 128
+    programs, 26.7 against 27.0). The autotuner times each config alone, blind to that overlap, so such
+    configs are left out where one that fits a wave exists."""
+    if not kwargs.get("EARLY"):
+        return configs
+    sms = multiprocessors(nargs["a_ptr"].device)
+    fits = [c for c in configs
+            if triton.cdiv(nargs["N"], c.kwargs["BLOCK_N"]) * c.kwargs["SPLIT_K"] <= sms]
+    return fits or configs
+
+
+_SPLITK_KERNEL = triton.autotune(configs=candidate_configs(_splitk_configs()), key=_KEY,
+                                 prune_configs_by={"early_config_prune": _one_wave_when_early})(_gemm_splitk_kernel)
 _TMA_KERNEL = triton.autotune(configs=candidate_configs(_tma_configs()), key=_KEY)(_gemm_tma_kernel)
 
 _WORKSPACES: dict = {}
@@ -399,9 +426,10 @@ def _launch(a, w, out, a_scale, w_scale, bias, out_scale, flags: dict) -> None:
     out_scale_arg = out_scale if out_scale is not None else w_scale  # read only for int8 output
     if m <= SMALL_M:
         ws, counts = _splitk_workspace(a.device, n, torch.float32 if flags["FLOAT_ACC"] else torch.int32)
+        early = launches_early(a.device)
         _SPLITK_KERNEL[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
             a, w, out, a_scale, w_scale, bias_arg, out_scale_arg, ws, counts, *common,
-            BLOCK_M=16 if m <= 16 else 32, **flags, enable_fp_fusion=False)
+            BLOCK_M=16 if m <= 16 else 32, **flags, EARLY=early, enable_fp_fusion=False, launch_pdl=early)
     elif _uses_tma(a, w, flags["W_PACKED"]):
         def grid(meta):
             tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])
