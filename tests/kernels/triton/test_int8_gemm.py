@@ -156,7 +156,8 @@ def test_chained_few_row_gemms_replayed_from_a_graph(m):
 
 
 def test_early_launched_split_k_keeps_one_wave_configs():
-    """Launched early, the split-K autotuner tries only configs of at most one program per SM where some exist."""
+    """Launched early, the split-K autotuner tries only grids of at most one program per SM where some exist,
+    and of those the unsplit ones where one fills half the SMs."""
     import triton
 
     from lowbit.kernels.cuda import multiprocessors
@@ -166,9 +167,13 @@ def test_early_launched_split_k_keeps_one_wave_configs():
     configs, sms = gemm._splitk_configs(), multiprocessors(a.device)
     for n in (300, 4096, 8192):
         kept = gemm._one_wave_when_early(configs, {"a_ptr": a, "N": n}, EARLY=True)
-        assert kept and all(triton.cdiv(n, c.kwargs["BLOCK_N"]) * c.kwargs["SPLIT_K"] <= sms for c in kept)
+        programs = [triton.cdiv(n, c.kwargs["BLOCK_N"]) * c.kwargs["SPLIT_K"] for c in kept]
+        assert kept and max(programs) <= sms
+        if n >= 4096:  # an unsplit one-wave grid exists: 32- or 64-column tiles
+            assert all(c.kwargs["SPLIT_K"] == 1 for c in kept) and 2 * min(programs) >= sms
         assert gemm._one_wave_when_early(configs, {"a_ptr": a, "N": n}, EARLY=False) == configs
     assert gemm._one_wave_when_early(configs, {"a_ptr": a, "N": 1 << 20}, EARLY=True) == configs  # none fits
+
 
 def test_empty_and_bad_inputs():
     from lowbit.kernels.triton import int8_gemm

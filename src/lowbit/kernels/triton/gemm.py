@@ -50,7 +50,7 @@ def _splitk_configs():
             for bn, bk, sk, s in [(64, 256, 2, 3), (64, 256, 2, 5), (64, 128, 8, 3), (128, 256, 2, 3),
                                   (64, 512, 2, 3),  # packed INT4 moves as many bytes per step
                                   (32, 256, 1, 4), (16, 256, 1, 4), (32, 512, 1, 3),  # unsplit
-                                  (32, 256, 1, 6), (32, 512, 1, 4), (64, 512, 1, 4)]]
+                                  (32, 256, 1, 6), (32, 512, 1, 4), (64, 512, 1, 3)]]
 
 
 def _set_tma_blocks(nargs):
@@ -268,17 +268,22 @@ _TILE_KERNELS = {bits: triton.autotune(configs=candidate_configs(_tile_configs(b
 
 
 def _one_wave_when_early(configs, nargs, **kwargs):
-    """Autotune pruning of the split-K kernel: launched early, a grid of more programs than SMs waits with
-    some of its programs resident beside the kernel before it, which measured slower (H100, N = K = 8192,
-    one row: 32-column tiles, 256 programs, 29.1 us against 27.2 launched normally; 64-column tiles, 128
-    programs, 26.7 against 27.0). The autotuner times each config alone, blind to that overlap, so such
-    configs are left out where one that fits a wave exists."""
+    """Autotune pruning of the split-K kernel when it is launched early. Its programs then wait beside the
+    kernel before it, and the autotuner, which times each config alone, is blind to that overlap (H100,
+    N = K = 8192, one row, normal / early launch: 32-column tiles, 256 programs, 27.2 / 29.1 us; 64-column
+    tiles, 128 programs, 27.0 / 26.7; a 2-way split of 64-column tiles, 27.9 / 27.3). So it tries only
+    grids of at most one program per SM and, where one fills at least half of them, unsplit K (no
+    workspace round trip); its lone timings could not tell those apart from the rest reliably."""
     if not kwargs.get("EARLY"):
         return configs
     sms = multiprocessors(nargs["a_ptr"].device)
-    fits = [c for c in configs
-            if triton.cdiv(nargs["N"], c.kwargs["BLOCK_N"]) * c.kwargs["SPLIT_K"] <= sms]
-    return fits or configs
+
+    def programs(c):
+        return triton.cdiv(nargs["N"], c.kwargs["BLOCK_N"]) * c.kwargs["SPLIT_K"]
+
+    fits = [c for c in configs if programs(c) <= sms]
+    unsplit = [c for c in fits if c.kwargs["SPLIT_K"] == 1 and 2 * programs(c) >= sms]
+    return unsplit or fits or configs
 
 
 _SPLITK_KERNEL = triton.autotune(configs=candidate_configs(_splitk_configs()), key=_KEY,
