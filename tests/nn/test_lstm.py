@@ -21,7 +21,7 @@ def test_gate_lstm_computes_what_nn_lstm_computes(layers, batch_first):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_unroll_lstms_makes_the_gates_quantizable():
+def test_unroll_lstms_makes_the_gates_quantizable(first_output):
     torch.manual_seed(0)
     model = nn.Sequential(nn.LSTM(6, 8, batch_first=True))
     unrolled = unroll_lstms(model)
@@ -29,15 +29,7 @@ def test_unroll_lstms_makes_the_gates_quantizable():
     names = [n for n, _ in lowbit.quantizable_layers(unrolled)]
     assert names == ["0.layers.0.input_gates", "0.layers.0.hidden_gates"]
 
-    class Last(nn.Module):
-        def __init__(self, lstm):
-            super().__init__()
-            self.lstm = lstm
-
-        def forward(self, x):
-            return self.lstm(x)[0]
-
-    wrapped = Last(unrolled[0])
+    wrapped = first_output(unrolled[0])
     q = lowbit.quantize(wrapped, "bitserial", calib_data=[torch.randn(2, 9, 6)], weight_bits=8, act_bits=16)
     x = torch.randn(2, 9, 6)
     torch.testing.assert_close(q(x), wrapped(x), rtol=0.05, atol=0.02)

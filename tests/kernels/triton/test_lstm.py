@@ -60,7 +60,7 @@ def test_gate_lstm_trains_on_the_gpu_through_pytorch():
 
 
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "cuda-graph"])
-def test_bit_serial_lstm_on_the_gpu_matches_the_cpu(graph):
+def test_bit_serial_lstm_on_the_gpu_matches_the_cpu(graph, first_output):
     # Both gate matmuls bit-serial. Replayed from a CUDA graph, the input projection (64 rows, many
     # blocks) can still be running when the first steps' kernels are launched early behind it; each must
     # wait before reading what it produced.
@@ -68,16 +68,8 @@ def test_bit_serial_lstm_on_the_gpu_matches_the_cpu(graph):
 
     import lowbit
 
-    class Last(torch.nn.Module):
-        def __init__(self, lstm):
-            super().__init__()
-            self.lstm = lstm
-
-        def forward(self, x):
-            return self.lstm(x)[0]
-
     torch.manual_seed(0)
-    model = Last(GateLSTM.from_lstm(torch.nn.LSTM(512, 256)))
+    model = first_output(GateLSTM.from_lstm(torch.nn.LSTM(512, 256)))
     q_cpu = lowbit.quantize(model, "bitserial", calib_data=[torch.randn(64, 1, 512)], weight_bits=8, act_bits=16)
     q_gpu = copy.deepcopy(q_cpu).cuda()
     x = torch.randn(64, 1, 512)
