@@ -117,7 +117,6 @@ def test_requantized_int8_output():
     assert 0 < (out != 0).float().mean() and (out == 127).float().mean() < 0.5
 
 
-
 @pytest.mark.parametrize("m", [1, 16])
 def test_chained_few_row_gemms_replayed_from_a_graph(m):
     """Few-row GEMMs are launched early on Hopper, each waiting for the one before it: a chain in which
