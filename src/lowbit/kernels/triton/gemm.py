@@ -194,16 +194,12 @@ def _gemm_tma_kernel(a_desc, w_desc, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scal
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                      PERSISTENT: tl.constexpr):
     """Large 8-bit GEMMs: the operand tiles come by TMA (tensor descriptors) into the wgmma pipeline,
-    without per-element addresses and masks. PERSISTENT: one program per SM walks the tiles."""
-    if PERSISTENT:
-        for pid in tl.range(tl.program_id(0), tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N), tl.num_programs(0)):
-            _tma_tile(pid, a_desc, w_desc, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr, M, N, K, stride_om,
-                      stride_on, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, QMIN, QMAX, FLOAT_ACC, BLOCK_M, BLOCK_N, BLOCK_K,
-                      GROUP_M)
-    else:
-        _tma_tile(tl.program_id(0), a_desc, w_desc, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr, M, N, K,
-                  stride_om, stride_on, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, QMIN, QMAX, FLOAT_ACC, BLOCK_M, BLOCK_N,
-                  BLOCK_K, GROUP_M)
+    without per-element addresses and masks. PERSISTENT: one program per SM walks the tiles; otherwise
+    there is a program per tile and the loop below runs once."""
+    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    for pid in tl.range(tl.program_id(0), tiles, tl.num_programs(0) if PERSISTENT else tiles):
+        _tma_tile(pid, a_desc, w_desc, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr, M, N, K, stride_om,
+                  stride_on, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, QMIN, QMAX, FLOAT_ACC, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
 
 
 @triton.jit
