@@ -92,7 +92,7 @@ def breakdown_rows(nk=4096, weight_bits=4, act_bits=8):
     layer = layers[0]
     fmt = layer.input_format
     words = layer.bitlayers.shape[-1]
-    cfg = kernels._config(1, words, act_bits)
+    cfg = kernels._launch_config(1, nk, words, act_bits, layer.bitlayers.shape[0], x.device)
     module = load_module("bitserial.cu", cfg, x.device)
     planes = kernels.input_planes(x, layer.input_scale, act_bits, fmt.qmin, fmt.qmax, words, layer.input_flags, cfg,
                                   module)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lowbit
+from lowbit.config import IntFormat
 from lowbit.kernels.cuda import SOURCE_DIR, compile_cubin
 from lowbit.kernels.reference import bitserial_acc, rescale
 from lowbit.numerics.bitlayers import input_planes, padded_words, to_bitlayers
@@ -18,21 +19,45 @@ needs_nvrtc = pytest.mark.skipif(importlib.util.find_spec("cuda") is None, reaso
 
 @needs_nvrtc
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("m,words,act_bits", [(1, 16, 8), (1, 128, 8), (3, 64, 16), (8, 256, 8), (33, 32, 16)])
-def test_kernel_compiles_with_nvrtc(arch, m, words, act_bits):
+@pytest.mark.parametrize("m,words,act_bits,stored", [(1, 16, 8, 8), (1, 128, 8, 8), (3, 64, 16, 4), (8, 256, 8, 8),
+                                                      (33, 32, 16, 16), (1, 65 * 8 * 16, 16, 16)])
+@pytest.mark.parametrize("planes_a_stage", [None, 1])
+def test_kernel_compiles_with_nvrtc(arch, m, words, act_bits, stored, planes_a_stage):
     from lowbit.kernels.cuda.bitserial import _config
 
-    cfg = _config(m, words, act_bits)
+    cfg = _config(m, words, act_bits, stored)
+    cfg["PG"] = planes_a_stage or cfg["PG"]
     source = (Path(SOURCE_DIR) / "bitserial.cu").read_text()
     assert len(compile_cubin(source, "bitserial.cu", [f"-D{k}={v}" for k, v in cfg.items()], arch)) > 0
 
 
-def _reference(x, planes, active, x_scale, act_bits, signed, w_scale, bias, k):
-    from lowbit.config import IntFormat
+def test_int32_sums_widen_only_where_a_warp_could_pass_int32():
+    from lowbit.kernels.cuda.bitserial import MAX_WARPS_K, _config, _flush_chunks
+
+    assert _flush_chunks(16) == 64  # 64 * 512 * (2^16 - 1) < 2^31 < 65 * ...
+    assert _flush_chunks(8) * 512 * 255 < 1 << 31 <= (_flush_chunks(8) + 1) * 512 * 255
+    at_limit = padded_words(64 * MAX_WARPS_K * 512)  # 64 chunks a warp
+    assert _config(1, at_limit, 8, 16)["WIDE"] == 0
+    assert _config(1, padded_words(64 * MAX_WARPS_K * 512 + 1), 8, 16)["WIDE"] == 1
+    assert _config(1, padded_words(64 * MAX_WARPS_K * 512 + 1), 8, 8)["WIDE"] == 0
+
+
+def _reference(x, planes, active, x_scale, act_bits, signed, w_scale, bias):
     fmt = IntFormat(act_bits, signed=signed)
     xq = torch.clamp(torch.round(x / x_scale), fmt.qmin, fmt.qmax).to(torch.int32)
     acc = bitserial_acc(planes, input_planes(xq, act_bits, signed), signed, active)
     return rescale(acc, x_scale, w_scale, bias, channel_dim=1)
+
+
+def _kernel(x, planes, active, x_scale, act_bits, signed, w_scale, bias):
+    """(the GPU kernel's output on the CPU, its saturation and NaN counts) for CPU tensors."""
+    from lowbit.kernels.cuda.bitserial import bitserial_linear
+
+    fmt = IntFormat(act_bits, signed=signed)
+    flags = torch.zeros(2, dtype=torch.int64, device="cuda")
+    out = bitserial_linear(x.cuda(), planes.cuda(), active, x_scale.cuda(), act_bits, fmt.qmin, fmt.qmax, signed,
+                           (x_scale * w_scale).cuda(), bias.cuda(), flags)
+    return out.cpu(), flags.cpu()
 
 
 @pytest.mark.gpu
@@ -42,8 +67,15 @@ def _reference(x, planes, active, x_scale, act_bits, signed, w_scale, bias, k):
 @pytest.mark.parametrize("weight_bits,active,act_bits,signed",
                          [(8, 8, 8, True), (8, 3, 8, False), (1, 1, 16, True), (4, 2, 11, True), (16, 16, 16, False),
                           (6, 6, 2, True)])
-def test_kernel_equals_the_reference_exactly(m, n, k, weight_bits, active, act_bits, signed):
-    from lowbit.kernels.cuda.bitserial import bitserial_linear
+@pytest.mark.parametrize("planes_a_stage", [None, 1])
+def test_kernel_equals_the_reference_exactly(m, n, k, weight_bits, active, act_bits, signed, planes_a_stage,
+                                             monkeypatch):
+    from lowbit.kernels.cuda import bitserial as kernels
+
+    if planes_a_stage:  # what large layers get (one wave of smaller blocks), here at every shape
+        config = kernels._config
+        monkeypatch.setattr(kernels, "_launch_config", lambda m, n, words, act_bits, n_stored, device: {
+            **config(m, words, act_bits, n_stored), "PG": planes_a_stage})
 
     g = torch.Generator().manual_seed(m * 1000 + n + k + weight_bits)
     u = torch.randint(0, 1 << weight_bits, (n, k), generator=g, dtype=torch.int32)
@@ -53,15 +85,42 @@ def test_kernel_equals_the_reference_exactly(m, n, k, weight_bits, active, act_b
     x_scale = torch.tensor(0.7 / (1 << (act_bits - 2)))
     w_scale = torch.rand(n, generator=g) + 0.1
     bias = torch.randn(n, generator=g)
-    from lowbit.config import IntFormat
+    out, flags = _kernel(x, planes, active, x_scale, act_bits, signed, w_scale, bias)
+    assert torch.equal(out, _reference(x, planes, active, x_scale, act_bits, signed, w_scale, bias))
     fmt = IntFormat(act_bits, signed=signed)
-    expected = _reference(x, planes, active, x_scale, act_bits, signed, w_scale, bias, k)
-    flags = torch.zeros(2, dtype=torch.int64, device="cuda")
-    out = bitserial_linear(x.cuda(), planes.cuda(), active, x_scale.cuda(), act_bits, fmt.qmin, fmt.qmax, signed,
-                           (x_scale * w_scale).cuda(), bias.cuda(), flags)
-    assert torch.equal(out.cpu(), expected)
     q = torch.round(x / x_scale)
     assert int(flags[0]) == int(((q < fmt.qmin) | (q > fmt.qmax)).sum())
+
+
+@pytest.mark.gpu
+def test_sums_past_int32_widen_exactly():
+    """16-bit weights and inputs over K = 300,000: a warp's 74 chunks flush their int32 sums into int64."""
+    from lowbit.kernels.cuda.bitserial import _config
+
+    m, n, k, bits = 2, 20, 300_000, 16
+    assert _config(m, padded_words(k), bits, bits)["WIDE"] == 1
+    g = torch.Generator().manual_seed(7)
+    planes = to_bitlayers(torch.randint(0, 1 << bits, (n, k), generator=g, dtype=torch.int32), bits)
+    x = torch.randn(m, k, generator=g).abs() * 3  # same-sign inputs: the sums grow with K
+    x_scale, w_scale, bias = torch.tensor(3.0 / (1 << 15)), torch.rand(n, generator=g) + 0.1, torch.randn(n, generator=g)
+    args = (x, planes, bits, x_scale, bits, True, w_scale, bias)
+    assert torch.equal(_kernel(*args)[0], _reference(*args))
+
+
+@pytest.mark.gpu
+def test_a_layer_too_large_for_one_wave_takes_one_plane_a_stage():
+    from lowbit.kernels.cuda.bitserial import _launch_config
+
+    n, k = 16 * 4 * torch.cuda.get_device_properties(0).multi_processor_count + 3, 4100
+    assert _launch_config(1, n, padded_words(k), 8, 8, torch.device("cuda", 0))["PG"] == 1
+    assert _launch_config(1, 16 * 12, padded_words(k), 8, 8, torch.device("cuda", 0))["PG"] == 4
+    g = torch.Generator().manual_seed(3)
+    planes = to_bitlayers(torch.randint(0, 256, (n, k), generator=g, dtype=torch.int32), 8)
+    x = torch.randn(1, k, generator=g)
+    x_scale, w_scale, bias = torch.tensor(0.03), torch.rand(n, generator=g) + 0.1, torch.randn(n, generator=g)
+    for active in (8, 3, 1):
+        args = (x, planes, active, x_scale, 8, True, w_scale, bias)
+        assert torch.equal(_kernel(*args)[0], _reference(*args))
 
 
 @pytest.mark.gpu

@@ -118,6 +118,21 @@ class CudaModule:
             self._module = _check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
         self._functions = {}
 
+    def _function(self, name: str):
+        from cuda.bindings import driver
+
+        if name not in self._functions:
+            self._functions[name] = _check(driver.cuModuleGetFunction(self._module, name.encode()),
+                                           f"cuModuleGetFunction({name})")
+        return self._functions[name]
+
+    def blocks_per_sm(self, name: str, block: int) -> int:
+        """How many blocks of ``block`` threads of kernel ``name`` a multiprocessor holds at once."""
+        from cuda.bindings import driver
+
+        return _check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(self._function(name), block, 0),
+                      f"occupancy of {name}")
+
     def launch(self, name: str, grid: tuple[int, int, int], block: int, args: list, *,
                early: bool = False) -> None:
         """``args``: ctypes values (c_void_p for pointers, c_int, c_float, ...) in the kernel's order.
@@ -125,13 +140,11 @@ class CudaModule:
         on the stream ends, and waits for it where it says so (griddepcontrol.wait)."""
         from cuda.bindings import driver
 
-        if name not in self._functions:
-            self._functions[name] = _check(driver.cuModuleGetFunction(self._module, name.encode()),
-                                           f"cuModuleGetFunction({name})")
+        function = self._function(name)
         pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
         stream = torch.cuda.current_stream().cuda_stream
         if not early:
-            _check(driver.cuLaunchKernel(self._functions[name], *grid, block, 1, 1, 0, stream,
+            _check(driver.cuLaunchKernel(function, *grid, block, 1, 1, 0, stream,
                                          ctypes.addressof(pointers), 0), f"launching {name}")
             return
         config = driver.CUlaunchConfig()
@@ -144,7 +157,7 @@ class CudaModule:
         attr.value.programmaticStreamSerializationAllowed = 1
         config.attrs = [attr]
         config.numAttrs = 1
-        _check(driver.cuLaunchKernelEx(config, self._functions[name], ctypes.addressof(pointers), 0),
+        _check(driver.cuLaunchKernelEx(config, function, ctypes.addressof(pointers), 0),
                f"launching {name}")
 
 

@@ -2,7 +2,8 @@
 // The arithmetic is kernels/reference.py:bitserial_acc and nn/bitserial.py, exactly.
 //
 // Compile-time constants (-D): NT (column tiles of 8 per warp), WARPS_K (warps of a block splitting K),
-// A8 (activation planes per input row, padded to a multiple of 8), PG (weight planes per pipeline stage).
+// A8 (activation planes per input row, padded to a multiple of 8), PG (weight planes per pipeline stage),
+// WIDE (1: the sums of a warp's chunks may pass int32).
 //
 // Layouts (int32 words, bit i of word w = element 32w + i along K; K padded with zero bits to WPAD words,
 // a multiple of 16, i.e. 512 bits: two mma k-steps per 16-byte load):
@@ -30,6 +31,9 @@ typedef long long i64;
 #ifndef PG
 #define PG 4
 #endif
+#ifndef WIDE
+#define WIDE 0
+#endif
 #define M_PER_WARP (NT * 8 / A8)
 
 // One block: 16 output rows x (NT * 8) input-plane columns, its WARPS_K warps splitting K.
@@ -39,11 +43,15 @@ typedef long long i64;
 extern "C" __global__ void __launch_bounds__(32 * WARPS_K)
 bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xplanes, const int* __restrict__ xsum,
                const float* __restrict__ scale, const float* __restrict__ bias, float* __restrict__ out,
-               int M, int N, int wpad, int n_stored, int active, int act_bits, int act_signed, int relu) {
+               int M, int N, int wpad, int n_stored, int active, int act_bits, int act_signed, int relu,
+               int flush_chunks) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int row0 = blockIdx.x * 16;
-    const int col0 = blockIdx.y * NT * 8;      // first input-plane column of this block
+    // The blocks of one 16-row weight tile (one per NT * 8 input-plane columns) are consecutive, so they
+    // run together and all but the first read the tile from L2.
+    const int col_blocks = (M * A8 + NT * 8 - 1) / (NT * 8);
+    const int row0 = blockIdx.x / col_blocks * 16;
+    const int col0 = blockIdx.x % col_blocks * NT * 8;  // first input-plane column of this block
     const int chunks = wpad / 16;              // 512-bit chunks along K
     const int r_lo = row0 + g, r_hi = row0 + g + 8;
     const int cols = M * A8;
@@ -77,11 +85,23 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 
+    // Each plane's popcounts, times its weight 2^shift, go into int32 sums (one multiply-add each). A chunk
+    // adds at most 512 (2^n_stored - 1) to one; where a warp's chunks could pass 2^31 (WIDE, from the
+    // host), they flush into int64 totals every flush_chunks chunks.
     i64 total[NT][4];
+    int part32[NT][4];
 #pragma unroll
     for (int n = 0; n < NT; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) total[n][e] = 0;
+        for (int e = 0; e < 4; ++e) total[n][e] = 0, part32[n][e] = 0;
+    int unflushed = 0;  // chunks in part32
+    auto flush = [&]() {
+#pragma unroll
+        for (int n = 0; n < NT; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) total[n][e] += part32[n][e], part32[n][e] = 0;
+        unflushed = 0;
+    };
     int rowsum[M_PER_WARP];  // this lane's share of sum_K xq for the block's input rows
 #pragma unroll
     for (int mm = 0; mm < M_PER_WARP; ++mm) rowsum[mm] = 0;
@@ -118,21 +138,23 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
 #pragma unroll
         for (int p = 0; p < PG; ++p) {
             if (i0 + p >= active) break;
-            const int shift = n_stored - active + i0 + p;  // this plane's weight 2^shift
+            const int weight = 1 << (n_stored - active + i0 + p);  // this plane's weight
 #pragma unroll
             for (int n = 0; n < NT; ++n) {
                 int acc[4] = {0, 0, 0, 0};
                 mma_b1_and_popc(acc, lo[p].x, hi[p].x, lo[p].y, hi[p].y, b[n].x, b[n].y);
                 mma_b1_and_popc(acc, lo[p].z, hi[p].z, lo[p].w, hi[p].w, b[n].z, b[n].w);
 #pragma unroll
-                for (int e = 0; e < 4; ++e) total[n][e] += (i64)acc[e] << shift;
+                for (int e = 0; e < 4; ++e) part32[n][e] += acc[e] * weight;
             }
         }
+        if (WIDE && (gi + 1) % per_chunk == 0 && ++unflushed == flush_chunks) flush();
     };
     for (int gi = 0; gi < groups; gi += 2) {  // two register stages, named at compile time
         step(w0_lo, w0_hi, w1_lo, w1_hi, gi);
         if (gi + 1 < groups) step(w1_lo, w1_hi, w0_lo, w0_hi, gi + 1);
     }
+    flush();
 
     // Columns -> input rows: column (m, j) carries c_j 2^j, c_j = -1 for the top plane when signed.
     // This thread holds columns 2t and 2t + 1 of each tile, for rows g (e = 0, 1) and g + 8 (e = 2, 3).

@@ -5,11 +5,12 @@ lowbit.kernels.reference.bitserial_acc."""
 from __future__ import annotations
 
 import ctypes
+from functools import cache
 
 import torch
 
 from ...numerics.bitlayers import WORD_MULTIPLE
-from . import launches_early, load_module, nvrtc_available, pointer
+from . import launches_early, load_module, multiprocessors, nvrtc_available, pointer
 
 MAX_WARPS_K = 8
 MAX_NT = 4  # column tiles per warp; 8 spills its int64 sums to local memory
@@ -29,16 +30,46 @@ def _early(device: torch.device) -> bool:
     return EARLY_LAUNCH and launches_early(device)
 
 
-def _config(m: int, words: int, act_bits: int) -> dict[str, int]:
+def _config(m: int, words: int, act_bits: int, n_stored: int) -> dict[str, int]:
     a8 = 8 if act_bits <= 8 else 16
     tiles = -(-m * a8 // 8)
     per_row = a8 // 8  # a warp's tiles cover whole input rows
     nt = min(MAX_NT, max(per_row, tiles))
     nt -= nt % per_row
     chunks = words // WORD_MULTIPLE
-    # Weight planes per pipeline stage (two stages in flight): 8 planes' registers at one column tile.
-    # (Stages spanning several chunks when fewer planes are active were slower: H100, session 11.)
-    return {"NT": nt, "WARPS_K": max(1, min(MAX_WARPS_K, chunks)), "A8": a8, "PG": 4 if nt == 1 else 2 if nt == 2 else 1}
+    warps_k = max(1, min(MAX_WARPS_K, chunks))
+    # Weight planes per pipeline stage (two stages in flight): as many as leave two blocks of 8 warps to a
+    # multiprocessor (at most 128 registers). The loads in flight are what the time waits on: four
+    # column tiles with two planes a stage instead of one, H100, 8192 x 8192, batch 32, 8-bit weights:
+    # 203 -> 174 us. (Stages spanning several chunks when fewer planes are active were slower: session 11.)
+    pg = 4 if nt <= 2 else 2
+    wide = -(-chunks // warps_k) > _flush_chunks(n_stored)
+    return {"NT": nt, "WARPS_K": warps_k, "A8": a8, "PG": pg, "WIDE": int(wide)}
+
+
+@cache
+def _launch_config(m: int, n: int, words: int, act_bits: int, n_stored: int, device: torch.device) -> dict[str, int]:
+    """:func:`_config`, with one plane a stage for one column tile where the grid would not fit the GPU at
+    once otherwise: the smaller blocks (half the registers) fit twice as many to a multiprocessor. H100,
+    N = K = 8192, batch 1, 8-bit inputs: one wave of them beats two of the larger ones up to 6 bitlayers
+    (1 bitlayer 9.9 -> 7.5 us, 4: 16.8 -> 16.3) and costs 1% at 8 (27.9 -> 28.1). With two column
+    tiles (16-bit inputs) one plane a stage lost from 2 bitlayers up (8: 29.6 -> 36.2 us)."""
+    cfg = _config(m, words, act_bits, n_stored)
+    if cfg["NT"] == 1:
+        blocks = -(-n // 16) * _column_blocks(m, cfg)
+        held = load_module("bitserial.cu", cfg, device).blocks_per_sm("bitserial_gemm", 32 * cfg["WARPS_K"])
+        if blocks > held * multiprocessors(device):
+            cfg["PG"] = 1
+    return cfg
+
+
+def _column_blocks(m: int, cfg: dict[str, int]) -> int:
+    return -(-m * cfg["A8"] // (8 * cfg["NT"]))
+
+
+def _flush_chunks(n_stored: int) -> int:
+    """Chunks of 512 bits whose popcounts, times their planes' weights, an int32 sum holds for sure."""
+    return ((1 << 31) - 1) // (WORD_MULTIPLE * 32 * ((1 << n_stored) - 1))
 
 
 def input_planes(x: torch.Tensor, input_scale: torch.Tensor, act_bits: int, qmin: int, qmax: int, words: int,
@@ -61,11 +92,12 @@ def binary_gemm(xplanes: torch.Tensor, xsum: torch.Tensor, planes: torch.Tensor,
     m = xsum.shape[0]
     n_stored, n, words = planes.shape
     out = torch.empty(m, n, dtype=torch.float32, device=planes.device)
-    grid = (-(-n // 16), -(-m * cfg["A8"] // (8 * cfg["NT"])), 1)
+    grid = (-(-n // 16) * _column_blocks(m, cfg), 1, 1)
     module.launch("bitserial_gemm", grid, 32 * cfg["WARPS_K"],
                   [pointer(planes), pointer(xplanes), pointer(xsum), pointer(scale), pointer(bias), pointer(out), ctypes.c_int(m),
                    ctypes.c_int(n), ctypes.c_int(words), ctypes.c_int(n_stored), ctypes.c_int(active),
-                   ctypes.c_int(act_bits), ctypes.c_int(int(act_signed)), ctypes.c_int(int(relu))],
+                   ctypes.c_int(act_bits), ctypes.c_int(int(act_signed)), ctypes.c_int(int(relu)),
+                   ctypes.c_int(_flush_chunks(n_stored))],
                   early=_early(planes.device))
     return out
 
@@ -81,7 +113,7 @@ def bitserial_linear(x: torch.Tensor, planes: torch.Tensor, active: int, input_s
             return bitserial_linear(x, planes, active, input_scale, act_bits, qmin, qmax, act_signed, scale, bias,
                                     flags, relu)
     words = planes.shape[-1]
-    cfg = _config(x.shape[0], words, act_bits)
+    cfg = _launch_config(x.shape[0], planes.shape[1], words, act_bits, planes.shape[0], x.device)
     module = load_module("bitserial.cu", cfg, x.device)
     xplanes, xsum = input_planes(x, input_scale, act_bits, qmin, qmax, words, flags, cfg, module)
     return binary_gemm(xplanes, xsum, planes, active, act_bits, act_signed, scale, bias, relu, cfg, module)
