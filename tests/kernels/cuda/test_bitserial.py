@@ -42,6 +42,19 @@ def test_int32_sums_widen_only_where_a_warp_could_pass_int32():
     assert _config(1, padded_words(64 * MAX_WARPS_K * 512 + 1), 8, 8)["WIDE"] == 0
 
 
+@pytest.mark.parametrize("act_bits", [8, 16])
+def test_a_block_keeps_8_warps_in_column_groups_that_cover_the_batch(act_bits):
+    from lowbit.kernels.cuda.bitserial import _column_blocks, _config
+
+    for m in range(1, 70):
+        for words in (16, 32, 256):
+            cfg = _config(m, words, act_bits, 8)
+            assert cfg["CW"] * cfg["WARPS_K"] <= 8 and cfg["WARPS_K"] <= words // 16
+            assert _column_blocks(m, cfg) * cfg["CW"] * cfg["NT"] * 8 >= m * cfg["A8"]
+            assert cfg["CW"] == 1 or cfg["CW"] * cfg["NT"] * 8 < m * cfg["A8"] + cfg["NT"] * 8  # no idle group
+    assert _config(1, 256, act_bits, 8)["CW"] == 1
+
+
 def _reference(x, planes, active, x_scale, act_bits, signed, w_scale, bias):
     fmt = IntFormat(act_bits, signed=signed)
     xq = torch.clamp(torch.round(x / x_scale), fmt.qmin, fmt.qmax).to(torch.int32)

@@ -2,6 +2,7 @@
 // The arithmetic is kernels/reference.py:bitserial_acc and nn/bitserial.py, exactly.
 //
 // Compile-time constants (-D): NT (column tiles of 8 per warp), WARPS_K (warps of a block splitting K),
+// CW (groups of WARPS_K warps of a block, each taking NT column tiles of its own),
 // A8 (activation planes per input row, padded to a multiple of 8), PG (weight planes per pipeline stage),
 // WIDE (1: the sums of a warp's chunks may pass int32).
 //
@@ -34,24 +35,30 @@ typedef long long i64;
 #ifndef WIDE
 #define WIDE 0
 #endif
+#ifndef CW
+#define CW 1
+#endif
 #define M_PER_WARP (NT * 8 / A8)
 
-// One block: 16 output rows x (NT * 8) input-plane columns, its WARPS_K warps splitting K.
+// One block: 16 output rows x (CW * NT * 8) input-plane columns; CW groups of WARPS_K warps, a group
+// taking NT column tiles and its warps splitting K. The groups load the same weights at about the same
+// time, so all but one find them in L1.
 // out[m, r] = float(acc) * scale[r] + bias[r] (then ReLU), acc as in reference.bitserial_acc.
 // A warp's work is a sequence of groups (PG weight planes of one of its chunks); the loads of the next
 // group are in flight while the current one's mmas run, across chunk boundaries too.
-extern "C" __global__ void __launch_bounds__(32 * WARPS_K)
+extern "C" __global__ void __launch_bounds__(32 * WARPS_K * CW)
 bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xplanes, const int* __restrict__ xsum,
                const float* __restrict__ scale, const float* __restrict__ bias, float* __restrict__ out,
                int M, int N, int wpad, int n_stored, int active, int act_bits, int act_signed, int relu,
                int flush_chunks) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) % WARPS_K, cg = (threadIdx.x >> 5) / WARPS_K;
     const int g = lane >> 2, t = lane & 3;
-    // The blocks of one 16-row weight tile (one per NT * 8 input-plane columns) are consecutive, so they
-    // run together and all but the first read the tile from L2.
-    const int col_blocks = (M * A8 + NT * 8 - 1) / (NT * 8);
+    // The blocks of one 16-row weight tile (one per CW * NT * 8 input-plane columns) are consecutive, so
+    // they run together and all but the first read the tile from L2.
+    const int col_blocks = (M * A8 + CW * NT * 8 - 1) / (CW * NT * 8);
     const int row0 = blockIdx.x / col_blocks * 16;
-    const int col0 = blockIdx.x % col_blocks * NT * 8;  // first input-plane column of this block
+    const int block_col0 = blockIdx.x % col_blocks * CW * NT * 8;  // first input-plane column of the block
+    const int col0 = block_col0 + cg * NT * 8;                      // ... and of this warp's column group
     const int chunks = wpad / 16;              // 512-bit chunks along K
     const int r_lo = row0 + g, r_hi = row0 + g + 8;
     const int cols = M * A8;
@@ -78,7 +85,7 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
     uint4 w0_lo[PG], w0_hi[PG], w1_lo[PG], w1_hi[PG];
     if (groups > 0) load_weights(w0_lo, w0_hi, 0);
     const int rr = threadIdx.x % 16;  // the output row of this thread's epilogue (blockDim is a multiple of 16)
-    const bool epilogue_row = row0 + rr < N && threadIdx.x < M_PER_WARP * 16;
+    const bool epilogue_row = row0 + rr < N && threadIdx.x < CW * M_PER_WARP * 16;
     const float scale_r = epilogue_row ? scale[row0 + rr] : 0.0f;
     const float bias_r = epilogue_row && bias ? bias[row0 + rr] : 0.0f;
 #if __CUDA_ARCH__ >= 900
@@ -183,30 +190,30 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
     }
 
     // Sum the warps' shares of K, then the epilogue.
-    __shared__ i64 shared[WARPS_K][M_PER_WARP][16];
-    __shared__ int shared_sum[WARPS_K][M_PER_WARP];
+    __shared__ i64 shared[CW][WARPS_K][M_PER_WARP][16];
+    __shared__ int shared_sum[CW][WARPS_K][M_PER_WARP];
     if (t == 0) {
 #pragma unroll
         for (int mm = 0; mm < M_PER_WARP; ++mm) {
-            shared[warp][mm][g] = part[mm][0];
-            shared[warp][mm][g + 8] = part[mm][1];
+            shared[cg][warp][mm][g] = part[mm][0];
+            shared[cg][warp][mm][g + 8] = part[mm][1];
         }
     }
     if (lane == 0) {
 #pragma unroll
-        for (int mm = 0; mm < M_PER_WARP; ++mm) shared_sum[warp][mm] = rowsum[mm];
+        for (int mm = 0; mm < M_PER_WARP; ++mm) shared_sum[cg][warp][mm] = rowsum[mm];
     }
     __syncthreads();
     const i64 planes_sum = ((1LL << active) - 1) << (n_stored - active);  // sum_i 2^(n - k + i)
-    for (int idx = threadIdx.x; idx < M_PER_WARP * 16; idx += 32 * WARPS_K) {
-        const int mm = idx / 16;
-        const int m = col0 / A8 + mm;
+    for (int idx = threadIdx.x; idx < CW * M_PER_WARP * 16; idx += 32 * WARPS_K * CW) {
+        const int c = idx / (M_PER_WARP * 16), mm = idx / 16 % M_PER_WARP;
+        const int m = block_col0 / A8 + c * M_PER_WARP + mm;
         if (m >= M || !epilogue_row) continue;
         i64 s = 0, row_sum = 0;
 #pragma unroll
         for (int w = 0; w < WARPS_K; ++w) {
-            s += shared[w][mm][rr];
-            row_sum += shared_sum[w][mm];
+            s += shared[c][w][mm][rr];
+            row_sum += shared_sum[c][w][mm];
         }
         const i64 acc = 2 * s - planes_sum * row_sum;
         float y = __fmul_rn(__ll2float_rn(acc), scale_r);

@@ -30,41 +30,52 @@ def _early(device: torch.device) -> bool:
     return EARLY_LAUNCH and launches_early(device)
 
 
-def _config(m: int, words: int, act_bits: int, n_stored: int) -> dict[str, int]:
+def _config(m: int, words: int, act_bits: int, n_stored: int, most_groups: int = MAX_WARPS_K) -> dict[str, int]:
     a8 = 8 if act_bits <= 8 else 16
     tiles = -(-m * a8 // 8)
     per_row = a8 // 8  # a warp's tiles cover whole input rows
     nt = min(MAX_NT, max(per_row, tiles))
     nt -= nt % per_row
     chunks = words // WORD_MULTIPLE
-    warps_k = max(1, min(MAX_WARPS_K, chunks))
+    # A block keeps 8 warps: one group of them per NT column tiles (up to ``most_groups`` groups, which
+    # load the same weights: all but one from L1), each group's warps splitting K. H100, batch 32, 4-bit
+    # weights: 4096 x 4096 38.6 -> 24.7 us, 8192 x 8192 106 -> 83 us against one group and more blocks.
+    cw = min(most_groups, -(-tiles // nt))
+    warps_k = max(1, min(MAX_WARPS_K // cw, chunks))
     # Weight planes per pipeline stage (two stages in flight): as many as leave two blocks of 8 warps to a
     # multiprocessor (at most 128 registers). The loads in flight are what the time waits on: four
     # column tiles with two planes a stage instead of one, H100, 8192 x 8192, batch 32, 8-bit weights:
     # 203 -> 174 us. (Stages spanning several chunks when fewer planes are active were slower: session 11.)
     pg = 4 if nt <= 2 else 2
     wide = -(-chunks // warps_k) > _flush_chunks(n_stored)
-    return {"NT": nt, "WARPS_K": warps_k, "A8": a8, "PG": pg, "WIDE": int(wide)}
+    return {"NT": nt, "WARPS_K": warps_k, "CW": cw, "A8": a8, "PG": pg, "WIDE": int(wide)}
 
 
 @cache
 def _launch_config(m: int, n: int, words: int, act_bits: int, n_stored: int, device: torch.device) -> dict[str, int]:
-    """:func:`_config`, with one plane a stage for one column tile where the grid would not fit the GPU at
-    once otherwise: the smaller blocks (half the registers) fit twice as many to a multiprocessor. H100,
-    N = K = 8192, batch 1, 8-bit inputs: one wave of them beats two of the larger ones up to 6 bitlayers
-    (1 bitlayer 9.9 -> 7.5 us, 4: 16.8 -> 16.3) and costs 1% at 8 (27.9 -> 28.1). With two column
-    tiles (16-bit inputs) one plane a stage lost from 2 bitlayers up (8: 29.6 -> 36.2 us)."""
+    """:func:`_config` fitted to the GPU. Column groups are halved while the blocks would leave
+    multiprocessors idle. With one column tile, one plane a stage where the grid would not fit the GPU
+    at once otherwise: the smaller blocks (half the registers) fit twice as many to a multiprocessor.
+    H100, N = K = 8192, batch 1, 8-bit inputs: one wave of them beats two of the larger ones up to 6
+    bitlayers (1 bitlayer 9.9 -> 7.5 us, 4: 16.8 -> 16.3) and costs 1% at 8 (27.9 -> 28.1). With two
+    column tiles (16-bit inputs) one plane a stage lost from 2 bitlayers up (8: 29.6 -> 36.2 us)."""
     cfg = _config(m, words, act_bits, n_stored)
+    while cfg["CW"] > 1 and -(-n // 16) * _column_blocks(m, cfg) < multiprocessors(device):
+        cfg = _config(m, words, act_bits, n_stored, cfg["CW"] // 2)
     if cfg["NT"] == 1:
         blocks = -(-n // 16) * _column_blocks(m, cfg)
-        held = load_module("bitserial.cu", cfg, device).blocks_per_sm("bitserial_gemm", 32 * cfg["WARPS_K"])
+        held = load_module("bitserial.cu", cfg, device).blocks_per_sm("bitserial_gemm", _threads(cfg))
         if blocks > held * multiprocessors(device):
             cfg["PG"] = 1
     return cfg
 
 
 def _column_blocks(m: int, cfg: dict[str, int]) -> int:
-    return -(-m * cfg["A8"] // (8 * cfg["NT"]))
+    return -(-m * cfg["A8"] // (8 * cfg["NT"] * cfg["CW"]))
+
+
+def _threads(cfg: dict[str, int]) -> int:
+    return 32 * cfg["WARPS_K"] * cfg["CW"]
 
 
 def _flush_chunks(n_stored: int) -> int:
@@ -93,7 +104,7 @@ def binary_gemm(xplanes: torch.Tensor, xsum: torch.Tensor, planes: torch.Tensor,
     n_stored, n, words = planes.shape
     out = torch.empty(m, n, dtype=torch.float32, device=planes.device)
     grid = (-(-n // 16) * _column_blocks(m, cfg), 1, 1)
-    module.launch("bitserial_gemm", grid, 32 * cfg["WARPS_K"],
+    module.launch("bitserial_gemm", grid, _threads(cfg),
                   [pointer(planes), pointer(xplanes), pointer(xsum), pointer(scale), pointer(bias), pointer(out), ctypes.c_int(m),
                    ctypes.c_int(n), ctypes.c_int(words), ctypes.c_int(n_stored), ctypes.c_int(active),
                    ctypes.c_int(act_bits), ctypes.c_int(int(act_signed)), ctypes.c_int(int(relu)),
