@@ -4,7 +4,9 @@
 // Compile-time constants (-D): NT (column tiles of 8 per warp), WARPS_K (warps of a block splitting K),
 // CW (groups of WARPS_K warps of a block, each taking NT column tiles of its own),
 // A8 (activation planes per input row, padded to a multiple of 8), PG (weight planes per pipeline stage),
-// WIDE (1: the sums of a warp's chunks may pass int32).
+// WIDE (1: the sums of a warp's chunks may pass int32), RING (0: each warp keeps two stages of weight
+// planes in registers; n > 0: a ring of n stages in shared memory, shared by the CW warps that take the
+// same chunks).
 //
 // Layouts (int32 words, bit i of word w = element 32w + i along K; K padded with zero bits to WPAD words,
 // a multiple of 16, i.e. 512 bits: two mma k-steps per 16-byte load):
@@ -38,14 +40,18 @@ typedef long long i64;
 #ifndef CW
 #define CW 1
 #endif
+#ifndef RING
+#define RING 0
+#endif
 #define M_PER_WARP (NT * 8 / A8)
 
 // One block: 16 output rows x (CW * NT * 8) input-plane columns; CW groups of WARPS_K warps, a group
-// taking NT column tiles and its warps splitting K. The groups load the same weights at about the same
-// time, so all but one find them in L1.
+// taking NT column tiles and its warps splitting K. The groups need the same weights at about the same
+// time: through the ring they share one copy (without it, all but one would find them in L1).
 // out[m, r] = float(acc) * scale[r] + bias[r] (then ReLU), acc as in reference.bitserial_acc.
 // A warp's work is a sequence of groups (PG weight planes of one of its chunks); the loads of the next
-// group are in flight while the current one's mmas run, across chunk boundaries too.
+// group (RING - 1 groups with a ring) are in flight while the current one's mmas run, across chunk
+// boundaries too.
 extern "C" __global__ void __launch_bounds__(32 * WARPS_K * CW)
 bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xplanes, const int* __restrict__ xsum,
                const float* __restrict__ scale, const float* __restrict__ bias, float* __restrict__ out,
@@ -80,10 +86,33 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
             hi[p] = ok && r_hi < N ? __ldg(wplanes + ((size_t)plane * N + r_hi) * (wpad / 4) + c * 4 + t) : zero;
         }
     };
+#if RING
+    // The ring of the CW warps with this warp index: each group's PG planes x 2 rows x 32 lanes of 16
+    // bytes, copied by all of them, read by each as its mma fragments (lane l: rows g and g + 8).
+    __shared__ uint4 ring[WARPS_K][RING][PG][2][32];
+    auto fetch = [&](int gi) {
+        if (gi < groups) {
+            const int c = chunk_of(gi), i0 = gi % per_chunk * PG;
+            for (int q = cg * 32 + lane; q < PG * 64; q += CW * 32) {
+                const int p = q >> 6, h = q >> 5 & 1, l = q & 31;
+                const int row = row0 + (l >> 2) + 8 * h, plane = n_stored - active + i0 + p;
+                const bool ok = i0 + p < active && row < N;
+                cp_async16_zfill(&ring[warp][gi % RING][p][h][l],
+                                 wplanes + (ok ? ((size_t)plane * N + row) * (wpad / 4) + c * 4 + (l & 3) : 0), ok ? 16 : 0);
+            }
+        }
+        cp_async_commit();  // empty groups too: the count of groups stays uniform
+    };
+    auto ring_barrier = [&]() { asm volatile("bar.sync %0, %1;" ::"r"(1 + warp), "r"(CW * 32) : "memory"); };
+#endif
     // Weights and epilogue constants do not depend on the previous kernel: they are in flight before
     // waiting for it (this kernel is launched early behind it on Hopper: programmatic dependent launch).
+#if RING
+    for (int s = 0; s < RING - 1; ++s) fetch(s);
+#else
     uint4 w0_lo[PG], w0_hi[PG], w1_lo[PG], w1_hi[PG];
     if (groups > 0) load_weights(w0_lo, w0_hi, 0);
+#endif
     const int rr = threadIdx.x % 16;  // the output row of this thread's epilogue (blockDim is a multiple of 16)
     const bool epilogue_row = row0 + rr < N && threadIdx.x < CW * M_PER_WARP * 16;
     const float scale_r = epilogue_row ? scale[row0 + rr] : 0.0f;
@@ -129,6 +158,8 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
     };
     if (groups > 0) load_input(warp);
 
+    // One group's mmas on its weights lo / hi; without a ring, the next group's weight loads into
+    // next_lo / next_hi go out before them.
     auto step = [&](const uint4 (&lo)[PG], const uint4 (&hi)[PG], uint4 (&next_lo)[PG], uint4 (&next_hi)[PG],
                     int gi) {
         const int i0 = gi % per_chunk * PG;
@@ -139,7 +170,7 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
             for (int mm = 0; mm < M_PER_WARP; ++mm) rowsum[mm] += xs_next[mm];
         }
         if (gi + 1 < groups) {
-            load_weights(next_lo, next_hi, gi + 1);
+            if (!RING) load_weights(next_lo, next_hi, gi + 1);
             if ((gi + 1) % per_chunk == 0) load_input(chunk_of(gi + 1));
         }
 #pragma unroll
@@ -157,10 +188,23 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
         }
         if (WIDE && (gi + 1) % per_chunk == 0 && ++unflushed == flush_chunks) flush();
     };
+#if RING
+    for (int gi = 0; gi < groups; ++gi) {
+        cp_async_wait<RING - 2>();  // this thread's copies of group gi have landed
+        ring_barrier();             // ... and everyone's; everyone is done with group gi - 1's slot
+        fetch(gi + RING - 1);       // into that slot
+        uint4 lo[PG], hi[PG];
+#pragma unroll
+        for (int p = 0; p < PG; ++p) lo[p] = ring[warp][gi % RING][p][0][lane], hi[p] = ring[warp][gi % RING][p][1][lane];
+        step(lo, hi, lo, hi, gi);
+    }
+    cp_async_wait<0>();
+#else
     for (int gi = 0; gi < groups; gi += 2) {  // two register stages, named at compile time
         step(w0_lo, w0_hi, w1_lo, w1_hi, gi);
         if (gi + 1 < groups) step(w1_lo, w1_hi, w0_lo, w0_hi, gi + 1);
     }
+#endif
     flush();
 
     // Columns -> input rows: column (m, j) carries c_j 2^j, c_j = -1 for the top plane when signed.
