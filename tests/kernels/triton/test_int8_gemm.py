@@ -195,6 +195,10 @@ def test_empty_and_bad_inputs():
     wide_k = torch.zeros(1, 140_000, dtype=torch.int8, device="cuda")
     with pytest.raises(ValueError, match="K=140000 could overflow the int32 accumulators"):
         int8_gemm(wide_k, wide_k, one, torch.ones(1, device="cuda"))
+    # 32-bit offsets: 16 elements, but the second row starts 2^31 elements after the first
+    base = torch.empty((1 << 31) + 8, dtype=torch.int8, device="cuda")
+    with pytest.raises(ValueError, match=r"a \(2, 8\) spans 2147483656 elements of memory; int8_gemm indexes"):
+        int8_gemm(base.as_strided((2, 8), (1 << 31, 1)), w, one, ws)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 4097), (64, 768), (513, 100)])

@@ -328,9 +328,14 @@ def check_int32_accumulation(k: int, what: str = "K") -> None:
 
 
 def check_int32_indexable(t: torch.Tensor | None, name: str, kernel: str) -> None:
-    """The kernels index elements with 32-bit offsets (beyond the batch offset)."""
-    if t is not None and t.numel() >= 1 << 31:
-        raise ValueError(f"{name} has {t.numel()} elements; {kernel} indexes with 32 bits: split the batch")
+    """The kernels index elements with 32-bit offsets (beyond the batch offset): every element of ``t``
+    (through its strides) must lie within 2^31 of its first."""
+    if t is None or t.numel() == 0:
+        return
+    span = 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+    if span > (1 << 31) - 1:
+        raise ValueError(f"{name} {tuple(t.shape)} spans {span} elements of memory; {kernel} indexes with 32 bits: "
+                         "split it")
 
 
 def _check_weight(w: torch.Tensor, n: int, k: int, device: torch.device) -> bool:
@@ -408,6 +413,8 @@ def _launch(a, w, out, a_scale, w_scale, bias, out_scale, flags: dict) -> None:
     take, the pointer-load tiled one otherwise; packed INT4 weights with at most 16 rows go to a CUDA
     kernel instead (kernels/cuda/int4_small_m.cu), where it fits."""
     (m, k), n = a.shape, w.shape[0]
+    for name, t in (("a", a), ("w", w), ("out", out)):
+        check_int32_indexable(t, name, "float_gemm" if flags["FLOAT_ACC"] else "int8_gemm")
     per_token = a_scale.dim() == 1
     _check(a_scale, "a_scale", torch.float32, a.device, (m,) if per_token else ())
     _check(w_scale, "w_scale", torch.float32, a.device, (n,))
