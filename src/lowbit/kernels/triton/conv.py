@@ -35,6 +35,20 @@ def _keep_aligned_configs(configs, named_args, **kwargs):
     return aligned or configs
 
 
+@triton.jit
+def _gather_taps(row_ptr, ih0, iw0, k, row_ok, C, KW, dil_h, dil_w, H, W, sxh, sxw):
+    """[rows, k] input codes: output pixel i (its image at row_ptr[i], its window's corner at ih0[i],
+    iw0[i]) meets k = (kh * KW + kw) * C + c at input pixel (ih0 + kh dil_h, iw0 + kw dil_w), channel c;
+    0 in the padding and where row_ok is false."""
+    c = k % C
+    tap = k // C
+    kh = tap // KW
+    ih = ih0[:, None] + (kh * dil_h)[None, :]
+    iw = iw0[:, None] + ((tap - kh * KW) * dil_w)[None, :]
+    inside = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    return tl.load(row_ptr[:, None] + ih * sxh + iw * sxw + c[None, :], mask=inside, other=0)
+
+
 @triton.autotune(configs=candidate_configs(conv_configs()),
                  key=["M", "N", "K", "C", "KW", "OUT_KIND", "RES_KIND", "W_PACKED"],
                  prune_configs_by={"early_config_prune": _keep_aligned_configs})
@@ -75,13 +89,8 @@ def _int8_conv_kernel(x_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_scale
                                False)
         else:  # decode (kh, kw, c) per element
             k = k0 + offs_k
-            c = k % C
-            tap = k // C
-            kh = tap // KW
-            ih = ih0[:, None] + (kh * dil_h)[None, :]
-            iw = iw0[:, None] + ((tap - kh * KW) * dil_w)[None, :]
-            inside = mask_m[:, None] & (k[None, :] < K) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a = tl.load(row_ptr[:, None] + ih * sxh + iw * sxw + c[None, :], mask=inside, other=0)
+            a = _gather_taps(row_ptr, ih0, iw0, k, mask_m[:, None] & (k[None, :] < K), C, KW, dil_h, dil_w, H, W,
+                             sxh, sxw)
             acc = _dot_weights(acc, a, w_ptr, offs_n, k0, N, K, stride_wn, 1, BLOCK_M, BLOCK_K, BLOCK_N, W_PACKED,
                                True)
     _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr, out_scale_ptr,
@@ -106,13 +115,8 @@ def _im2col_kernel(x_ptr, a_ptr, M, K, KP, H, W, OH, OW, stride_h, stride_w, pad
     ow = offs_m % OW
     oh = (offs_m // OW) % OH
     img = offs_m // (OW * OH)
-    c = offs_k % C
-    tap = offs_k // C
-    kh = tap // KW
-    ih = (oh * stride_h - pad_h)[:, None] + (kh * dil_h)[None, :]
-    iw = (ow * stride_w - pad_w)[:, None] + ((tap - kh * KW) * dil_w)[None, :]
-    inside = (offs_m < M)[:, None] & (offs_k < K)[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-    a = tl.load(x_ptr + img.to(tl.int64)[:, None] * sxb + ih * sxh + iw * sxw + c[None, :], mask=inside, other=0)
+    a = _gather_taps(x_ptr + img.to(tl.int64) * sxb, oh * stride_h - pad_h, ow * stride_w - pad_w, offs_k,
+                     (offs_m < M)[:, None] & (offs_k < K)[None, :], C, KW, dil_h, dil_w, H, W, sxh, sxw)
     tl.store(a_ptr + offs_m.to(tl.int64)[:, None] * KP + offs_k[None, :], a,
              mask=(offs_m < M)[:, None] & (offs_k < KP)[None, :])
 
