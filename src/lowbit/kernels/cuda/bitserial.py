@@ -13,7 +13,7 @@ from ...numerics.bitlayers import WORD_MULTIPLE
 from . import launches_early, load_module, multiprocessors, nvrtc_available, pointer
 
 MAX_WARPS_K = 8
-MAX_NT = 4  # column tiles per warp; 8 spills its int64 sums to local memory
+MAX_NT = 4  # column tiles per warp; 8 took 166 registers (one block a multiprocessor) and was slower
 QUANTIZE_WARPS = 8
 # Hopper: launch each kernel while the one before it runs (programmatic dependent launch): it loads its
 # weights and waits for the previous kernel's output; the benchmark turns it off to measure what it brings.
@@ -38,8 +38,8 @@ def _config(m: int, words: int, act_bits: int, n_stored: int, most_groups: int =
     nt -= nt % per_row
     chunks = words // WORD_MULTIPLE
     # A block keeps 8 warps: one group of them per NT column tiles (up to ``most_groups`` groups, which
-    # load the same weights: all but one from L1), each group's warps splitting K. H100, batch 32, 4-bit
-    # weights: 4096 x 4096 38.6 -> 24.7 us, 8192 x 8192 106 -> 83 us against one group and more blocks.
+    # need the same weights), each group's warps splitting K. H100, batch 32, 4-bit weights: 4096 x 4096
+    # 38.6 -> 24.7 us, 8192 x 8192 106 -> 83 us against one group and more blocks.
     cw = min(most_groups, -(-tiles // nt))
     warps_k = max(1, min(MAX_WARPS_K // cw, chunks))
     # Weight planes per pipeline stage (two stages in flight): as many as leave two blocks of 8 warps to a
@@ -64,12 +64,12 @@ def _launch_config(m: int, n: int, words: int, act_bits: int, n_stored: int, dev
     bitlayers (1 bitlayer 9.9 -> 7.5 us, 4: 16.8 -> 16.3) and costs 1% at 8 (27.9 -> 28.1). With two
     column tiles (16-bit inputs) one plane a stage lost from 2 bitlayers up (8: 29.6 -> 36.2 us)."""
     cfg = _config(m, words, act_bits, n_stored)
-    while cfg["CW"] > 1 and -(-n // 16) * _column_blocks(m, cfg) < multiprocessors(device):
+    row_tiles, sms = -(-n // 16), multiprocessors(device)
+    while cfg["CW"] > 1 and row_tiles * _column_blocks(m, cfg) < sms:
         cfg = _config(m, words, act_bits, n_stored, cfg["CW"] // 2)
     if cfg["NT"] == 1:
-        blocks = -(-n // 16) * _column_blocks(m, cfg)
         held = load_module("bitserial.cu", cfg, device).blocks_per_sm("bitserial_gemm", _threads(cfg))
-        if blocks > held * multiprocessors(device):
+        if row_tiles * _column_blocks(m, cfg) > held * sms:
             cfg["PG"] = 1
     return cfg
 

@@ -18,6 +18,12 @@ BLOCK = 256
 
 
 @triton.jit
+def _gate(gin_ptr, ghid_ptr, offs, mask):
+    """One gate's pre-activation: its input part plus its hidden part, in float32."""
+    return tl.load(gin_ptr + offs, mask=mask).to(tl.float32) + tl.load(ghid_ptr + offs, mask=mask).to(tl.float32)
+
+
+@triton.jit
 def _lstm_cell_kernel(gin_ptr, ghid_ptr, c_ptr, h_out_ptr, c_out_ptr, H, total, BLOCK: tl.constexpr,
                       EARLY: tl.constexpr):
     if EARLY:  # launched while the hidden product runs (Hopper): let the next step's kernels be launched
@@ -30,12 +36,10 @@ def _lstm_cell_kernel(gin_ptr, ghid_ptr, c_ptr, h_out_ptr, c_out_ptr, H, total, 
     # so even the input projection (a bit-serial layer too) may still be being written.
     if EARLY:
         gdc_wait()
-    i = tl.load(gin_ptr + gate, mask=mask).to(tl.float32) + tl.load(ghid_ptr + gate, mask=mask).to(tl.float32)
-    f = tl.load(gin_ptr + gate + H, mask=mask).to(tl.float32) + tl.load(ghid_ptr + gate + H, mask=mask).to(tl.float32)
-    g = (tl.load(gin_ptr + gate + 2 * H, mask=mask).to(tl.float32)
-         + tl.load(ghid_ptr + gate + 2 * H, mask=mask).to(tl.float32))
-    o = (tl.load(gin_ptr + gate + 3 * H, mask=mask).to(tl.float32)
-         + tl.load(ghid_ptr + gate + 3 * H, mask=mask).to(tl.float32))
+    i = _gate(gin_ptr, ghid_ptr, gate, mask)
+    f = _gate(gin_ptr, ghid_ptr, gate + H, mask)
+    g = _gate(gin_ptr, ghid_ptr, gate + 2 * H, mask)
+    o = _gate(gin_ptr, ghid_ptr, gate + 3 * H, mask)
     c = tl.load(c_ptr + offs, mask=mask).to(tl.float32)
     c_new = tl.sigmoid(f) * c + tl.sigmoid(i) * libdevice.tanh(g)
     h = tl.sigmoid(o) * libdevice.tanh(c_new)
