@@ -12,11 +12,15 @@
 // a multiple of 16, i.e. 512 bits: two mma k-steps per 16-byte load):
 //   weight planes  [n_stored, N, WPAD]   plane i: bit i of the unsigned odd-grid code (a +-1 layer)
 //   input planes   [M * A8, WPAD]        row m * A8 + j: bit j of input row m's fixed-point codes
-//                                        (two's complement; planes j >= act_bits are zero)
+//                                        (two's complement; planes j >= act_bits are zero); with a ring,
+//                                        word 4i + j of each chunk at 4j + i (i, j < 4)
 //   input sums     [M, WPAD] int32       sum of input row m's codes in each word
 //
-// Only A and B need the same assignment of K bits to mma k-positions (AND + popcount sums over K), so
-// each thread loads 16 consecutive bytes and feeds words {0, 1} to one mma and {2, 3} to the next.
+// Only A and B need the same assignment of K bits to mma k-positions (AND + popcount sums over K). Each
+// thread loads 16 bytes of input planes and feeds words {0, 1} to one mma and {2, 3} to the next. Without
+// a ring, its weight fragments are the same 16 bytes of rows g and g + 8 (lane = 4g + t: chunk words
+// 4t..4t + 3); with one, ldmatrix gives it words t, 4 + t, 8 + t, 12 + t of both rows, which is why the
+// input planes are then stored in that order.
 
 #include "common.cuh"
 
@@ -49,10 +53,17 @@ typedef long long i64;
 // taking NT column tiles and its warps splitting K. The groups need the same weights at about the same
 // time: through the ring they share one copy (without it, all but one would find them in L1).
 // out[m, r] = float(acc) * scale[r] + bias[r] (then ReLU), acc as in reference.bitserial_acc.
-// A warp's work is a sequence of groups (PG weight planes of one of its chunks); the loads of the next
-// group (RING - 1 groups with a ring) are in flight while the current one's mmas run, across chunk
-// boundaries too.
-extern "C" __global__ void __launch_bounds__(32 * WARPS_K * CW)
+// The loads of a warp's next group of planes (RING - 1 groups with a ring) are in flight while the
+// current one's mmas run, across chunk boundaries too.
+struct Group {
+    int c, q0;  // a chunk, and the position of the group's first plane among the active ones
+};
+
+// Registers for two blocks of 8 warps a multiprocessor (four with one plane a stage and one column tile:
+// the launcher's one-wave rule counts on it); the rare WIDE variant would spill under that cap.
+#define MIN_BLOCKS (WIDE ? 1 : PG == 1 && NT == 1 ? 4 : 2)
+
+extern "C" __global__ void __launch_bounds__(32 * WARPS_K * CW, MIN_BLOCKS)
 bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xplanes, const int* __restrict__ xsum,
                const float* __restrict__ scale, const float* __restrict__ bias, float* __restrict__ out,
                int M, int N, int wpad, int n_stored, int active, int act_bits, int act_signed, int relu,
@@ -73,33 +84,56 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
     asm volatile("griddepcontrol.launch_dependents;");  // the next layer's input kernel may be launched
 #endif
 
-    const int per_chunk = (active + PG - 1) / PG;  // groups of each chunk
-    const int groups = chunks > warp ? (chunks - warp + WARPS_K - 1) / WARPS_K * per_chunk : 0;
-    auto chunk_of = [&](int gi) { return warp + gi / per_chunk * WARPS_K; };
-    auto load_weights = [&](uint4 (&lo)[PG], uint4 (&hi)[PG], int gi) {
-        const int c = chunk_of(gi), i0 = gi % per_chunk * PG;
+    // A warp's work is a sequence of groups: PG weight planes of one of its chunks, the chunk's active planes
+    // taken from the most significant one down (position q = 0 is plane n_stored - 1), so that each plane's
+    // popcounts join the chunk's sums by Horner's rule (double, then add: the mma adds). Positions advance
+    // without divisions.
+    const int groups = chunks > warp ? (chunks - warp + WARPS_K - 1) / WARPS_K * ((active + PG - 1) / PG) : 0;
+    auto after = [&](Group gp) {
+        gp.q0 += PG;
+        if (gp.q0 >= active) gp.q0 = 0, gp.c += WARPS_K;
+        return gp;
+    };
+    auto load_weights = [&](uint4 (&lo)[PG], uint4 (&hi)[PG], Group gp) {
 #pragma unroll
         for (int p = 0; p < PG; ++p) {
-            const int plane = n_stored - active + i0 + p;
-            const bool ok = i0 + p < active;
-            lo[p] = ok && r_lo < N ? __ldg(wplanes + ((size_t)plane * N + r_lo) * (wpad / 4) + c * 4 + t) : zero;
-            hi[p] = ok && r_hi < N ? __ldg(wplanes + ((size_t)plane * N + r_hi) * (wpad / 4) + c * 4 + t) : zero;
+            const int q = gp.q0 + p, plane = n_stored - 1 - q;
+            const bool ok = q < active;
+            lo[p] = ok && r_lo < N ? __ldg(wplanes + ((size_t)plane * N + r_lo) * (wpad / 4) + gp.c * 4 + t) : zero;
+            hi[p] = ok && r_hi < N ? __ldg(wplanes + ((size_t)plane * N + r_hi) * (wpad / 4) + gp.c * 4 + t) : zero;
         }
     };
 #if RING
-    // The ring of the CW warps with this warp index: each group's PG planes x 2 rows x 32 lanes of 16
-    // bytes, copied by all of them, read by each as its mma fragments (lane l: rows g and g + 8).
-    __shared__ uint4 ring[WARPS_K][RING][PG][2][32];
+    // The ring of the CW warps with this warp index: each group's PG planes x 16 rows x 64 bytes, copied by
+    // all of them, read by each with ldmatrix straight into mma fragments. The 16-byte quarters of a row
+    // are swizzled (quarter ^ (row / 2) % 4) so that the 8 rows of one ldmatrix phase hit distinct banks.
+    __shared__ uint4 ring[WARPS_K][RING][PG][16][4];
+    // A thread's 16-byte copies of a group (the same plane slot, row and quarter in every group): where
+    // they go in a slot, and their row's first word (the plane and chunk are added per group).
+    constexpr int COPIES = (PG * 64 + CW * 32 - 1) / (CW * 32);
+    int copy_p[COPIES], copy_at[COPIES];
+    const uint4* copy_src[COPIES];
+#pragma unroll
+    for (int i = 0; i < COPIES; ++i) {
+        const int u = cg * 32 + lane + i * CW * 32, row = u >> 2 & 15, quarter = u & 3;
+        const bool live = u < PG * 64 && row0 + row < N;
+        copy_p[i] = live ? u >> 6 : active;  // a dead copy zero-fills (its plane never counts as active)
+        copy_at[i] = u < PG * 64 ? ((u >> 6) * 16 + row) * 4 + (quarter ^ (row >> 1 & 3)) : -1;
+        copy_src[i] = wplanes + (size_t)(live ? row0 + row : 0) * (wpad / 4) + quarter;
+    }
+    const size_t plane_stride = (size_t)N * (wpad / 4);
+    Group fetched = {warp, 0};
     auto fetch = [&](int gi) {
         if (gi < groups) {
-            const int c = chunk_of(gi), i0 = gi % per_chunk * PG;
-            for (int q = cg * 32 + lane; q < PG * 64; q += CW * 32) {
-                const int p = q >> 6, h = q >> 5 & 1, l = q & 31;
-                const int row = row0 + (l >> 2) + 8 * h, plane = n_stored - active + i0 + p;
-                const bool ok = i0 + p < active && row < N;
-                cp_async16_zfill(&ring[warp][gi % RING][p][h][l],
-                                 wplanes + (ok ? ((size_t)plane * N + row) * (wpad / 4) + c * 4 + (l & 3) : 0), ok ? 16 : 0);
+#pragma unroll
+            for (int i = 0; i < COPIES; ++i) {
+                if (copy_at[i] < 0) continue;
+                const int q = fetched.q0 + copy_p[i];
+                const bool ok = q < active;
+                cp_async16_zfill(&ring[warp][gi % RING][0][0][0] + copy_at[i],
+                                 ok ? copy_src[i] + (n_stored - 1 - q) * plane_stride + fetched.c * 4 : wplanes, ok ? 16 : 0);
             }
+            fetched = after(fetched);
         }
         cp_async_commit();  // empty groups too: the count of groups stays uniform
     };
@@ -107,11 +141,12 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
 #endif
     // Weights and epilogue constants do not depend on the previous kernel: they are in flight before
     // waiting for it (this kernel is launched early behind it on Hopper: programmatic dependent launch).
+    Group cur = {warp, 0};
 #if RING
     for (int s = 0; s < RING - 1; ++s) fetch(s);
 #else
     uint4 w0_lo[PG], w0_hi[PG], w1_lo[PG], w1_hi[PG];
-    if (groups > 0) load_weights(w0_lo, w0_hi, 0);
+    if (groups > 0) load_weights(w0_lo, w0_hi, cur);
 #endif
     const int rr = threadIdx.x % 16;  // the output row of this thread's epilogue (blockDim is a multiple of 16)
     const bool epilogue_row = row0 + rr < N && threadIdx.x < CW * M_PER_WARP * 16;
@@ -121,15 +156,15 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 
-    // Each plane's popcounts, times its weight 2^shift, go into int32 sums (one multiply-add each). A chunk
-    // adds at most 512 (2^n_stored - 1) to one; where a warp's chunks could pass 2^31 (WIDE, from the
-    // host), they flush into int64 totals every flush_chunks chunks.
+    // A chunk's Horner sums (acc, at most 512 (2^active - 1)) go into int32 sums; where a warp's chunks
+    // could pass 2^31 (WIDE, from the host) those flush into int64 totals every flush_chunks chunks. The
+    // totals count in units of the least significant active plane (the epilogue shifts them).
     i64 total[NT][4];
-    int part32[NT][4];
+    int part32[NT][4], acc[NT][4];
 #pragma unroll
     for (int n = 0; n < NT; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) total[n][e] = 0, part32[n][e] = 0;
+        for (int e = 0; e < 4; ++e) total[n][e] = 0, part32[n][e] = 0, acc[n][e] = 0;
     int unflushed = 0;  // chunks in part32
     auto flush = [&]() {
 #pragma unroll
@@ -158,51 +193,71 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
     };
     if (groups > 0) load_input(warp);
 
-    // One group's mmas on its weights lo / hi; without a ring, the next group's weight loads into
-    // next_lo / next_hi go out before them.
-    auto step = [&](const uint4 (&lo)[PG], const uint4 (&hi)[PG], uint4 (&next_lo)[PG], uint4 (&next_hi)[PG],
-                    int gi) {
-        const int i0 = gi % per_chunk * PG;
-        if (i0 == 0) {  // a new chunk: its input is the one loaded ahead
+    // One group's mmas on its A fragments a[p][k-step]; nxt is the group after it.
+    auto step = [&](const u32 (&a)[PG][2][4], Group nxt) {
+        if (cur.q0 == 0) {  // a new chunk: its input is the one loaded ahead
 #pragma unroll
             for (int n = 0; n < NT; ++n) b[n] = b_next[n];
 #pragma unroll
             for (int mm = 0; mm < M_PER_WARP; ++mm) rowsum[mm] += xs_next[mm];
         }
-        if (gi + 1 < groups) {
-            if (!RING) load_weights(next_lo, next_hi, gi + 1);
-            if ((gi + 1) % per_chunk == 0) load_input(chunk_of(gi + 1));
-        }
+        if (nxt.q0 == 0 && nxt.c < chunks) load_input(nxt.c);
 #pragma unroll
         for (int p = 0; p < PG; ++p) {
-            if (i0 + p >= active) break;
-            const int weight = 1 << (n_stored - active + i0 + p);  // this plane's weight
+            if (cur.q0 + p >= active) break;
 #pragma unroll
             for (int n = 0; n < NT; ++n) {
-                int acc[4] = {0, 0, 0, 0};
-                mma_b1_and_popc(acc, lo[p].x, hi[p].x, lo[p].y, hi[p].y, b[n].x, b[n].y);
-                mma_b1_and_popc(acc, lo[p].z, hi[p].z, lo[p].w, hi[p].w, b[n].z, b[n].w);
 #pragma unroll
-                for (int e = 0; e < 4; ++e) part32[n][e] += acc[e] * weight;
+                for (int e = 0; e < 4; ++e) acc[n][e] += acc[n][e];
+                mma_b1_and_popc(acc[n], a[p][0][0], a[p][0][1], a[p][0][2], a[p][0][3], b[n].x, b[n].y);
+                mma_b1_and_popc(acc[n], a[p][1][0], a[p][1][1], a[p][1][2], a[p][1][3], b[n].z, b[n].w);
             }
         }
-        if (WIDE && (gi + 1) % per_chunk == 0 && ++unflushed == flush_chunks) flush();
+        if (nxt.q0 == 0) {  // the chunk's last group
+#pragma unroll
+            for (int n = 0; n < NT; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) part32[n][e] += acc[n][e], acc[n][e] = 0;
+            if (WIDE && ++unflushed == flush_chunks) flush();
+        }
+        cur = nxt;
     };
 #if RING
+    const int lrow = (lane & 7) + (lane >> 3 & 1) * 8;  // this lane's ldmatrix row: matrices rows 0-7, 8-15, 0-7, 8-15
     for (int gi = 0; gi < groups; ++gi) {
         cp_async_wait<RING - 2>();  // this thread's copies of group gi have landed
         ring_barrier();             // ... and everyone's; everyone is done with group gi - 1's slot
         fetch(gi + RING - 1);       // into that slot
-        uint4 lo[PG], hi[PG];
+        u32 a[PG][2][4];
 #pragma unroll
-        for (int p = 0; p < PG; ++p) lo[p] = ring[warp][gi % RING][p][0][lane], hi[p] = ring[warp][gi % RING][p][1][lane];
-        step(lo, hi, lo, hi, gi);
+        for (int p = 0; p < PG; ++p)
+#pragma unroll
+            for (int k = 0; k < 2; ++k)
+                ldmatrix_x4(a[p][k], &ring[warp][gi % RING][p][lrow][(2 * k + (lane >> 4)) ^ (lrow >> 1 & 3)]);
+        step(a, after(cur));
     }
     cp_async_wait<0>();
 #else
-    for (int gi = 0; gi < groups; gi += 2) {  // two register stages, named at compile time
-        step(w0_lo, w0_hi, w1_lo, w1_hi, gi);
-        if (gi + 1 < groups) step(w1_lo, w1_hi, w0_lo, w0_hi, gi + 1);
+    // Two register stages, named at compile time; the next group's loads go out before this one's mmas.
+    auto fragments = [&](const uint4 (&lo)[PG], const uint4 (&hi)[PG], u32 (&a)[PG][2][4]) {
+#pragma unroll
+        for (int p = 0; p < PG; ++p) {
+            a[p][0][0] = lo[p].x, a[p][0][1] = hi[p].x, a[p][0][2] = lo[p].y, a[p][0][3] = hi[p].y;
+            a[p][1][0] = lo[p].z, a[p][1][1] = hi[p].z, a[p][1][2] = lo[p].w, a[p][1][3] = hi[p].w;
+        }
+    };
+    for (int gi = 0; gi < groups; gi += 2) {
+        u32 a[PG][2][4];
+        Group nxt = after(cur);
+        if (gi + 1 < groups) load_weights(w1_lo, w1_hi, nxt);
+        fragments(w0_lo, w0_hi, a);
+        step(a, nxt);
+        if (gi + 1 < groups) {
+            nxt = after(cur);
+            if (gi + 2 < groups) load_weights(w0_lo, w0_hi, nxt);
+            fragments(w1_lo, w1_hi, a);
+            step(a, nxt);
+        }
     }
 #endif
     flush();
@@ -219,7 +274,7 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
             const int local = n * 8 + 2 * t + (e & 1);
             const int j = local % A8;
             if (j < act_bits) {
-                const i64 v = total[n][e] << j;
+                const i64 v = total[n][e] << (j + n_stored - active);
                 part[local / A8][e >> 1] += (act_signed && j == act_bits - 1) ? -v : v;
             }
         }
@@ -284,6 +339,11 @@ extern "C" __global__ void bitserial_quantize_input(const float* __restrict__ x,
     const int w = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const int m = blockIdx.y;
     if (w >= wpad) return;  // whole warps leave together
+#if RING
+    const int at = (w & ~15) | (w & 3) << 2 | (w >> 2 & 3);  // the chunk's words in ldmatrix order (see the top)
+#else
+    const int at = w;
+#endif
     const int k = w * 32 + lane;
     const float v = k < K ? x[(size_t)m * K + k] : 0.0f;
     float q = rintf(__fdiv_rn(v, *xscale));
@@ -299,7 +359,7 @@ extern "C" __global__ void bitserial_quantize_input(const float* __restrict__ x,
 #pragma unroll
     for (int j = 0; j < A8; ++j) {
         const u32 word = __ballot_sync(0xffffffffu, j < act_bits && (((u32)code >> j) & 1u));
-        if (lane == j) xplanes[((size_t)m * A8 + j) * wpad + w] = word;
+        if (lane == j) xplanes[((size_t)m * A8 + j) * wpad + at] = word;
     }
     for (int o = 16; o > 0; o >>= 1) {
         code += __shfl_xor_sync(0xffffffffu, code, o);

@@ -39,6 +39,16 @@ __device__ __forceinline__ void mma_b1_and_popc(int (&d)[4], u32 a0, u32 a1, u32
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// Four 8 x 16-byte matrices from shared memory, lane l giving the address of row l % 8 of matrix l / 8:
+// d[i] = 4-byte word l % 4 of row l / 4 of matrix i (the mma A-fragment order when the matrices are
+// rows 0-7 / 8-15 of a tile, then the same rows' next 16 bytes).
+__device__ __forceinline__ void ldmatrix_x4(u32 (&d)[4], const void* smem) {
+    const u32 src = (u32)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(src));
+}
+
 // 16 bytes global -> shared without registers.
 __device__ __forceinline__ void cp_async16(void* smem, const void* src) {
     const u32 dst = (u32)__cvta_generic_to_shared(smem);
