@@ -75,11 +75,13 @@ def test_scales_are_rounded_to_the_bits_the_kernel_converts_exactly():
 
 
 @needs_nvrtc
-@pytest.mark.parametrize("arch,mode", [("sm_80", W4A16), ("sm_90", W4A16), ("sm_89", W4A8), ("sm_90", W4A8)])
+@pytest.mark.parametrize("arch,mode,xin", [("sm_80", W4A16, 0), ("sm_90", W4A16, 0), ("sm_89", W4A8, 0),
+                                           ("sm_90", W4A8, 0), ("sm_90", W4A8, 1), ("sm_89", W4A8, 2)])
 @pytest.mark.parametrize("nt", [1, 2, 4])
-def test_kernels_compile_with_nvrtc(arch, mode, nt):
+def test_kernels_compile_with_nvrtc(arch, mode, xin, nt):
     source = (Path(SOURCE_DIR) / "int4_group.cu").read_text()
-    assert len(compile_cubin(source, "int4_group.cu", [f"-DMODE={mode}", f"-DNT={nt}"], arch)) > 0
+    options = [f"-DMODE={mode}", f"-DNT={nt}", f"-DXIN={xin}"]
+    assert len(compile_cubin(source, "int4_group.cu", options, arch)) > 0
 
 
 def _layer(cls, n, k, group, seed, activation="static", bias=True):
@@ -212,6 +214,65 @@ def test_input_codes_and_scales_equal_the_reference():
         xb, _ = prepare_input(source.cuda(), W4A16, 192)
         assert torch.equal(xb[:, :131].cpu(), source.to(torch.bfloat16))
     assert int(nan_count) == 0
+
+
+def test_w4a8_gemm_quantizes_few_aligned_rows_itself():
+    from lowbit.kernels.cuda.int4_group import MAX_STAGED_BYTES, quantizes_input
+
+    kw = kernel_layout(*_codes(40, 640, 128, seed=0), 128, W4A8)
+    x = torch.randn(MAX_ROWS + 1, 648)
+    ok = x[:, :640]  # rows 648 * 4 bytes apart: 16-byte aligned
+    assert quantizes_input(ok[:1], kw, W4A8, per_token=False)
+    assert quantizes_input(ok[:MAX_ROWS].to(torch.bfloat16), kw, W4A8, per_token=False)
+    assert not quantizes_input(ok[:1], kw, W4A8, per_token=True)  # the row's max first: the input kernel
+    assert not quantizes_input(ok, kw, W4A8, per_token=False)  # more rows than the few-rows kernel takes
+    assert not quantizes_input(ok[:1], kw, W4A16, per_token=False)
+    assert not quantizes_input(ok[:1].half(), kw, W4A8, per_token=False)
+    assert not quantizes_input(x[:2, 1:641], kw, W4A8, per_token=False)  # misaligned rows
+    odd_k = kernel_layout(*_codes(40, 600, 128, seed=0), 128, W4A8)
+    assert not quantizes_input(x[:1, :600], odd_k, W4A8, per_token=False)  # K not a multiple of 64
+    wide = kernel_layout(*_codes(16, 4096, 128, seed=0), 128, W4A8)
+    rows = MAX_STAGED_BYTES // 4096
+    assert quantizes_input(torch.randn(rows - 1, 4096), wide, W4A8, per_token=False)
+    assert not quantizes_input(torch.randn(rows, 4096), wide, W4A8, per_token=False)  # past the shared memory
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m", [1, 7, 16, 32])
+@pytest.mark.parametrize("n,k,group", [(37, 576, 32), (130, 896, 128), (24, 640, 640)])
+def test_w4a8_gemm_quantizing_its_input_equals_the_input_kernel_path(dtype, m, n, k, group):
+    """The one-launch path (x quantized in the GEMM) gives the same bits as the input kernel followed by
+    the GEMM, saturation included; (130, 896) splits K over blocks (8 chunks, then 6)."""
+    from lowbit.kernels.cuda.int4_group import prepare_input, quantizes_input, small_m_gemm
+
+    layer = _layer(W4A8Linear, n, k, group, seed=m + n).cuda()
+    kw = layer.kernel_weights()
+    x = (torch.randn(m, k, device="cuda") * 3).to(dtype)
+    x[0, 1] = 1e4  # beyond 448 * 0.02: saturates
+    sx, s8, bias = layer.input_scale, layer.weight_scale, layer.bias.float()
+    assert quantizes_input(x, kw, W4A8, per_token=False)
+    nans = torch.zeros(1, dtype=torch.int32, device="cuda")
+    xq, _ = prepare_input(x, W4A8, k, sx, False, nans)
+    two_kernels = small_m_gemm(xq, kw, W4A8, sx, False, s8, bias, torch.float32)
+    one_kernel = small_m_gemm(x, kw, W4A8, sx, False, s8, bias, torch.float32, nans)
+    assert torch.equal(one_kernel, two_kernels)
+    assert int(nans) == 0
+
+
+@pytest.mark.gpu
+def test_w4a8_gemm_quantizing_its_input_counts_each_nan_once():
+    from lowbit.kernels.cuda.int4_group import small_m_gemm
+
+    layer = _layer(W4A8Linear, 300, 4096, 128, seed=4).cuda()  # 19 row tiles, K split over blocks
+    x = torch.randn(3, 4096, device="cuda")
+    nan_at = [(0, 0), (0, 4095), (2, 1000), (2, 1001), (1, 64)]
+    for row, col in nan_at:
+        x[row, col] = float("nan")
+    nans = torch.zeros(1, dtype=torch.int32, device="cuda")
+    small_m_gemm(x, layer.kernel_weights(), W4A8, layer.input_scale, False, layer.weight_scale, None,
+                 torch.float32, nans)
+    assert int(nans) == len(nan_at)
 
 
 @pytest.mark.gpu

@@ -134,23 +134,24 @@ class CudaModule:
                       f"occupancy of {name}")
 
     def launch(self, name: str, grid: tuple[int, int, int], block: int, args: list, *,
-               early: bool = False) -> None:
+               early: bool = False, shared: int = 0) -> None:
         """``args``: ctypes values (c_void_p for pointers, c_int, c_float, ...) in the kernel's order.
         ``early`` (Hopper): programmatic dependent launch, the kernel may start before the previous one
-        on the stream ends, and waits for it where it says so (griddepcontrol.wait)."""
+        on the stream ends, and waits for it where it says so (griddepcontrol.wait). ``shared``: bytes of
+        dynamic shared memory (at most 48 KiB)."""
         from cuda.bindings import driver
 
         function = self._function(name)
         pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
         stream = torch.cuda.current_stream().cuda_stream
         if not early:
-            _check(driver.cuLaunchKernel(function, *grid, block, 1, 1, 0, stream,
+            _check(driver.cuLaunchKernel(function, *grid, block, 1, 1, shared, stream,
                                          ctypes.addressof(pointers), 0), f"launching {name}")
             return
         config = driver.CUlaunchConfig()
         config.gridDimX, config.gridDimY, config.gridDimZ = grid
         config.blockDimX, config.blockDimY, config.blockDimZ = block, 1, 1
-        config.sharedMemBytes = 0
+        config.sharedMemBytes = shared
         config.hStream = driver.CUstream(stream)
         attr = driver.CUlaunchAttribute()
         attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION

@@ -11,7 +11,8 @@
 //
 // Compile-time constants (-D): MODE, NT (column tiles of 8 input rows), KWARPS (warps of a block: one
 // 16-row weight tile, its chunks taken in turn), STAGES (64-column chunks of weights and scales in
-// flight per warp, through shared memory), XDEPTH (chunks of input fragments loaded ahead).
+// flight per warp, through shared memory), XDEPTH (chunks of input fragments loaded ahead), XIN (MODE 1:
+// the input's format, below).
 //
 // Layouts (kernels/cuda/int4_group.py builds them):
 //   qw  [N16 / 16, K64 / 64, 32 lanes, 4 words]  a warp's 16 x 64 tile, 16 bytes per lane. Lane (g, t)
@@ -20,8 +21,10 @@
 //       (word >> 4i) & 0x000f000f puts a column pair in the two halves of a register.
 //   sz  [G, N16 / 16, 8, 4] u32  per group, tile and g: (s, -(B + z)) for row g, then for row g + 8,
 //       each a 16-bit float (bf16 MODE 0, fp16 MODE 1) in both halves, B = 128 (bf16) or 1024 (fp16)
-//   x   [M, ldx]          MODE 0 bf16, MODE 1 e4m3 codes; columns K..K64-1 are zero. A lane reads the
-//       same 16 columns of its input rows as of its weights, so a row's bytes are read in their order.
+//   x   [M, ldx]          MODE 0 bf16; MODE 1 E4M3 codes (XIN 0), or the layer's input itself in bf16 (XIN 1)
+//       or float32 (XIN 2), of which each block first quantizes its columns into shared memory (rows
+//       xs_stride bytes apart), as int4_group_prepare_input would (static scale; K == K64). Columns
+//       K..K64-1 are zero. A lane reads the same 16 columns of its input rows as of its weights.
 // N16, K64: N and K rounded up to 16 and 64 (padded rows have scale 0; padded columns meet x = 0).
 //
 // K is split over the block's warps and, where the tiles alone would leave multiprocessors idle, over
@@ -43,6 +46,9 @@
 #endif
 #ifndef XDEPTH
 #define XDEPTH 2
+#endif
+#ifndef XIN
+#define XIN 0
 #endif
 // 16-byte input loads per lane, chunk and column tile: 16 columns of bf16 (2) or of E4M3 (1)
 #define XV (MODE == 1 ? 1 : 2)
@@ -77,6 +83,35 @@ __device__ __forceinline__ u32 e4m3x4(u32 pair01, u32 pair23) {
     asm("cvt.rn.satfinite.e4m3x2.f16x2 %0, %1;" : "=h"(hi) : "r"(pair23));
     return (u32)lo | ((u32)hi << 16);
 }
+#endif
+
+#if MODE == 1 && XIN
+// Eight consecutive input values, bf16 (XIN 1) or float32 (XIN 2) -> their E4M3 codes e4m3(x * inv),
+// saturating: int4_group_prepare_input's arithmetic.
+__device__ __forceinline__ uint2 quantize8(const unsigned char* __restrict__ src, float inv) {
+    float v[8];
+#if XIN == 1
+    const uint4 r = __ldg((const uint4*)src);
+    const u32 w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) v[2 * e] = __uint_as_float(w[e] << 16), v[2 * e + 1] = __uint_as_float(w[e] & 0xffff0000u);
+#else
+    const float4 a = __ldg((const float4*)src), b = __ldg((const float4*)src + 1);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+#endif
+    u32 q[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        u16 lo, hi;
+        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(lo) : "f"(v[4 * i + 1] * inv), "f"(v[4 * i] * inv));
+        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi) : "f"(v[4 * i + 3] * inv), "f"(v[4 * i + 2] * inv));
+        q[i] = (u32)lo | ((u32)hi << 16);
+    }
+    return make_uint2(q[0], q[1]);
+}
+
+// NaN codes (0x7f, 0xff: what NaN inputs become) among four E4M3 codes.
+__device__ __forceinline__ int nan_codes(u32 q) { return __popc(__vcmpeq4(q & 0x7f7f7f7fu, 0x7f7f7f7fu)) >> 3; }
 #endif
 
 // The 8 columns of one word as the mma takes them: bf16 pairs (columns 0-1, 2-3, 4-5, 6-7) or E4M3
@@ -126,12 +161,13 @@ __device__ __forceinline__ void chunk_step(float (&acc)[NT][4], const uint4& q, 
 __device__ __forceinline__ int lane_group(int c, int t, int group, int G) { return min((c * 64 + 16 * t) / group, G - 1); }
 
 // Block (tile, split): chunks [split * split_chunks, +split_chunks) of one weight tile, of which warp w
-// takes every KWARPS-th from the w-th.
+// takes every KWARPS-th from the w-th. With XIN, NaN inputs add to nan_count (counted by tile 0's blocks).
 extern "C" __global__ void __launch_bounds__(32 * KWARPS)
 int4_group_gemm(const uint4* __restrict__ qw, const uint4* __restrict__ sz, const unsigned char* __restrict__ x,
                 const float* __restrict__ sx, const float* __restrict__ s8, const float* __restrict__ bias,
-                void* __restrict__ out, float* __restrict__ partial, int* __restrict__ arrivals, int M, int N,
-                int tiles, int chunks, int split_chunks, int ldx, int group, int G, int per_token, int out_bf16) {
+                void* __restrict__ out, float* __restrict__ partial, int* __restrict__ arrivals,
+                int* __restrict__ nan_count, int M, int N, int tiles, int chunks, int split_chunks, int ldx, int xs_stride,
+                int group, int G, int per_token, int out_bf16) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int tile = blockIdx.x;
@@ -139,10 +175,20 @@ int4_group_gemm(const uint4* __restrict__ qw, const uint4* __restrict__ sz, cons
     const int c_end = min(blockIdx.y * split_chunks + split_chunks, chunks);
     const uint4* tile_w = qw + (size_t)tile * chunks * 32 + lane;
     const uint4* tile_sz = sz + (size_t)tile * 8 + g;
+#if MODE == 1 && XIN
+    // x staged in shared memory as E4M3 codes, from column 64 c0 (below); rows past M read row M - 1,
+    // which only feeds accumulator columns never stored
+    extern __shared__ uint4 staged[];
+    const int c0 = blockIdx.y * split_chunks;
+    const unsigned char* xrow[NT];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) xrow[j] = (const unsigned char*)staged + min(8 * j + g, M - 1) * xs_stride + 16 * t;
+#else
     const int elem = MODE == 1 ? 1 : 2;
     const unsigned char* xrow[NT];
 #pragma unroll
     for (int j = 0; j < NT; ++j) xrow[j] = 8 * j + g < M ? x + ((size_t)(8 * j + g) * ldx + 16 * t) * elem : nullptr;
+#endif
 
     float acc[NT][4];
 #pragma unroll
@@ -163,21 +209,45 @@ int4_group_gemm(const uint4* __restrict__ qw, const uint4* __restrict__ sz, cons
         }
         cp_async_commit();  // empty groups too: the count of groups stays uniform
     };
-    // The input fragments (from L2 or L1) come through registers, XDEPTH chunks ahead.
+    // The input fragments (from L2 or L1, or staged) come through registers, XDEPTH chunks ahead.
     uint4 xv[XDEPTH][NT][XV];
     auto load_x = [&](int d, int c) {
 #pragma unroll
         for (int j = 0; j < NT; ++j)
 #pragma unroll
             for (int v = 0; v < XV; ++v)
+#if MODE == 1 && XIN
+                if (c < c_end) xv[d][j][v] = *((const uint4*)(xrow[j] + (c - c0) * 64) + v);
+#else
                 xv[d][j][v] = xrow[j] && c < c_end ? __ldg((const uint4*)(xrow[j] + (size_t)c * 64 * elem) + v)
                                                    : make_uint4(0, 0, 0, 0);
+#endif
     };
     for (int s = 0; s < STAGES - 1; ++s) fetch(s);
     // Launched early behind the kernel that writes x (programmatic dependent launch on Hopper): the first
     // weights are on their way; wait for x before reading it.
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+#if MODE == 1 && XIN
+    {
+        // The block's columns of each input row, 8 a thread at a time, into shared memory.
+        const int cols = (c_end - c0) * 64;
+        const float inv = __fdiv_rn(1.0f, sx[0]);
+        unsigned char* const dst = (unsigned char*)staged;
+        int nans = 0;
+        for (int m = 0; m < M; ++m) {
+            const unsigned char* src = x + ((size_t)m * ldx + c0 * 64) * (XIN == 1 ? 2 : 4);
+#pragma unroll 4
+            for (int col = threadIdx.x * 8; col < cols; col += 32 * KWARPS * 8) {
+                const uint2 q = quantize8(src + (size_t)col * (XIN == 1 ? 2 : 4), inv);
+                if (tile == 0) nans += nan_codes(q.x) + nan_codes(q.y);
+                *(uint2*)(dst + m * xs_stride + col) = q;
+            }
+        }
+        if (nans) atomicAdd(nan_count, nans);
+        __syncthreads();
+    }
 #endif
 #pragma unroll
     for (int d = 0; d < XDEPTH; ++d) load_x(d, c_first + d * KWARPS);

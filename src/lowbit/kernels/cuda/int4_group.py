@@ -6,7 +6,9 @@ Few input rows (M <= MAX_ROWS) are bound by the weight bytes: the weights stream
 of chunks in shared memory (cp.async), in a layout where each lane's 16 bytes hold exactly the codes of
 its mma fragments (:func:`kernel_layout`), and are converted two at a time in registers. A block's warps
 share one weight tile and split its K, and K is split over blocks only where the tiles leave
-multiprocessors idle; the partial sums meet in a fixed order. Many rows are bound
+multiprocessors idle; the partial sums meet in a fixed order. W4A8 with a static input scale takes
+few rows of bf16 or float32 input as they are, each block quantizing its columns of them into shared
+memory first: one launch instead of two. Many rows are bound
 by arithmetic: the weights are then expanded once per call into a plain bf16 / E4M3 matrix (a pass
 over N * K bytes) for a tensor-core GEMM (kernels/triton float_gemm), which costs far less than
 converting every weight tile again in every row tile.
@@ -97,13 +99,20 @@ def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
                          torch.zeros(tiles, dtype=torch.int32, device=codes.device), n, group)
 
 
-def _config(mode: int, rows: int) -> dict[str, int]:
+# W4A8's GEMM reads these inputs as they are, each block quantizing its columns of them into shared
+# memory (static scale; int4_group.cu XIN) ...
+_GEMM_INPUT = {torch.float8_e4m3fn: 0, torch.bfloat16: 1, torch.float32: 2}
+# ... where they take at most this many bytes there (one row of up to 32k columns)
+MAX_STAGED_BYTES = 32 * 1024
+
+
+def _config(mode: int, rows: int, xin: int = 0) -> dict[str, int]:
     nt = 1 if rows <= 8 else 2 if rows <= 16 else 4
-    return {"MODE": mode, "NT": nt, "KWARPS": KWARPS, "STAGES": STAGES, "XDEPTH": 2}
+    return {"MODE": mode, "NT": nt, "KWARPS": KWARPS, "STAGES": STAGES, "XDEPTH": 2, "XIN": xin}
 
 
-def _module(mode: int, rows: int, device: torch.device):
-    return load_module("int4_group.cu", _config(mode, rows), device)
+def _module(mode: int, rows: int, device: torch.device, xin: int = 0):
+    return load_module("int4_group.cu", _config(mode, rows, xin), device)
 
 
 def _column_blocks(rows: int, k64: int, device: torch.device) -> int:
@@ -133,25 +142,43 @@ def prepare_input(x: torch.Tensor, mode: int, k64: int, input_scale: torch.Tenso
     return xq, scale
 
 
+def _staged_stride(columns: int, rows: int) -> int:
+    """Bytes between the E4M3 rows a block stages: with several rows, an odd multiple of 64, so that
+    the two rows of each phase of the mma's 16-byte loads fall in different shared-memory banks."""
+    return columns + 64 if rows > 1 and columns % 128 == 0 else columns
+
+
+def quantizes_input(x: torch.Tensor, weights: KernelWeights, mode: int, per_token: bool) -> bool:
+    """Whether :func:`small_m_gemm` takes x itself (W4A8 with a static scale, bf16 or float32 rows of
+    16-byte alignment, K a multiple of 64, rows that fit MAX_STAGED_BYTES): one kernel instead of two."""
+    m, k = x.shape
+    return (mode == W4A8 and not per_token and 0 < m <= MAX_ROWS and k == weights.chunks * 64
+            and m * _staged_stride(k, m) <= MAX_STAGED_BYTES and x.dtype in (torch.bfloat16, torch.float32)
+            and rows_16_byte_aligned(x))
+
+
 def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scale: torch.Tensor | None,
                  per_token: bool, tensor_scale: torch.Tensor | None, bias: torch.Tensor | None,
-                 out_dtype: torch.dtype) -> torch.Tensor:
-    """y [M, N] (float32 or bf16) for the prepared input xq [M, K64], M <= MAX_ROWS. Launched early
-    behind :func:`prepare_input` on Hopper (programmatic dependent launch)."""
+                 out_dtype: torch.dtype, nan_count: torch.Tensor | None = None) -> torch.Tensor:
+    """y [M, N] (float32 or bf16) for the prepared input xq [M, K64], M <= MAX_ROWS, or for W4A8 the
+    layer's input itself where :func:`quantizes_input` (its NaNs add to ``nan_count``). Launched early
+    behind the kernel before it on Hopper (programmatic dependent launch)."""
     m = xq.shape[0]
     if not 0 < m <= MAX_ROWS:
         raise ValueError(f"the few-rows INT4 kernel takes 1..{MAX_ROWS} input rows, got {m}")
+    xin = _GEMM_INPUT[xq.dtype] if mode == W4A8 else 0
     per_split, splits = split_k(weights.tiles, weights.chunks, KWARPS, xq.device, BLOCKS_PER_SM)
+    xs_stride = _staged_stride(min(per_split, weights.chunks) * 64, m) if xin else 0
     out = torch.empty(m, weights.n, dtype=out_dtype, device=xq.device)
     partial = partial_sums(splits, weights.tiles, _config(mode, m)["NT"], torch.float32, xq.device)
-    _module(mode, m, xq.device).launch(
+    _module(mode, m, xq.device, xin).launch(
         "int4_group_gemm", (weights.tiles, splits, 1), 32 * KWARPS,
         [pointer(weights.qw), pointer(weights.sz), pointer(xq), pointer(input_scale), pointer(tensor_scale), pointer(bias), pointer(out),
-         pointer(partial), pointer(weights.arrivals), ctypes.c_int(m), ctypes.c_int(weights.n), ctypes.c_int(weights.tiles),
-         ctypes.c_int(weights.chunks), ctypes.c_int(per_split), ctypes.c_int(xq.stride(0)),
-         ctypes.c_int(weights.group), ctypes.c_int(weights.sz.shape[0]), ctypes.c_int(int(per_token)),
-         ctypes.c_int(int(out_dtype == torch.bfloat16))],
-        early=launches_early(xq.device))
+         pointer(partial), pointer(weights.arrivals), pointer(nan_count), ctypes.c_int(m), ctypes.c_int(weights.n),
+         ctypes.c_int(weights.tiles), ctypes.c_int(weights.chunks), ctypes.c_int(per_split), ctypes.c_int(xq.stride(0)),
+         ctypes.c_int(xs_stride), ctypes.c_int(weights.group), ctypes.c_int(weights.sz.shape[0]),
+         ctypes.c_int(int(per_token)), ctypes.c_int(int(out_dtype == torch.bfloat16))],
+        early=launches_early(xq.device), shared=m * xs_stride)
     return out
 
 
@@ -186,6 +213,8 @@ def int4_group_linear(x: torch.Tensor, weights: KernelWeights, mode: int, *, inp
         nan_count = torch.zeros(1, dtype=torch.int32, device=x.device)
     if mode == W4A16 and x.dtype == torch.bfloat16 and k == k64 and rows_16_byte_aligned(x):
         xq, scale = x, None  # already what the kernel reads
+    elif quantizes_input(x, weights, mode, per_token):
+        return small_m_gemm(x, weights, mode, input_scale, False, tensor_scale, bias, out_dtype, nan_count)
     else:
         xq, scale = prepare_input(x, mode, k64, input_scale, per_token, nan_count)
     if m == 0:
