@@ -239,16 +239,20 @@ def test_w4a8_gemm_quantizes_few_aligned_rows_itself():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("m", [1, 7, 16, 32])
-@pytest.mark.parametrize("n,k,group", [(37, 576, 32), (130, 896, 128), (24, 640, 640)])
+@pytest.mark.parametrize("m,n,k,group", [(m, *shape) for m in (1, 7, 16) for shape in
+                                         [(37, 576, 32), (130, 896, 128), (24, 640, 640)]]
+                         + [(32, 40, 320, 64), (32, 37, 576, 32), (1, 2200, 2048, 128), (3, 2200, 2048, 128),
+                            (4, 2200, 7936, 128)])
 def test_w4a8_gemm_quantizing_its_input_equals_the_input_kernel_path(dtype, m, n, k, group):
     """The one-launch path (x quantized in the GEMM) gives the same bits as the input kernel followed by
-    the GEMM, saturation included; (130, 896) splits K over blocks (8 chunks, then 6)."""
+    the GEMM, saturation and rows of every size included; (130, 896) splits K over blocks (8 chunks,
+    then 6); (2200, 2048) has rows long enough to be staged one after the other; 4 x 7936 stages 32000
+    bytes, past the 48 KiB a block gets by default with the kernel's own shared memory."""
     from lowbit.kernels.cuda.int4_group import prepare_input, quantizes_input, small_m_gemm
 
     layer = _layer(W4A8Linear, n, k, group, seed=m + n).cuda()
     kw = layer.kernel_weights()
-    x = (torch.randn(m, k, device="cuda") * 3).to(dtype)
+    x = (torch.randn(m, k, device="cuda") * 3 * torch.logspace(-3, 1, m, device="cuda")[:, None]).to(dtype)
     x[0, 1] = 1e4  # beyond 448 * 0.02: saturates
     sx, s8, bias = layer.input_scale, layer.weight_scale, layer.bias.float()
     assert quantizes_input(x, kw, W4A8, per_token=False)

@@ -117,6 +117,7 @@ class CudaModule:
             torch.empty(1, device=device)  # makes the device's primary context current on this thread
             self._module = _check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
         self._functions = {}
+        self._dynamic_shared = {}  # name -> the most dynamic shared memory its launches may ask for
 
     def _function(self, name: str):
         from cuda.bindings import driver
@@ -138,10 +139,15 @@ class CudaModule:
         """``args``: ctypes values (c_void_p for pointers, c_int, c_float, ...) in the kernel's order.
         ``early`` (Hopper): programmatic dependent launch, the kernel may start before the previous one
         on the stream ends, and waits for it where it says so (griddepcontrol.wait). ``shared``: bytes of
-        dynamic shared memory (at most 48 KiB)."""
+        dynamic shared memory; beyond the 48 KiB a block gets by default (static and dynamic together),
+        the kernel is allowed more first."""
         from cuda.bindings import driver
 
         function = self._function(name)
+        if shared > self._dynamic_shared.get(name, 0):
+            attribute = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            _check(driver.cuFuncSetAttribute(function, attribute, shared), f"allowing {name} {shared} bytes of shared memory")
+            self._dynamic_shared[name] = shared
         pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
         stream = torch.cuda.current_stream().cuda_stream
         if not early:
