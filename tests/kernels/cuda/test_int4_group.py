@@ -265,6 +265,16 @@ def test_w4a8_gemm_quantizing_its_input_equals_the_input_kernel_path(dtype, m, n
 
 
 @pytest.mark.gpu
+def test_w4a8_gemm_refuses_an_input_it_cannot_quantize_itself():
+    from lowbit.kernels.cuda.int4_group import small_m_gemm
+
+    layer = _layer(W4A8Linear, 40, 640, 128, seed=5).cuda()
+    x = torch.randn(2, 640, device="cuda")
+    with pytest.raises(ValueError, match="static scale"):
+        small_m_gemm(x, layer.kernel_weights(), W4A8, None, True, layer.weight_scale, None, torch.float32)
+
+
+@pytest.mark.gpu
 def test_w4a8_gemm_quantizing_its_input_counts_each_nan_once():
     from lowbit.kernels.cuda.int4_group import small_m_gemm
 

@@ -167,6 +167,10 @@ def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scal
     if not 0 < m <= MAX_ROWS:
         raise ValueError(f"the few-rows INT4 kernel takes 1..{MAX_ROWS} input rows, got {m}")
     xin = _GEMM_INPUT[xq.dtype] if mode == W4A8 else 0
+    if xin and not quantizes_input(xq, weights, mode, per_token):
+        raise ValueError(f"the few-rows W4A8 kernel quantizes {m} x {xq.shape[1]} {xq.dtype} input itself only with a "
+                         f"static scale, K = {weights.chunks * 64}, rows 16-byte aligned and within "
+                         f"{MAX_STAGED_BYTES} bytes; prepare_input it first")
     per_split, splits = split_k(weights.tiles, weights.chunks, KWARPS, xq.device, BLOCKS_PER_SM)
     xs_stride = _staged_stride(min(per_split, weights.chunks) * 64, m) if xin else 0
     out = torch.empty(m, weights.n, dtype=out_dtype, device=xq.device)
