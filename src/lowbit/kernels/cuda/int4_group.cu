@@ -83,6 +83,13 @@ __device__ __forceinline__ u32 e4m3x4(u32 pair01, u32 pair23) {
     asm("cvt.rn.satfinite.e4m3x2.f16x2 %0, %1;" : "=h"(hi) : "r"(pair23));
     return (u32)lo | ((u32)hi << 16);
 }
+
+// Two float32 values -> their E4M3 codes, lo in the low byte (satfinite, as above).
+__device__ __forceinline__ u16 e4m3x2(float lo, float hi) {
+    u16 p;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(p) : "f"(hi), "f"(lo));
+    return p;
+}
 #endif
 
 #if MODE == 1 && XIN
@@ -102,12 +109,8 @@ __device__ __forceinline__ uint2 quantize8(const unsigned char* __restrict__ src
 #endif
     u32 q[2];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        u16 lo, hi;
-        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(lo) : "f"(v[4 * i + 1] * inv), "f"(v[4 * i] * inv));
-        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi) : "f"(v[4 * i + 3] * inv), "f"(v[4 * i + 2] * inv));
-        q[i] = (u32)lo | ((u32)hi << 16);
-    }
+    for (int i = 0; i < 2; ++i)
+        q[i] = (u32)e4m3x2(v[4 * i] * inv, v[4 * i + 1] * inv) | ((u32)e4m3x2(v[4 * i + 2] * inv, v[4 * i + 3] * inv) << 16);
     return make_uint2(q[0], q[1]);
 }
 
@@ -181,7 +184,6 @@ int4_group_gemm(const uint4* __restrict__ qw, const uint4* __restrict__ sz, cons
     // which only feeds accumulator columns never stored
     extern __shared__ uint4 staged[];
     const int c0 = blockIdx.y * split_chunks;
-
     const unsigned char* xrow[NT];
 #pragma unroll
     for (int j = 0; j < NT; ++j) xrow[j] = (const unsigned char*)staged + min(8 * j + g, M - 1) * xs_stride + 16 * t;
@@ -355,9 +357,7 @@ int4_group_prepare_input(const void* __restrict__ xin, int in_bf16, int ldin, in
     for (int k = 2 * (blockIdx.y * 256 + threadIdx.x); k < ldx; k += 512 * gridDim.y) {
         const float y0 = k < K ? load(k) * inv : 0.0f, y1 = k + 1 < K ? load(k + 1) * inv : 0.0f;
         nans += (y0 != y0) + (y1 != y1);
-        u16 p;
-        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(p) : "f"(y1), "f"(y0));
-        *(u16*)(xq + (size_t)m * ldx + k) = p;
+        *(u16*)(xq + (size_t)m * ldx + k) = e4m3x2(y0, y1);
     }
     if (nans) atomicAdd(nan_count, nans);
 #else
