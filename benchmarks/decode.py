@@ -10,12 +10,17 @@ lowbit quantizes its q/k/v/o/gate/up/down projections (lm_head and the embedding
 calibrating on random tokens. Reported: tokens/s of a 128-token decode after a 32-token prompt
 (graph replays, the cache growing); the time of the step's projections alone (each layer's seven
 Linear layers on one token, graph-replayed: what the weight formats change); and the weight bytes
-each step reads.
+each step reads. Each row is measured in a fresh process: from its fourth CUDA graph on, a process
+replays every graph slower (H100, torch 2.11 + cu130, 2026-11-24: 1.05 -> 1.41 us per kernel node, graphs
+captured earlier included; a decode step has ~900 nodes, so bf16 fell from 370 to 322 tokens/s), and a
+second model's rows would start there.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -180,34 +185,47 @@ def projection_ms(model, shape) -> float:
     return (time.perf_counter() - start) / 20 * 1e3
 
 
+def measure(name: str, scheme: str) -> dict:
+    """One row: the model ``name`` in ``scheme`` (random weights; quantized after calibrating on random
+    tokens), its decode rate, projection time and bytes."""
+    shape = SHAPES[name]
+    torch.manual_seed(0)
+    model = LlamaShaped(**shape).cuda().to(torch.bfloat16).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.02)
+    if scheme != "bf16":
+        calib = [torch.randint(0, shape["vocab"], (1, 64), device="cuda") for _ in range(2)]
+        model = lowbit.quantize(model, scheme, calib_data=calib, group_size=128)
+    rate = decode_rate(model, shape["vocab"])
+    return {"model": name, "scheme": scheme, "tokens_per_s": rate, "ms_per_token": 1e3 / rate,
+            "projections_ms": projection_ms(model, shape), "projection_MB": projection_bytes(model) / 1e6}
+
+
+ROW = "row: "
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/decode.json")
     parser.add_argument("--models", default=",".join(SHAPES))
     parser.add_argument("--schemes", default="bf16,w4a16,w4a8")
+    parser.add_argument("--row", help=argparse.SUPPRESS)  # MODEL:SCHEME, measured in this process
     args = parser.parse_args()
+    if args.row:
+        print(ROW + json.dumps(measure(*args.row.split(":"))), flush=True)
+        return
     rows = []
     for name in args.models.split(","):
-        shape = SHAPES[name]
         for scheme in args.schemes.split(","):
-            torch.manual_seed(0)
-            model = LlamaShaped(**shape).cuda().to(torch.bfloat16).eval()
-            for p in model.parameters():
-                p.data.normal_(0, 0.02)
-            if scheme != "bf16":
-                calib = [torch.randint(0, shape["vocab"], (1, 64), device="cuda") for _ in range(2)]
-                model = lowbit.quantize(model, scheme, calib_data=calib, group_size=128)
-            rate = decode_rate(model, shape["vocab"])
-            row = {"model": name, "scheme": scheme, "tokens_per_s": rate, "ms_per_token": 1e3 / rate,
-                   "projections_ms": projection_ms(model, shape), "projection_MB": projection_bytes(model) / 1e6}
-            rows.append(row)
-            print(row, flush=True)
-            del model
-            torch.cuda.empty_cache()
+            done = subprocess.run([sys.executable, __file__, "--row", f"{name}:{scheme}"], stdout=subprocess.PIPE,
+                                  text=True, check=True)
+            rows.append(json.loads(next(line for line in done.stdout.splitlines() if line.startswith(ROW))[len(ROW):]))
+            print(rows[-1], flush=True)
     for row in rows:
-        base = next(r for r in rows if r["model"] == row["model"] and r["scheme"] == "bf16")
-        row["vs_bf16"] = row["tokens_per_s"] / base["tokens_per_s"]
-        row["projections_vs_bf16"] = base["projections_ms"] / row["projections_ms"]
+        base = next((r for r in rows if r["model"] == row["model"] and r["scheme"] == "bf16"), None)
+        if base:
+            row["vs_bf16"] = row["tokens_per_s"] / base["tokens_per_s"]
+            row["projections_vs_bf16"] = base["projections_ms"] / row["projections_ms"]
     write_result(args.out, "decode", rows=rows)
 
 
