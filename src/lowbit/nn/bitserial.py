@@ -24,7 +24,8 @@ from torch import nn
 
 from ..config import IntFormat
 from ..errors import ConfigError
-from ..kernels.cuda.bitserial import bitserial_linear, bitserial_supported
+from ..kernels.cuda.bitserial import (binary_gemm, bitserial_linear, bitserial_supported, empty_input_planes,
+                                      input_planes, layer_kernels)
 from ..kernels.reference import integer_matmul, rescale
 from ..numerics.bitlayers import bitlayer_values, check_active, padded_words, to_bitlayers
 from .geometry import LayerGeometry
@@ -132,6 +133,36 @@ class BitSerialLinear(_CodedLinear):
         acc = integer_matmul(xq, self._decoded_weight().t(), x_bound, w_bound)
         y = rescale(acc, self.input_scale, self.weight_scale, self.bias, channel_dim=1)
         return y.reshape(*lead, -1)
+
+    def recurrence(self, gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        """As an LSTM's hidden product (nn/lstm.py), on the GPU: a function ``step(gates_in[t], c) -> (h, c)``
+        that runs this layer on the planes of h and then the cell kernel, which writes the new h's planes
+        for the next step (kernels/triton/lstm.py): two kernels a step instead of three, the same numbers.
+        None where it does not apply (CPU, no kernel here, float32 only, no gradients)."""
+        if (h.dim() != 2 or not all(t.dtype == torch.float32 for t in (gates_in, h, c))
+                or not (gates_in.is_contiguous() and c.is_contiguous())
+                or (torch.is_grad_enabled() and (h.requires_grad or c.requires_grad or gates_in.requires_grad))
+                or not self._uses_kernel(h) or h.device.index != torch.cuda.current_device()):
+            return None
+        from ..kernels.triton.lstm import InputPlanes, lstm_cell  # triton: on CUDA machines only
+
+        fmt, words, m = self.input_format, self.bitlayers.shape[-1], h.shape[0]
+        cfg, module = layer_kernels(m, self.bitlayers, fmt.bits, h.device)
+        current = list(input_planes(self._rows(h).contiguous(), self.input_scale, fmt.bits, fmt.qmin, fmt.qmax, words,
+                                    self.input_flags, cfg, module))
+
+        def step(gates_in_t: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            xplanes, xsum = current
+            gates_hidden = binary_gemm(xplanes, xsum, self.bitlayers, self.active, fmt.bits, fmt.signed, self._scale(),
+                                       self.bias, False, cfg, module)
+            current[:] = empty_input_planes(m, words, cfg, h.device)
+            h_new, c_new = lstm_cell(gates_in_t, gates_hidden, c, InputPlanes(
+                self.input_scale, fmt.qmin, fmt.qmax, fmt.bits, *current, self.input_flags, cfg["A8"], bool(cfg["RING"])))
+            if self._flags_due():
+                self._check_input_flags()
+            return h_new, c_new
+
+        return step
 
     def describe(self) -> dict:
         return {**super().describe(), "active_bitlayers": self.active}

@@ -23,9 +23,13 @@ class GateLSTMLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         gates_in = self.input_gates(x)  # [T, B, 4H]
+        # A quantized hidden layer may offer to run the steps with the cell (a bit-serial one on the GPU:
+        # the cell kernel writes its next input).
+        recurrence = getattr(self.hidden_gates, "recurrence", None)
+        step = recurrence(gates_in, h, c) if recurrence is not None and x.shape[0] else None
         outputs = []
         for t in range(x.shape[0]):
-            h, c = _cell(gates_in[t], self.hidden_gates(h), c)
+            h, c = step(gates_in[t], c) if step else _cell(gates_in[t], self.hidden_gates(h), c)
             outputs.append(h)
         return torch.stack(outputs), h, c
 

@@ -87,12 +87,23 @@ def _flush_chunks(n_stored: int) -> int:
     return ((1 << 31) - 1) // (WORD_MULTIPLE * 32 * ((1 << n_stored) - 1))
 
 
+def layer_kernels(m: int, planes: torch.Tensor, act_bits: int, device: torch.device) -> tuple[dict, object]:
+    """(the launch configuration, the compiled module) for ``m`` input rows of the stored ``planes``."""
+    cfg = _launch_config(m, planes.shape[1], planes.shape[-1], act_bits, planes.shape[0], device)
+    return cfg, load_module("bitserial.cu", cfg, device)
+
+
+def empty_input_planes(m: int, words: int, cfg: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Buffers for the GEMM's input: bitplanes int32 [M * A8, words], per-word code sums int32 [M, words]."""
+    return (torch.empty(m * cfg["A8"], words, dtype=torch.int32, device=device),
+            torch.empty(m, words, dtype=torch.int32, device=device))
+
+
 def input_planes(x: torch.Tensor, input_scale: torch.Tensor, act_bits: int, qmin: int, qmax: int, words: int,
                  flags: torch.Tensor, cfg: dict, module) -> tuple[torch.Tensor, torch.Tensor]:
     """(input bitplanes int32 [M * A8, words], per-word code sums int32 [M, words]) of x [M, K]."""
     m, k = x.shape
-    xplanes = torch.empty(m * cfg["A8"], words, dtype=torch.int32, device=x.device)
-    xsum = torch.empty(m, words, dtype=torch.int32, device=x.device)
+    xplanes, xsum = empty_input_planes(m, words, cfg, x.device)
     module.launch("bitserial_quantize_input", (-(-words // QUANTIZE_WARPS), m, 1), 32 * QUANTIZE_WARPS,
                   [pointer(x), pointer(input_scale), ctypes.c_int(k), ctypes.c_int(words), ctypes.c_int(act_bits),
                    ctypes.c_int(qmin), ctypes.c_int(qmax), pointer(xplanes), pointer(xsum), pointer(flags)],
@@ -128,7 +139,6 @@ def bitserial_linear(x: torch.Tensor, planes: torch.Tensor, active: int, input_s
             return bitserial_linear(x, planes, active, input_scale, act_bits, qmin, qmax, act_signed, scale, bias,
                                     flags, relu)
     words = planes.shape[-1]
-    cfg = _launch_config(x.shape[0], planes.shape[1], words, act_bits, planes.shape[0], x.device)
-    module = load_module("bitserial.cu", cfg, x.device)
+    cfg, module = layer_kernels(x.shape[0], planes, act_bits, x.device)
     xplanes, xsum = input_planes(x, input_scale, act_bits, qmin, qmax, words, flags, cfg, module)
     return binary_gemm(xplanes, xsum, planes, active, act_bits, act_signed, scale, bias, relu, cfg, module)

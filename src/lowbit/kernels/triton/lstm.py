@@ -2,9 +2,13 @@
 part, gate order i, f, g, o) and the cell state to the new h and c. At batch 1 on a GPU the hidden
 product takes a few microseconds; the ten element-wise kernels PyTorch launches for the same formula
 took most of a step (benchmarks/bitserial.py, the char LSTM). On Hopper it is launched while the
-hidden product runs (programmatic dependent launch) and waits for it."""
+hidden product runs (programmatic dependent launch) and waits for it. Where that product is a bit-serial
+layer, the kernel also writes the new h as that layer's input planes (:class:`InputPlanes`), so the next
+step needs no input kernel of its own."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -17,21 +21,45 @@ from ..cuda import launches_early
 BLOCK = 256
 
 
+@dataclass
+class InputPlanes:
+    """Where and how :func:`lstm_cell` writes h as a bit-serial layer's input (kernels/cuda/bitserial.cu's
+    layout, what bitserial_quantize_input writes): codes clamp(rint(h / scale), qmin, qmax) of ``act_bits``
+    bits (NaN coded 0), their planes ``xplanes`` int32 [B * a8, words] (a chunk's words in ldmatrix order
+    with ``ring``), word sums ``xsum`` int32 [B, words]; saturated values and NaNs add to ``flags`` int64 [2]."""
+
+    scale: torch.Tensor
+    qmin: int
+    qmax: int
+    act_bits: int
+    xplanes: torch.Tensor
+    xsum: torch.Tensor
+    flags: torch.Tensor
+    a8: int
+    ring: bool
+
+    @property
+    def words(self) -> int:
+        return self.xsum.shape[1]
+
+
 @triton.jit
 def _gate(gin_ptr, ghid_ptr, offs, mask):
     """One gate's pre-activation: its input part plus its hidden part, in float32."""
-    return tl.load(gin_ptr + offs, mask=mask).to(tl.float32) + tl.load(ghid_ptr + offs, mask=mask).to(tl.float32)
+    return (tl.load(gin_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            + tl.load(ghid_ptr + offs, mask=mask, other=0.0).to(tl.float32))
 
 
 @triton.jit
-def _lstm_cell_kernel(gin_ptr, ghid_ptr, c_ptr, h_out_ptr, c_out_ptr, H, total, BLOCK: tl.constexpr,
-                      EARLY: tl.constexpr):
+def _lstm_cell_kernel(gin_ptr, ghid_ptr, c_ptr, h_out_ptr, c_out_ptr, H, scale_ptr, qmin, qmax, act_bits, xplanes_ptr,
+                      xsum_ptr, flags_ptr, words, BLOCK: tl.constexpr, EARLY: tl.constexpr, PLANES: tl.constexpr,
+                      A8: tl.constexpr, RING: tl.constexpr):
     if EARLY:  # launched while the hidden product runs (Hopper): let the next step's kernels be launched
         gdc_launch_dependents()
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < total
-    b = offs // H
-    gate = b * 4 * H + (offs - b * H)  # gate i of unit (b, j); f, g, o follow at + H, + 2H, + 3H
+    b = tl.program_id(0)
+    j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # hidden units of batch row b
+    mask = j < H
+    gate = b * 4 * H + j  # gate i of unit (b, j); f, g, o follow at + H, + 2H, + 3H
     # Every input is read after the wait: the kernels before this one may also have been launched early,
     # so even the input projection (a bit-serial layer too) may still be being written.
     if EARLY:
@@ -40,11 +68,35 @@ def _lstm_cell_kernel(gin_ptr, ghid_ptr, c_ptr, h_out_ptr, c_out_ptr, H, total, 
     f = _gate(gin_ptr, ghid_ptr, gate + H, mask)
     g = _gate(gin_ptr, ghid_ptr, gate + 2 * H, mask)
     o = _gate(gin_ptr, ghid_ptr, gate + 3 * H, mask)
-    c = tl.load(c_ptr + offs, mask=mask).to(tl.float32)
+    c = tl.load(c_ptr + b * H + j, mask=mask, other=0.0).to(tl.float32)
     c_new = tl.sigmoid(f) * c + tl.sigmoid(i) * libdevice.tanh(g)
-    h = tl.sigmoid(o) * libdevice.tanh(c_new)
-    tl.store(c_out_ptr + offs, c_new.to(c_out_ptr.dtype.element_ty), mask=mask)
-    tl.store(h_out_ptr + offs, h.to(h_out_ptr.dtype.element_ty), mask=mask)
+    h = (tl.sigmoid(o) * libdevice.tanh(c_new)).to(h_out_ptr.dtype.element_ty)
+    tl.store(c_out_ptr + b * H + j, c_new.to(c_out_ptr.dtype.element_ty), mask=mask)
+    tl.store(h_out_ptr + b * H + j, h, mask=mask)
+    if PLANES:
+        # h's codes as the bit-serial input kernel makes them (IEEE division, ties to even), units past H
+        # (the planes' padding) coded 0; a word = 32 units, one plane's bits of them.
+        q = libdevice.rint(libdevice.div_rn(tl.where(mask, h.to(tl.float32), 0.0), tl.load(scale_ptr)))
+        nan = q != q
+        over = (q < qmin) | (q > qmax)
+        code = tl.where(nan, 0.0, tl.minimum(tl.maximum(q, qmin), qmax)).to(tl.int32)
+        n_over = tl.sum(over.to(tl.int64), axis=0)
+        n_nan = tl.sum(nan.to(tl.int64), axis=0)
+        tl.atomic_add(flags_ptr, n_over, mask=n_over > 0)
+        tl.atomic_add(flags_ptr + 1, n_nan, mask=n_nan > 0)
+        code2 = tl.reshape(code, (BLOCK // 32, 32))
+        lane = tl.arange(0, 32)
+        w = tl.program_id(1) * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
+        wmask = w < words
+        if RING:
+            at = (w & ~15) | ((w & 3) << 2) | ((w >> 2) & 3)
+        else:
+            at = w
+        for p in tl.static_range(A8):
+            bits = ((code2 >> p) & 1).to(tl.int64) << lane[None, :].to(tl.int64)
+            word = tl.where(p < act_bits, tl.sum(bits, axis=1), 0).to(tl.int32)  # bit 31 wraps: two's complement
+            tl.store(xplanes_ptr + (b * A8 + p) * words + at, word, mask=wmask)
+        tl.store(xsum_ptr + b * words + w, tl.sum(code2, axis=1), mask=wmask)
 
 
 def lstm_cell_fits(gates_in: torch.Tensor, gates_hidden: torch.Tensor, c: torch.Tensor) -> bool:
@@ -56,18 +108,27 @@ def lstm_cell_fits(gates_in: torch.Tensor, gates_hidden: torch.Tensor, c: torch.
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
 
 
-def lstm_cell(gates_in: torch.Tensor, gates_hidden: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def lstm_cell(gates_in: torch.Tensor, gates_hidden: torch.Tensor, c: torch.Tensor,
+              planes: InputPlanes | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(h, c') for i, f, g, o = (gates_in + gates_hidden).chunk(4, -1): c' = sigmoid(f) c + sigmoid(i) tanh(g),
-    h = sigmoid(o) tanh(c'), computed in float32 and stored in c's dtype."""
+    h = sigmoid(o) tanh(c'), computed in float32 and stored in c's dtype; with ``planes``, h written as a
+    bit-serial layer's input too (covering all its words; units past H are zeros)."""
     if not lstm_cell_fits(gates_in, gates_hidden, c):
         raise ValueError(f"lstm_cell takes contiguous CUDA tensors of one float dtype, gates [B, 4H] and cell state "
                          f"[B, H], without gradients; got gates {tuple(gates_in.shape)} {gates_in.dtype} {gates_in.device} and "
                          f"{tuple(gates_hidden.shape)} {gates_hidden.dtype}, state {tuple(c.shape)} {c.dtype}")
+    b, hidden = c.shape
+    if planes is not None and (planes.xsum.shape[0] != b or planes.words * 32 < hidden):
+        raise ValueError(f"lstm_cell: input planes for {planes.xsum.shape[0]} rows of {planes.words * 32} units "
+                         f"cannot hold h [{b}, {hidden}]")
     h_out, c_out = torch.empty_like(c), torch.empty_like(c)
-    total = c.numel()
-    if total:
+    columns = planes.words * 32 if planes is not None else hidden
+    if c.numel():
         early = launches_early(c.device)
+        q = planes or InputPlanes(c, 0, 0, 0, c, c, c, 8, False)  # unused without PLANES
         with torch.cuda.device(c.device):
-            _lstm_cell_kernel[(triton.cdiv(total, BLOCK),)](gates_in, gates_hidden, c, h_out, c_out, c.shape[1], total,
-                                                            BLOCK=BLOCK, EARLY=early, launch_pdl=early)
+            _lstm_cell_kernel[(b, triton.cdiv(columns, BLOCK))](
+                gates_in, gates_hidden, c, h_out, c_out, hidden, q.scale, q.qmin, q.qmax, q.act_bits, q.xplanes, q.xsum,
+                q.flags, q.xsum.shape[-1], BLOCK=BLOCK, EARLY=early, PLANES=planes is not None, A8=q.a8, RING=q.ring,
+                launch_pdl=early)
     return h_out, c_out
