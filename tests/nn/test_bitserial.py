@@ -39,7 +39,22 @@ def test_layer_equals_the_literal_popcount_arithmetic(weight_bits, act_bits, k):
     expected = (xq.double() @ layer.weight_values().double().t()).long()
     assert torch.equal(literal, expected)
     y = literal.float() * (layer.input_scale * layer.weight_scale) + layer.bias
-    assert torch.equal(layer(x), y)
+    assert layer.relu  # the model's ReLU after it, folded in
+    assert torch.equal(layer(x), torch.relu(y))
+
+
+def test_a_relu_after_a_bit_serial_layer_is_folded_into_it_and_stays_folded_through_a_checkpoint(tmp_path):
+    model, q = _quantized()
+    assert q[0].relu and isinstance(q[1], torch.nn.Identity) and not q[2].relu
+    assert "relu" in repr(q[0])
+    x = torch.randn(5, 77, generator=torch.Generator().manual_seed(3))
+    unfolded = torch.nn.Sequential(q[0], torch.nn.ReLU(), q[2])
+    expected = unfolded(x)  # ReLU after a layer that applies it: the same (idempotent)
+    assert torch.equal(q(x), expected)
+    lowbit.save(q, tmp_path / "mlp.safetensors")
+    loaded = lowbit.load(tmp_path / "mlp.safetensors", _model(seed=1))
+    assert loaded[0].relu and isinstance(loaded[1], torch.nn.Identity)
+    assert torch.equal(loaded(x), expected)
 
 
 def test_all_bitlayers_match_the_fake_quantized_model_and_fewer_cost_accuracy():

@@ -41,6 +41,7 @@ class BitSerialLinear(_CodedLinear):
     ``input_scale`` float32 [], ``bias``. ``options``: weight_bits, act_bits, act_signed."""
 
     layer_type = "bitserial"
+    folds_relu = True  # nn/registry.py fold_relus: the ReLU after it runs in the GEMM's epilogue
 
     def __init__(self, geometry: LayerGeometry, options: dict, info: dict | None = None):
         super().__init__(geometry, options, info)
@@ -50,6 +51,7 @@ class BitSerialLinear(_CodedLinear):
         self.register_buffer("weight_scale", torch.ones(out))
         self.register_buffer("input_scale", torch.ones(()))
         self.active = self.info.pop("active_bitlayers", n)
+        self.relu = self.info.pop("relu", False)  # max(y, 0) on the output (a ReLU folded in)
         # Inputs clamped to the fixed-point range, and NaN inputs, counted by the GPU kernel (read back
         # every CHECK_EVERY calls, not every call: a read waits for the GPU) and by the CPU path.
         self.register_buffer("input_flags", torch.zeros(2, dtype=torch.int64), persistent=False)
@@ -122,7 +124,7 @@ class BitSerialLinear(_CodedLinear):
         if self._uses_kernel(x):
             fmt = self.input_format
             y = bitserial_linear(x.float().contiguous(), self.bitlayers, self.active, self.input_scale, fmt.bits,
-                                 fmt.qmin, fmt.qmax, fmt.signed, self._scale(), self.bias, self.input_flags)
+                                 fmt.qmin, fmt.qmax, fmt.signed, self._scale(), self.bias, self.input_flags, self.relu)
             if self._flags_due():
                 self._check_input_flags()
             return y.reshape(*lead, -1)
@@ -132,6 +134,8 @@ class BitSerialLinear(_CodedLinear):
         x_bound = max(-self.input_format.qmin, self.input_format.qmax)
         acc = integer_matmul(xq, self._decoded_weight().t(), x_bound, w_bound)
         y = rescale(acc, self.input_scale, self.weight_scale, self.bias, channel_dim=1)
+        if self.relu:
+            y = torch.relu(y)
         return y.reshape(*lead, -1)
 
     def recurrence(self, gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
@@ -154,7 +158,7 @@ class BitSerialLinear(_CodedLinear):
         def step(gates_in_t: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             xplanes, xsum = current
             gates_hidden = binary_gemm(xplanes, xsum, self.bitlayers, self.active, fmt.bits, fmt.signed, self._scale(),
-                                       self.bias, False, cfg, module)
+                                       self.bias, self.relu, cfg, module)
             current[:] = empty_input_planes(m, words, cfg, h.device)
             h_new, c_new = lstm_cell(gates_in_t, gates_hidden, c, InputPlanes(
                 self.input_scale, fmt.qmin, fmt.qmax, fmt.bits, *current, self.input_flags, cfg["A8"], bool(cfg["RING"])))
@@ -165,12 +169,12 @@ class BitSerialLinear(_CodedLinear):
         return step
 
     def describe(self) -> dict:
-        return {**super().describe(), "active_bitlayers": self.active}
+        return {**super().describe(), "active_bitlayers": self.active, "relu": self.relu}
 
     def extra_repr(self) -> str:
         g = self.geometry
         return (f"{g.in_channels}->{g.out_channels}, bitlayers={self.active}/{self.stored_bitlayers}, "
-                f"act={self.input_format}")
+                f"act={self.input_format}" + (", relu" if self.relu else ""))
 
 
 def bitserial_layers(model: nn.Module) -> dict[str, BitSerialLinear]:
