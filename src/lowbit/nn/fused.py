@@ -227,6 +227,9 @@ def _check_fusable(layer, name: str, codes_in: bool = True) -> None:
         raise ConfigError(f"{name}: fused layers pass symmetric codes that fit int8 (s2..s8, u1..u7) between "
                           f"them, but this layer's input is {spec.describe()} (quantize with act_symmetric=True, "
                           "and act_bits=7 where act_unsigned applies)")
+    if layer.relu:  # a ReLU folded in before the norm that fusing puts first
+        raise ConfigError(f"{name} applies a ReLU to its output (folded from the model), which fuse_resnet's "
+                          "conv + norm + ReLU pattern does not take")
     w = layer.weight_spec.fmt
     if not w.signed or w.bits > 8:
         raise ConfigError(f"{name}: weights need signed codes of at most 8 bits, got {layer.weight_spec.describe()}")

@@ -30,6 +30,7 @@ class IntegerLayer(nn.Module):
     the bytes of int8 in memory and in checkpoints; :meth:`weight_codes` unpacks them."""
 
     layer_type = "integer"
+    folds_relu = True  # nn/registry.py fold_relus: the ReLU after it runs in the layer (the GEMM's epilogue)
 
     def __init__(self, geometry: LayerGeometry, weight_spec: QuantSpec, input_spec: QuantSpec, info: dict | None = None):
         super().__init__()
@@ -39,6 +40,7 @@ class IntegerLayer(nn.Module):
         self.weight_spec = weight_spec
         self.input_spec = input_spec
         self.info = dict(info or {})  # scheme, calibrator, amax: carried into checkpoints
+        self.relu = self.info.pop("relu", False)  # max(y, 0) on the output (a ReLU folded in)
         scale_shape = (geometry.out_channels,) if weight_spec.granularity == "channel" else ()
         self.packed = weight_spec.fmt.bits <= 4
         if self.packed:
@@ -92,7 +94,8 @@ class IntegerLayer(nn.Module):
         fmt = self.input_spec.fmt
         qx, _ = quantize_int8(x2, self.input_scale, qmin=fmt.qmin, qmax=fmt.qmax)
         w_scale = self.weight_scale.expand(self.geometry.out_channels).contiguous()
-        y = int8_gemm(qx, self.qweight, self.input_scale, w_scale, self.bias, out_dtype=x.dtype)
+        y = int8_gemm(qx, self.qweight, self.input_scale, w_scale, self.bias, activation="relu" if self.relu else None,
+                      out_dtype=x.dtype)
         return y.reshape(*x.shape[:-1], self.geometry.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +108,8 @@ class IntegerLayer(nn.Module):
             acc, channel_dim = integer_linear_acc(qx, zx, qw), -1
         else:
             acc, channel_dim = integer_conv_acc(qx, zx, qw, self.geometry), 1
-        return rescale(acc, self.input_scale, self.weight_scale, self.bias, channel_dim).to(x.dtype)
+        y = rescale(acc, self.input_scale, self.weight_scale, self.bias, channel_dim).to(x.dtype)
+        return torch.relu(y) if self.relu else y
 
     def describe(self) -> dict:
         return {
@@ -115,6 +119,7 @@ class IntegerLayer(nn.Module):
             "input": self.input_spec.to_dict(),
             "input_scale": float(self.input_scale),
             "input_zero_point": int(self.input_zero_point),
+            "relu": self.relu,
             **self.info,
         }
 
@@ -128,4 +133,4 @@ class IntegerLayer(nn.Module):
     def extra_repr(self) -> str:
         g = self.geometry
         return (f"{g.kind} {g.in_channels}->{g.out_channels}, weight={self.weight_spec.describe()}, "
-                f"input={self.input_spec.describe()}")
+                f"input={self.input_spec.describe()}" + (", relu" if self.relu else ""))
