@@ -276,7 +276,7 @@ def prepare(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator:
 def convert(model: nn.Module, *, inplace: bool = False, progress: bool | None = None) -> nn.Module:
     """Deploy a model from :func:`prepare` (fine-tuned or not): each fake-quantized layer becomes
     its scheme's integer layer, with the weights' codes computed from the current float weights; a ReLU
-    right after a layer that can apply it itself (bit-serial) is folded into it (nn.registry.fold_relus)."""
+    right after a layer that can apply it itself (bit-serial, integer) is folded into it (nn.registry.fold_relus)."""
     layers = prepared_layers(model)
     if not layers:
         raise ConfigError(f"{type(model).__name__} has no fake-quantized layer to convert: pass a model returned "
