@@ -15,6 +15,8 @@
 //                                        (two's complement; planes j >= act_bits are zero); with a ring,
 //                                        word 4i + j of each chunk at 4j + i (i, j < 4)
 //   input sums     [M, WPAD] int32       sum of input row m's codes in each word
+//   (written by bitserial_quantize_input below, and for an LSTM's next step by kernels/triton/lstm.py's
+//   cell kernel, which repeats this layout and the ring's word order: keep the two alike)
 //
 // Only A and B need the same assignment of K bits to mma k-positions (AND + popcount sums over K). Each
 // thread loads 16 bytes of input planes and feeds words {0, 1} to one mma and {2, 3} to the next. Without
