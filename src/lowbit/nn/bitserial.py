@@ -25,7 +25,7 @@ from torch import nn
 from ..config import IntFormat
 from ..errors import ConfigError
 from ..kernels.cuda.bitserial import (binary_gemm, bitserial_linear, bitserial_supported, empty_input_planes,
-                                      input_planes, layer_kernels)
+                                      input_planes, layer_kernels, lstm_sequence)
 from ..kernels.reference import integer_matmul, rescale
 from ..numerics.bitlayers import bitlayer_values, check_active, padded_words, to_bitlayers
 from .geometry import LayerGeometry
@@ -138,15 +138,37 @@ class BitSerialLinear(_CodedLinear):
             y = torch.relu(y)
         return y.reshape(*lead, -1)
 
+    def _runs_recurrence(self, gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> bool:
+        """Whether this layer can run as an LSTM's hidden product on the GPU kernels: float32 CUDA
+        tensors on the current device, no gradients."""
+        return not (h.dim() != 2 or not all(t.dtype == torch.float32 for t in (gates_in, h, c))
+                    or not (gates_in.is_contiguous() and c.is_contiguous())
+                    or (torch.is_grad_enabled() and (h.requires_grad or c.requires_grad or gates_in.requires_grad))
+                    or not self._uses_kernel(h) or h.device.index != torch.cuda.current_device())
+
+    def lstm_sequence(self, gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        """As an LSTM's hidden product (nn/lstm.py), on the GPU: the whole recurrence over the input
+        projections ``gates_in`` [T, B, 4H] in one kernel (kernels/cuda/bitserial_lstm.cu), returning
+        (h of every step [T, B, H], the last h, the last c) with the numbers of :meth:`recurrence`'s
+        steps. None where it does not apply (then :meth:`recurrence`)."""
+        if self.relu or gates_in.dim() != 3 or not self._runs_recurrence(gates_in, h, c):
+            return None
+        fmt = self.input_format
+        done = lstm_sequence(gates_in, h.contiguous(), c, self.bitlayers, self.active, self.input_scale, fmt.bits,
+                             fmt.qmin, fmt.qmax, fmt.signed, self._scale(), self.bias, self.input_flags)
+        if done is None:
+            return None
+        if self._flags_due():
+            self._check_input_flags()
+        hs, c_last = done
+        return hs, hs[-1], c_last
+
     def recurrence(self, gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         """As an LSTM's hidden product (nn/lstm.py), on the GPU: a function ``step(gates_in[t], c) -> (h, c)``
         that runs this layer on the planes of h and then the cell kernel, which writes the new h's planes
         for the next step (kernels/triton/lstm.py): two kernels a step instead of three, the same numbers.
         None where it does not apply (CPU, no kernel here, float32 only, no gradients)."""
-        if (h.dim() != 2 or not all(t.dtype == torch.float32 for t in (gates_in, h, c))
-                or not (gates_in.is_contiguous() and c.is_contiguous())
-                or (torch.is_grad_enabled() and (h.requires_grad or c.requires_grad or gates_in.requires_grad))
-                or not self._uses_kernel(h) or h.device.index != torch.cuda.current_device()):
+        if not self._runs_recurrence(gates_in, h, c):
             return None
         from ..kernels.triton.lstm import InputPlanes, lstm_cell  # triton: on CUDA machines only
 

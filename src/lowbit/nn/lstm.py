@@ -23,8 +23,12 @@ class GateLSTMLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         gates_in = self.input_gates(x)  # [T, B, 4H]
-        # A quantized hidden layer may offer to run the steps with the cell (a bit-serial one on the GPU:
-        # the cell kernel writes its next input).
+        # A quantized hidden layer may offer to run the whole recurrence (a bit-serial one on the GPU: one
+        # kernel), or else the steps with the cell (the cell kernel writes its next input).
+        sequence = getattr(self.hidden_gates, "lstm_sequence", None)
+        done = sequence(gates_in, h, c) if sequence is not None and x.shape[0] else None
+        if done is not None:
+            return done
         recurrence = getattr(self.hidden_gates, "recurrence", None)
         step = recurrence(gates_in, h, c) if recurrence is not None and x.shape[0] else None
         outputs = []

@@ -78,6 +78,16 @@ def multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+@cache
+def shared_memory_per_block(device: torch.device) -> int:
+    """The most shared memory (static and dynamic, bytes) a block may ask for on ``device``."""
+    from cuda.bindings import driver
+
+    attribute = driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+    return _check(driver.cuDeviceGetAttribute(attribute, device.index if device.index is not None else
+                                              torch.cuda.current_device()), "shared memory per block")
+
+
 def split_k(tiles: int, chunks: int, warps: int, device: torch.device, blocks_per_sm: int) -> tuple[int, int]:
     """(chunks per block, splits of K over blocks) for ``tiles`` blocks of ``warps`` warps: K is split,
     in whole rounds of ``warps`` chunks, until the grid has ``blocks_per_sm`` blocks per multiprocessor,
@@ -127,20 +137,18 @@ class CudaModule:
                                            f"cuModuleGetFunction({name})")
         return self._functions[name]
 
-    def blocks_per_sm(self, name: str, block: int) -> int:
-        """How many blocks of ``block`` threads of kernel ``name`` a multiprocessor holds at once."""
+    def blocks_per_sm(self, name: str, block: int, shared: int = 0) -> int:
+        """How many blocks of ``block`` threads of kernel ``name`` (``shared`` bytes of dynamic shared
+        memory each) a multiprocessor holds at once."""
         from cuda.bindings import driver
 
-        return _check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(self._function(name), block, 0),
+        function = self._allow_shared(name, shared)
+        return _check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(function, block, shared),
                       f"occupancy of {name}")
 
-    def launch(self, name: str, grid: tuple[int, int, int], block: int, args: list, *,
-               early: bool = False, shared: int = 0) -> None:
-        """``args``: ctypes values (c_void_p for pointers, c_int, c_float, ...) in the kernel's order.
-        ``early`` (Hopper): programmatic dependent launch, the kernel may start before the previous one
-        on the stream ends, and waits for it where it says so (griddepcontrol.wait). ``shared``: bytes of
-        dynamic shared memory; beyond the 48 KiB a block gets by default (static and dynamic together),
-        the kernel is allowed more first."""
+    def _allow_shared(self, name: str, shared: int):
+        """The kernel, allowed ``shared`` bytes of dynamic shared memory (beyond the default 48 KiB, a
+        kernel has to ask for them first)."""
         from cuda.bindings import driver
 
         function = self._function(name)
@@ -148,9 +156,21 @@ class CudaModule:
             attribute = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
             _check(driver.cuFuncSetAttribute(function, attribute, shared), f"allowing {name} {shared} bytes of shared memory")
             self._dynamic_shared[name] = shared
+        return function
+
+    def launch(self, name: str, grid: tuple[int, int, int], block: int, args: list, *,
+               early: bool = False, shared: int = 0, cooperative: bool = False) -> None:
+        """``args``: ctypes values (c_void_p for pointers, c_int, c_float, ...) in the kernel's order.
+        ``early`` (Hopper): programmatic dependent launch, the kernel may start before the previous one
+        on the stream ends, and waits for it where it says so (griddepcontrol.wait). ``shared``: bytes of
+        dynamic shared memory. ``cooperative``: all blocks resident at once (or the launch fails), for
+        kernels whose blocks wait for each other."""
+        from cuda.bindings import driver
+
+        function = self._allow_shared(name, shared)
         pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
         stream = torch.cuda.current_stream().cuda_stream
-        if not early:
+        if not (early or cooperative):
             _check(driver.cuLaunchKernel(function, *grid, block, 1, 1, shared, stream,
                                          ctypes.addressof(pointers), 0), f"launching {name}")
             return
@@ -159,11 +179,19 @@ class CudaModule:
         config.blockDimX, config.blockDimY, config.blockDimZ = block, 1, 1
         config.sharedMemBytes = shared
         config.hStream = driver.CUstream(stream)
-        attr = driver.CUlaunchAttribute()
-        attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
-        attr.value.programmaticStreamSerializationAllowed = 1
-        config.attrs = [attr]
-        config.numAttrs = 1
+        attrs = []
+        if early:
+            attr = driver.CUlaunchAttribute()
+            attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+            attr.value.programmaticStreamSerializationAllowed = 1
+            attrs.append(attr)
+        if cooperative:
+            attr = driver.CUlaunchAttribute()
+            attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_COOPERATIVE
+            attr.value.cooperative = 1
+            attrs.append(attr)
+        config.attrs = attrs
+        config.numAttrs = len(attrs)
         _check(driver.cuLaunchKernelEx(config, function, ctypes.addressof(pointers), 0),
                f"launching {name}")
 

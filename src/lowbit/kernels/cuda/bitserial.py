@@ -10,7 +10,7 @@ from functools import cache
 import torch
 
 from ...numerics.bitlayers import WORD_MULTIPLE
-from . import launches_early, load_module, multiprocessors, nvrtc_available, pointer
+from . import launches_early, load_module, multiprocessors, nvrtc_available, pointer, shared_memory_per_block
 
 MAX_WARPS_K = 8
 MAX_NT = 4  # column tiles per warp; 8 took 166 registers (one block a multiprocessor) and was slower
@@ -142,3 +142,60 @@ def bitserial_linear(x: torch.Tensor, planes: torch.Tensor, active: int, input_s
     cfg, module = layer_kernels(x.shape[0], planes, act_bits, x.device)
     xplanes, xsum = input_planes(x, input_scale, act_bits, qmin, qmax, words, flags, cfg, module)
     return binary_gemm(xplanes, xsum, planes, active, act_bits, act_signed, scale, bias, relu, cfg, module)
+
+
+# bitserial_lstm.cu: a bit-serial LSTM layer's whole recurrence in one cooperative kernel, each block
+# holding the weight planes of 16 hidden units' four gates in shared memory. The benchmark turns it off
+# to compare with two kernels a step.
+PERSISTENT_LSTM = True
+LSTM_UNITS = 16
+LSTM_WARPS_K = 4  # warps of a block per gate tile, splitting K
+LSTM_STATIC_SHARED = 8192  # more than the kernel's own shared arrays take (at most 4.7 KB at 4 column tiles)
+
+
+def _lstm_plan(batch: int, hidden: int, planes: torch.Tensor, active: int, act_bits: int) -> tuple[dict, int] | None:
+    """(compile-time constants, dynamic shared memory) of bitserial_lstm for these shapes, or None where it
+    cannot run them: more column tiles than a warp takes, weight planes past a block's shared memory, more
+    blocks than the GPU holds at once, or sums that could pass int32."""
+    n_stored, _, words = planes.shape
+    a8 = 8 if act_bits <= 8 else 16
+    cfg = {"A8": a8, "NT": batch * a8 // 8, "KS": LSTM_WARPS_K}
+    shared = 4 * active * (words // WORD_MULTIPLE) * LSTM_UNITS * 64  # 16 rows x 64 bytes a plane and chunk
+    device = planes.device
+    if (cfg["NT"] > MAX_NT or words * 32 * ((1 << n_stored) - 1) >= 2**31
+            or shared + LSTM_STATIC_SHARED > shared_memory_per_block(device)):
+        return None
+    held = load_module("bitserial_lstm.cu", cfg, device).blocks_per_sm("bitserial_lstm", 128 * LSTM_WARPS_K, shared)
+    return (cfg, shared) if -(-hidden // LSTM_UNITS) <= held * multiprocessors(device) else None
+
+
+def lstm_sequence(gates_in: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, planes: torch.Tensor, active: int,
+                  input_scale: torch.Tensor, act_bits: int, qmin: int, qmax: int, act_signed: bool,
+                  scale: torch.Tensor, bias: torch.Tensor | None,
+                  flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """An LSTM layer's recurrence in one kernel: (h for every step [T, B, H], the last c [B, H]) from the
+    input projections ``gates_in`` [T, B, 4H] (bias included; gates i, f, g, o), h0, c0 [B, H] (float32,
+    contiguous, on the current CUDA device) and the hidden product's stored ``planes`` [n, 4H, W] (the
+    ``active`` most significant used, ``scale`` = input_scale * weight_scale [4H]); ``flags`` counts
+    saturated and NaN h. The numbers of :func:`binary_gemm` + kernels/triton/lstm.py's cell a step, bit
+    for bit. None where the kernel cannot take these shapes (then run the steps)."""
+    steps, batch, four_h = gates_in.shape
+    hidden = four_h // 4
+    plan = _lstm_plan(batch, hidden, planes, active, act_bits) if PERSISTENT_LSTM else None
+    if plan is None:
+        return None
+    cfg, shared = plan
+    n_stored, _, words = planes.shape
+    device = planes.device
+    # The barrier's counter (word 0) and two buffers of input planes, zero in their padding words.
+    state = torch.zeros(32 + 2 * batch * cfg["A8"] * words, dtype=torch.int32, device=device)
+    hs = torch.empty(steps, batch, hidden, dtype=torch.float32, device=device)
+    c_out = torch.empty(batch, hidden, dtype=torch.float32, device=device)
+    load_module("bitserial_lstm.cu", cfg, device).launch(
+        "bitserial_lstm", (-(-hidden // LSTM_UNITS), 1, 1), 128 * LSTM_WARPS_K,
+        [pointer(planes), pointer(scale), pointer(bias), pointer(gates_in), pointer(h0), pointer(c0), pointer(hs),
+         pointer(c_out), pointer(input_scale), pointer(state), pointer(flags), ctypes.c_int(steps), ctypes.c_int(hidden),
+         ctypes.c_int(words), ctypes.c_int(n_stored), ctypes.c_int(active), ctypes.c_int(act_bits),
+         ctypes.c_int(int(act_signed)), ctypes.c_int(qmin), ctypes.c_int(qmax)],
+        shared=shared, cooperative=True)
+    return hs, c_out
