@@ -160,7 +160,8 @@ def _lstm_plan(batch: int, hidden: int, planes: torch.Tensor, active: int, act_b
     n_stored, _, words = planes.shape
     a8 = 8 if act_bits <= 8 else 16
     cfg = {"A8": a8, "NT": batch * a8 // 8, "KS": LSTM_WARPS_K}
-    shared = 4 * active * (words // WORD_MULTIPLE) * LSTM_UNITS * 64  # 16 rows x 64 bytes a plane and chunk
+    # the weight planes (16 rows x 64 bytes a tile, plane and chunk), then the step's input planes
+    shared = 4 * active * (words // WORD_MULTIPLE) * LSTM_UNITS * 64 + batch * a8 * (words + 4) * 4
     device = planes.device
     if (cfg["NT"] > MAX_NT or words * 32 * ((1 << n_stored) - 1) >= 2**31
             or shared + LSTM_STATIC_SHARED > shared_memory_per_block(device)):
@@ -187,14 +188,15 @@ def lstm_sequence(gates_in: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, pl
     cfg, shared = plan
     n_stored, _, words = planes.shape
     device = planes.device
-    # The barrier's counter (word 0) and two buffers of input planes, zero in their padding words.
-    state = torch.zeros(32 + 2 * batch * cfg["A8"] * words, dtype=torch.int32, device=device)
+    blocks = -(-hidden // LSTM_UNITS)
+    # Two buffers of (32 bits of planes, step mark) pairs, by row, block and pair of planes; zero: unmarked.
+    exchange = torch.zeros(2 * batch * blocks * cfg["A8"], dtype=torch.int32, device=device)
     hs = torch.empty(steps, batch, hidden, dtype=torch.float32, device=device)
     c_out = torch.empty(batch, hidden, dtype=torch.float32, device=device)
     load_module("bitserial_lstm.cu", cfg, device).launch(
-        "bitserial_lstm", (-(-hidden // LSTM_UNITS), 1, 1), 128 * LSTM_WARPS_K,
+        "bitserial_lstm", (blocks, 1, 1), 128 * LSTM_WARPS_K,
         [pointer(planes), pointer(scale), pointer(bias), pointer(gates_in), pointer(h0), pointer(c0), pointer(hs),
-         pointer(c_out), pointer(input_scale), pointer(state), pointer(flags), ctypes.c_int(steps), ctypes.c_int(hidden),
+         pointer(c_out), pointer(input_scale), pointer(exchange), pointer(flags), ctypes.c_int(steps), ctypes.c_int(hidden),
          ctypes.c_int(words), ctypes.c_int(n_stored), ctypes.c_int(active), ctypes.c_int(act_bits),
          ctypes.c_int(int(act_signed)), ctypes.c_int(qmin), ctypes.c_int(qmax)],
         shared=shared, cooperative=True)

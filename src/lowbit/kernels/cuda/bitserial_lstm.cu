@@ -10,9 +10,11 @@
 //
 // Why one kernel: at batch 1 a step's work is tiny (2048 hidden units, 8 bitlayers: 2 us of binary
 // mmas spread over the GPU) and the two kernels a step cost their launches and the weights' trip from L2.
-// Here each block keeps its weight planes in shared memory for the whole sequence and the blocks meet
-// once a step at a counter in global memory (a grid-wide barrier; the launch is cooperative, so all
-// blocks are resident at once).
+// Here each block keeps its weight planes in shared memory for the whole sequence, and the blocks pass
+// h's planes to each other through global memory once a step, each 32 bits of them stored together
+// with the step's number in one 8-byte store (as NCCL's low-latency protocol does): a block polls the
+// words it needs until they carry the step it waits for, with no fence or barrier counter between. The
+// launch is cooperative, so all blocks are resident at once and none waits for a block not yet started.
 //
 // Block b owns hidden units u0 = 16 b .. u0 + 15: the 16-row tiles q H + u0.. of gates i, f, g, o
 // (q = 0..3). Its 4 * KS warps: warp w takes tile q = w / KS and every KS-th 512-bit chunk of K from
@@ -23,9 +25,10 @@
 // Compile-time constants (-D): A8 (activation planes per input row, 8 or 16), NT (column tiles of 8 input
 // planes: the batch rows B = NT * 8 / A8), KS (warps per tile along K).
 //
-// state (int32, zeroed before the launch): [0] the barrier's counter, then from word 32 two buffers of
-// input planes [B * A8, wpad] (step t reads buffer t % 2 and writes buffer (t + 1) % 2; padding words
-// stay zero).
+// exchange (zeroed before the launch): two buffers [B][blocks][A8 / 2] of (data, step + 1) pairs, data =
+// a block's 16 bits of planes 2i and 2i + 1 of a row. The planes of h_{s-1} (h0 for s = 0), which step s
+// reads, go to buffer s % 2 marked s + 1. A block overwrites a buffer only after every block has written
+// the data of the step after it, so after every block has read it.
 
 #include "common.cuh"
 
@@ -102,10 +105,20 @@ __device__ __forceinline__ float div_rn_ftz(float a, float b) {
     return r;
 }
 
+__device__ __forceinline__ void store_marked(uint2* p, u32 data, u32 mark) {
+    asm volatile("st.volatile.global.v2.u32 [%0], {%1, %2};" ::"l"(p), "r"(data), "r"(mark) : "memory");
+}
+
+__device__ __forceinline__ uint2 load_marked(const uint2* p) {
+    uint2 v;
+    asm volatile("ld.volatile.global.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p) : "memory");
+    return v;
+}
+
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
 bitserial_lstm(const uint4* __restrict__ wplanes, const float* __restrict__ scale, const float* __restrict__ bias,
                const float* __restrict__ gates_in, const float* __restrict__ h0, const float* __restrict__ c0,
-               float* __restrict__ hs, float* __restrict__ c_out, const float* __restrict__ xscale, int* state,
+               float* __restrict__ hs, float* __restrict__ c_out, const float* __restrict__ xscale, uint2* exchange,
                unsigned long long* __restrict__ flags, int T, int H, int wpad, int n_stored, int active,
                int act_bits, int act_signed, int qmin, int qmax) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -113,13 +126,15 @@ bitserial_lstm(const uint4* __restrict__ wplanes, const float* __restrict__ scal
     const int q = warp / KS, kpart = warp % KS;
     const int u0 = blockIdx.x * UNITS;
     const int chunks = wpad / 16;
-    const size_t buf_words = (size_t)B_ROWS * A8 * wpad;
-    int* const counter = state;
-    u32* const planes = (u32*)(state + 32);
+    const int pairs = B_ROWS * gridDim.x * (A8 / 2);  // (data, mark) pairs a buffer of the exchange
+    const int xs_stride = wpad + 4;                    // words of a plane row in shared memory (padded: banks)
 
     // The block's active weight planes, [tile q][plane p, most significant first][chunk][row][16 bytes x 4].
     extern __shared__ uint4 wsm[];
     const int tile_words = active * chunks * 64;
+    // The step's input planes, gathered from the exchange: [B * A8][xs_stride] words (after the weights).
+    u32* const xs = (u32*)(wsm + 4 * tile_words);
+    for (int i = threadIdx.x; i < B_ROWS * A8 * xs_stride; i += THREADS) xs[i] = 0;  // padding stays zero
     for (int i = threadIdx.x; i < 4 * tile_words; i += THREADS) {
         const int quarter = i & 3, row = i >> 2 & 15, rest = i >> 6;
         const int c = rest % chunks, p = rest / chunks % active, tile = rest / (chunks * active);
@@ -144,10 +159,10 @@ bitserial_lstm(const uint4* __restrict__ wplanes, const float* __restrict__ scal
     const bool cell_thread = warp < CELL_WARPS, cell_row = e < B_ROWS * UNITS;
     const float sx = *xscale;
 
-    // h's codes -> the 16-bit halves of buffer buf's plane words; saturated values and NaNs counted.
+    // h's codes -> the exchange's buffer s % 2, marked s + 1, for step s; saturated values and NaNs counted.
     // Called by the cell warps together (ballots); ftz: the cell kernel's division (flushes denormals),
     // else the input kernel's (bitserial_quantize_input, for h0).
-    auto publish = [&](float h, bool valid, int buf, bool ftz) {
+    auto publish = [&](float h, bool valid, int s, bool ftz) {
         float v = valid ? h : 0.0f;
         float qf = rintf(ftz ? div_rn_ftz(v, sx) : __fdiv_rn(v, sx));
         int over = 0, nan = 0;
@@ -160,11 +175,16 @@ bitserial_lstm(const uint4* __restrict__ wplanes, const float* __restrict__ scal
         }
         const int code = (int)qf;
         const int m = e / UNITS;
-        u16* const dst = (u16*)(planes + buf * buf_words) + (u0 >> 4);  // this block's half of word u0 / 32
+        uint2* const dst = exchange + (size_t)(s & 1) * pairs + ((size_t)m * gridDim.x + blockIdx.x) * (A8 / 2);
+        u32 lower = 0;
 #pragma unroll
         for (int j = 0; j < A8; ++j) {
             const u32 word = __ballot_sync(0xffffffffu, j < act_bits && ((u32)code >> j & 1u));
-            if (cell_row && (e & 15) == 0) dst[(size_t)(m * A8 + j) * wpad * 2] = (u16)(lane < 16 ? word : word >> 16);
+            const u32 half = lane < 16 ? word & 0xffffu : word >> 16;
+            if (j % 2 == 0)
+                lower = half;
+            else if (cell_row && (e & 15) == 0)
+                store_marked(dst + j / 2, lower | half << 16, (u32)s + 1);
         }
         const int n_over = __popc(__ballot_sync(0xffffffffu, over)), n_nan = __popc(__ballot_sync(0xffffffffu, nan));
         if (lane == 0 && n_over) atomicAdd(flags, (unsigned long long)n_over);
@@ -179,23 +199,23 @@ bitserial_lstm(const uint4* __restrict__ wplanes, const float* __restrict__ scal
         publish(valid ? h0[(size_t)m * H + u0 + r] : 0.0f, valid, 0, false);
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        atomicAdd(counter, 1);
-    }
 
     const i64 planes_sum = ((1LL << active) - 1) << (n_stored - active);  // sum_i 2^(n - k + i)
     for (int t = 0; t < T; ++t) {
         // This step's input gates do not depend on the recurrence: on their way before the wait.
         const float gin = epilogue && unit_ok ? gates_in[((size_t)t * B_ROWS + m_e) * 4 * H + n_e] : 0.0f;
-        if (threadIdx.x == 0) {
-            const int target = gridDim.x * (t + 1);
-            while (*(volatile int*)counter < target) {
-            }
-            __threadfence();
+        // h_{t-1}'s planes from every block, each pair once it carries mark t + 1.
+        for (int i = threadIdx.x; i < pairs; i += THREADS) {
+            const uint2* src = exchange + (size_t)(t & 1) * pairs + i;
+            uint2 v = load_marked(src);
+            while (v.y != (u32)t + 1) v = load_marked(src);
+            const int pair = i % (A8 / 2), block = i / (A8 / 2) % gridDim.x, m = i / (A8 / 2 * gridDim.x);
+            u16* const row = (u16*)(xs + (size_t)(m * A8 + 2 * pair) * xs_stride) + block;
+            row[0] = (u16)v.x;
+            row[xs_stride * 2] = (u16)(v.x >> 16);
         }
         __syncthreads();
-        const uint4* xp = (const uint4*)(planes + (t & 1) * buf_words);
+        const uint4* xp = (const uint4*)xs;
 
         // Binary mmas over this warp's chunks, each chunk's planes by Horner's rule (bitserial_gemm's order).
         int part32[NT][4];
@@ -209,7 +229,7 @@ bitserial_lstm(const uint4* __restrict__ wplanes, const float* __restrict__ scal
         for (int c = kpart; c < chunks; c += KS) {
             uint4 b[NT];
 #pragma unroll
-            for (int n = 0; n < NT; ++n) b[n] = __ldcg(xp + (size_t)(n * 8 + g) * (wpad / 4) + c * 4 + t4);
+            for (int n = 0; n < NT; ++n) b[n] = xp[(n * 8 + g) * (xs_stride / 4) + c * 4 + t4];
             if (q == 0) {  // the sums of the input codes, from their planes: sum_j +-2^j popc(plane j)
 #pragma unroll
                 for (int n = 0; n < NT; ++n) {
@@ -300,13 +320,9 @@ bitserial_lstm(const uint4* __restrict__ wplanes, const float* __restrict__ scal
                 cell[m][r] = c;
                 hs[((size_t)t * B_ROWS + m) * H + u0 + r] = h;
             }
-            publish(h, valid, (t + 1) & 1, true);
+            publish(h, valid, t + 1, true);
         }
         __syncthreads();
-        if (threadIdx.x == 0 && t + 1 < T) {
-            __threadfence();
-            atomicAdd(counter, 1);
-        }
     }
     if (cell_thread && cell_row && u0 + e % UNITS < H) c_out[(size_t)(e / UNITS) * H + u0 + e % UNITS] = cell[e / UNITS][e % UNITS];
 }
