@@ -25,8 +25,7 @@
 // input planes are then stored in that order.
 
 #include "common.cuh"
-
-typedef long long i64;
+#include "bitserial.cuh"
 
 #ifndef NT
 #define NT 1
@@ -264,31 +263,12 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
 #endif
     flush();
 
-    // Columns -> input rows: column (m, j) carries c_j 2^j, c_j = -1 for the top plane when signed.
-    // This thread holds columns 2t and 2t + 1 of each tile, for rows g (e = 0, 1) and g + 8 (e = 2, 3).
+    // Columns -> input rows.
     i64 part[M_PER_WARP][2];
+    columns_to_rows<NT, A8>(total, part, t, n_stored - active, act_bits, act_signed);
 #pragma unroll
-    for (int mm = 0; mm < M_PER_WARP; ++mm) part[mm][0] = part[mm][1] = 0;
-#pragma unroll
-    for (int n = 0; n < NT; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int local = n * 8 + 2 * t + (e & 1);
-            const int j = local % A8;
-            if (j < act_bits) {
-                const i64 v = total[n][e] << (j + n_stored - active);
-                part[local / A8][e >> 1] += (act_signed && j == act_bits - 1) ? -v : v;
-            }
-        }
-#pragma unroll
-    for (int mm = 0; mm < M_PER_WARP; ++mm) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            part[mm][h] += __shfl_xor_sync(0xffffffffu, part[mm][h], 1);
-            part[mm][h] += __shfl_xor_sync(0xffffffffu, part[mm][h], 2);
-        }
+    for (int mm = 0; mm < M_PER_WARP; ++mm)
         for (int o = 16; o > 0; o >>= 1) rowsum[mm] += __shfl_xor_sync(0xffffffffu, rowsum[mm], o);
-    }
 
     // Sum the warps' shares of K, then the epilogue.
     __shared__ i64 shared[CW][WARPS_K][M_PER_WARP][16];
@@ -305,7 +285,7 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
         for (int mm = 0; mm < M_PER_WARP; ++mm) shared_sum[cg][warp][mm] = rowsum[mm];
     }
     __syncthreads();
-    const i64 planes_sum = ((1LL << active) - 1) << (n_stored - active);  // sum_i 2^(n - k + i)
+    const i64 planes_sum = active_planes_sum(n_stored, active);
     for (int idx = threadIdx.x; idx < CW * M_PER_WARP * 16; idx += 32 * WARPS_K * CW) {
         const int c = idx / (M_PER_WARP * 16), mm = idx / 16 % M_PER_WARP;
         const int m = block_col0 / A8 + c * M_PER_WARP + mm;
@@ -316,9 +296,7 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
             s += shared[c][w][mm][rr];
             row_sum += shared_sum[c][w][mm];
         }
-        const i64 acc = 2 * s - planes_sum * row_sum;
-        float y = __fmul_rn(__ll2float_rn(acc), scale_r);
-        if (bias) y = __fadd_rn(y, bias_r);
+        float y = bitserial_output(s, row_sum, planes_sum, scale_r, bias != nullptr, bias_r);
         if (relu) y = fmaxf(y, 0.0f);
         out[(size_t)m * N + row0 + rr] = y;
     }

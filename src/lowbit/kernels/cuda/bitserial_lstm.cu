@@ -8,8 +8,9 @@
 // (sigmoid: ex2.approx and div.full; tanh: libdevice's __nv_tanhf; the fma of c'), so that both paths
 // round alike.
 //
-// Why one kernel: at batch 1 a step's work is tiny (2048 hidden units, 8 bitlayers: 2 us of binary
-// mmas spread over the GPU) and the two kernels a step cost their launches and the weights' trip from L2.
+// Why one kernel: at batch 1 a step's binary mmas are a small part of its time (H100, 2048 hidden units:
+// 8 bitlayers instead of 1 add 0.8 us a step), and two kernels a step cost their launches, the edges
+// between them and the weights' trip from L2 (RESULTS.md, bit-serial LSTM: 663 -> 369 us for 100 steps).
 // Here each block keeps its weight planes in shared memory for the whole sequence, and the blocks pass
 // h's planes to each other through global memory once a step, each 32 bits of them stored together
 // with the step's number in one 8-byte store (as NCCL's low-latency protocol does): a block polls the
@@ -20,7 +21,7 @@
 // (q = 0..3). Its 4 * KS warps: warp w takes tile q = w / KS and every KS-th 512-bit chunk of K from
 // w % KS, as bitserial_gemm's register path does (lane (g, t) reads rows g and g + 8, words 4t..4t + 3 of
 // a chunk, and the same words of its input column g). After the step's epilogue and cell, the block
-// writes its 16 units' codes of h as 16-bit halves of the next step's input-plane words.
+// publishes its 16 units' bits of each plane of h to the exchange (below).
 //
 // Compile-time constants (-D): A8 (activation planes per input row, 8 or 16), NT (column tiles of 8 input
 // planes: the batch rows B = NT * 8 / A8), KS (warps per tile along K).
@@ -31,8 +32,7 @@
 // the data of the step after it, so after every block has read it.
 
 #include "common.cuh"
-
-typedef long long i64;
+#include "bitserial.cuh"
 
 #ifndef A8
 #define A8 8
@@ -200,7 +200,7 @@ bitserial_lstm(const uint4* __restrict__ wplanes, const float* __restrict__ scal
     }
     __syncthreads();
 
-    const i64 planes_sum = ((1LL << active) - 1) << (n_stored - active);  // sum_i 2^(n - k + i)
+    const i64 planes_sum = active_planes_sum(n_stored, active);
     for (int t = 0; t < T; ++t) {
         // This step's input gates do not depend on the recurrence: on their way before the wait.
         const float gin = epilogue && unit_ok ? gates_in[((size_t)t * B_ROWS + m_e) * 4 * H + n_e] : 0.0f;
@@ -262,29 +262,12 @@ bitserial_lstm(const uint4* __restrict__ wplanes, const float* __restrict__ scal
                 for (int i = 0; i < 4; ++i) part32[n][i] += acc[n][i];
         }
 
-        // Columns -> input rows (bitserial_gemm's epilogue): column (m, j) carries c_j 2^j.
+        // Columns -> input rows, as bitserial_gemm's epilogue.
         i64 part[B_ROWS][2];
+        columns_to_rows<NT, A8>(part32, part, t4, n_stored - active, act_bits, act_signed);
 #pragma unroll
-        for (int m = 0; m < B_ROWS; ++m) part[m][0] = part[m][1] = 0;
-#pragma unroll
-        for (int n = 0; n < NT; ++n)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int local = n * 8 + 2 * t4 + (i & 1), j = local % A8;
-                if (j < act_bits) {
-                    const i64 v = (i64)part32[n][i] << (j + n_stored - active);
-                    part[local / A8][i >> 1] += act_signed && j == act_bits - 1 ? -v : v;
-                }
-            }
-#pragma unroll
-        for (int m = 0; m < B_ROWS; ++m) {
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                part[m][h] += __shfl_xor_sync(0xffffffffu, part[m][h], 1);
-                part[m][h] += __shfl_xor_sync(0xffffffffu, part[m][h], 2);
-            }
+        for (int m = 0; m < B_ROWS; ++m)
             for (int o = 16; o > 0; o >>= 1) code_sum[m] += __shfl_xor_sync(0xffffffffu, code_sum[m], o);
-        }
         if (t4 == 0) {
 #pragma unroll
             for (int m = 0; m < B_ROWS; ++m) partial[kpart][q][m][g] = part[m][0], partial[kpart][q][m][g + 8] = part[m][1];
@@ -300,10 +283,7 @@ bitserial_lstm(const uint4* __restrict__ wplanes, const float* __restrict__ scal
             i64 s = 0, rows = 0;
 #pragma unroll
             for (int k = 0; k < KS; ++k) s += partial[k][q_e][m_e][r_e], rows += code_sums[k][m_e];
-            const i64 acc = 2 * s - planes_sum * rows;
-            float y = __fmul_rn(__ll2float_rn(acc), scale_e);
-            if (bias) y = __fadd_rn(y, bias_e);
-            gates[q_e][m_e][r_e] = __fadd_rn(gin, y);
+            gates[q_e][m_e][r_e] = __fadd_rn(gin, bitserial_output(s, rows, planes_sum, scale_e, bias != nullptr, bias_e));
         }
         __syncthreads();
 
