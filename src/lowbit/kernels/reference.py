@@ -99,23 +99,22 @@ def integer_conv_acc(qx: torch.Tensor, zx: int, qw: torch.Tensor, geo: LayerGeom
     """Accumulators of a convolution by im2col: qx [B, C, *spatial] codes, qw [O, C/groups, *kernel]."""
     if geo.kind == "conv1d":
         return integer_conv_acc(qx.unsqueeze(2), zx, qw.unsqueeze(2), _as_2d(geo)).squeeze(2)
-    # Codes are exact in float32 (|q| < 2^24): pad and unfold there, then back to integers.
-    x = qx.float()
     if geo.padding_mode == "zeros":
-        x = F.pad(x, geo.pads, value=float(zx))  # real 0 is the code zx
-    else:
-        x = F.pad(x, geo.pads, mode=geo.padding_mode)
-    b = x.shape[0]
-    cols = F.unfold(x, geo.kernel_size, dilation=geo.dilation, stride=geo.stride)  # [B, C*kh*kw, L]
-    out_h = (x.shape[2] - geo.dilation[0] * (geo.kernel_size[0] - 1) - 1) // geo.stride[0] + 1
-    out_w = (x.shape[3] - geo.dilation[1] * (geo.kernel_size[1] - 1) - 1) // geo.stride[1] + 1
-    cols = cols.transpose(1, 2).to(qx.dtype)  # [B, L, C*kh*kw]
-    g, og, kg = geo.groups, geo.out_channels // geo.groups, qw[0].numel()
-    wmat = qw.reshape(geo.out_channels, -1)
-    accs = [_gemm_with_zero_point(cols[..., i * kg:(i + 1) * kg].reshape(-1, kg), zx, wmat[i * og:(i + 1) * og])
-            for i in range(g)]
+        x = F.pad(qx, geo.pads, value=zx)  # real 0 is the code zx
+    else:  # reflect / replicate / circular: in float32, where the codes are exact (|q| < 2^24)
+        x = F.pad(qx.float(), geo.pads, mode=geo.padding_mode).to(qx.dtype)
+    (kh, kw), (sh, sw), (dh, dw) = geo.kernel_size, geo.stride, geo.dilation
+    # The windows as a view [B, OH, OW, kh, kw, C], copied once per group with the channels innermost (the
+    # weights' columns reordered to match): an integer copy, 4-5x faster than float unfold on 2 CPU cores.
+    windows = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)[..., ::dh, ::dw]
+    windows = windows.permute(0, 2, 3, 4, 5, 1)
+    b, out_h, out_w = windows.shape[:3]
+    g, og, cg = geo.groups, geo.out_channels // geo.groups, qw.shape[1]
+    wmat = qw.permute(0, 2, 3, 1).reshape(geo.out_channels, -1)
+    accs = [_gemm_with_zero_point(windows[..., i * cg:(i + 1) * cg].reshape(b * out_h * out_w, -1), zx,
+                                  wmat[i * og:(i + 1) * og]) for i in range(g)]
     acc = torch.cat(accs, dim=1) if g > 1 else accs[0]
-    return acc.reshape(b, out_h * out_w, geo.out_channels).transpose(1, 2).reshape(b, geo.out_channels, out_h, out_w)
+    return acc.reshape(b, out_h, out_w, geo.out_channels).permute(0, 3, 1, 2).contiguous()
 
 
 def _as_2d(geo: LayerGeometry) -> LayerGeometry:
