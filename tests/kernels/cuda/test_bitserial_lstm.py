@@ -93,7 +93,10 @@ def test_shapes_the_kernel_cannot_take_run_the_steps():
 
     model = _quantized_lstm(16, 64, 5, 8, 8)
     layer = _hidden_layer(model)
-    assert _lstm_plan(5, 64, layer.bitlayers, 8, 8) is None and _lstm_plan(4, 64, layer.bitlayers, 8, 8) is not None
+    n_stored, _, words = layer.bitlayers.shape
+    device = layer.bitlayers.device
+    assert _lstm_plan(5, 64, n_stored, words, 8, 8, device) is None
+    assert _lstm_plan(4, 64, n_stored, words, 8, 8, device) is not None
     x = torch.randn(6, 5, 16)
     with torch.no_grad():
         expected = model.cpu()(x)[0]

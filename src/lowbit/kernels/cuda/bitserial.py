@@ -153,16 +153,16 @@ LSTM_WARPS_K = 4  # warps of a block per gate tile, splitting K
 LSTM_STATIC_SHARED = 8192  # more than the kernel's own shared arrays take (at most 4.7 KB at 4 column tiles)
 
 
-def _lstm_plan(batch: int, hidden: int, planes: torch.Tensor, active: int, act_bits: int) -> tuple[dict, int] | None:
+@cache
+def _lstm_plan(batch: int, hidden: int, n_stored: int, words: int, active: int, act_bits: int,
+               device: torch.device) -> tuple[dict, int] | None:
     """(compile-time constants, dynamic shared memory) of bitserial_lstm for these shapes, or None where it
     cannot run them: more column tiles than a warp takes, weight planes past a block's shared memory, more
     blocks than the GPU holds at once, or sums that could pass int32."""
-    n_stored, _, words = planes.shape
     a8 = 8 if act_bits <= 8 else 16
     cfg = {"A8": a8, "NT": batch * a8 // 8, "KS": LSTM_WARPS_K}
     # the weight planes (16 rows x 64 bytes a tile, plane and chunk), then the step's input planes
     shared = 4 * active * (words // WORD_MULTIPLE) * LSTM_UNITS * 64 + batch * a8 * (words + 4) * 4
-    device = planes.device
     if (cfg["NT"] > MAX_NT or words * 32 * ((1 << n_stored) - 1) >= 2**31
             or shared + LSTM_STATIC_SHARED > shared_memory_per_block(device)):
         return None
@@ -182,12 +182,12 @@ def lstm_sequence(gates_in: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, pl
     for bit. None where the kernel cannot take these shapes (then run the steps)."""
     steps, batch, four_h = gates_in.shape
     hidden = four_h // 4
-    plan = _lstm_plan(batch, hidden, planes, active, act_bits) if PERSISTENT_LSTM else None
+    n_stored, _, words = planes.shape
+    device = planes.device
+    plan = _lstm_plan(batch, hidden, n_stored, words, active, act_bits, device) if PERSISTENT_LSTM else None
     if plan is None:
         return None
     cfg, shared = plan
-    n_stored, _, words = planes.shape
-    device = planes.device
     blocks = -(-hidden // LSTM_UNITS)
     # Two buffers of (32 bits of planes, step mark) pairs, by row, block and pair of planes; zero: unmarked.
     exchange = torch.zeros(2 * batch * blocks * cfg["A8"], dtype=torch.int32, device=device)
