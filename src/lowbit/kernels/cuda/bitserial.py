@@ -155,10 +155,10 @@ LSTM_STATIC_SHARED = 8192  # more than the kernel's own shared arrays take (at m
 
 @cache
 def _lstm_plan(batch: int, hidden: int, n_stored: int, words: int, active: int, act_bits: int,
-               device: torch.device) -> tuple[dict, int] | None:
-    """(compile-time constants, dynamic shared memory) of bitserial_lstm for these shapes, or None where it
-    cannot run them: more column tiles than a warp takes, weight planes past a block's shared memory, more
-    blocks than the GPU holds at once, or sums that could pass int32."""
+               device: torch.device) -> tuple[dict, int, int, object] | None:
+    """(compile-time constants, dynamic shared memory, blocks, the compiled module) of bitserial_lstm for
+    these shapes, or None where it cannot run them: more column tiles than a warp takes, weight planes
+    past a block's shared memory, more blocks than the GPU holds at once, or sums that could pass int32."""
     a8 = 8 if act_bits <= 8 else 16
     cfg = {"A8": a8, "NT": batch * a8 // 8, "KS": LSTM_WARPS_K}
     # the weight planes (16 rows x 64 bytes a tile, plane and chunk), then the step's input planes
@@ -166,8 +166,9 @@ def _lstm_plan(batch: int, hidden: int, n_stored: int, words: int, active: int, 
     if (cfg["NT"] > MAX_NT or words * 32 * ((1 << n_stored) - 1) >= 2**31
             or shared + LSTM_STATIC_SHARED > shared_memory_per_block(device)):
         return None
-    held = load_module("bitserial_lstm.cu", cfg, device).blocks_per_sm("bitserial_lstm", 128 * LSTM_WARPS_K, shared)
-    return (cfg, shared) if -(-hidden // LSTM_UNITS) <= held * multiprocessors(device) else None
+    module, blocks = load_module("bitserial_lstm.cu", cfg, device), -(-hidden // LSTM_UNITS)
+    held = module.blocks_per_sm("bitserial_lstm", 128 * LSTM_WARPS_K, shared)
+    return (cfg, shared, blocks, module) if blocks <= held * multiprocessors(device) else None
 
 
 def lstm_sequence(gates_in: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, planes: torch.Tensor, active: int,
@@ -187,13 +188,12 @@ def lstm_sequence(gates_in: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, pl
     plan = _lstm_plan(batch, hidden, n_stored, words, active, act_bits, device) if PERSISTENT_LSTM else None
     if plan is None:
         return None
-    cfg, shared = plan
-    blocks = -(-hidden // LSTM_UNITS)
+    cfg, shared, blocks, module = plan
     # Two buffers of (32 bits of planes, step mark) pairs, by row, block and pair of planes; zero: unmarked.
     exchange = torch.zeros(2 * batch * blocks * cfg["A8"], dtype=torch.int32, device=device)
     hs = torch.empty(steps, batch, hidden, dtype=torch.float32, device=device)
     c_out = torch.empty(batch, hidden, dtype=torch.float32, device=device)
-    load_module("bitserial_lstm.cu", cfg, device).launch(
+    module.launch(
         "bitserial_lstm", (blocks, 1, 1), 128 * LSTM_WARPS_K,
         [pointer(planes), pointer(scale), pointer(bias), pointer(gates_in), pointer(h0), pointer(c0), pointer(hs),
          pointer(c_out), pointer(input_scale), pointer(exchange), pointer(flags), ctypes.c_int(steps), ctypes.c_int(hidden),
