@@ -7,8 +7,9 @@ end to end at batch 1.
 GEMV/GEMM: N = K in {1024, 2048, 4096, 8192}, batch M in {1, 8, 32}, weight bits {1, 2, 3, 4, 6, 8} x
 activation bits {8, 16}. The bit-serial time is the whole layer from float32 input (quantizing the
 input, its bitplanes, the binary GEMM and the epilogue); INT8 is lowbit's Triton GEMM from int8 codes.
-Bitlayer scaling: 8 stored bitlayers, k = 1..8 used. Times are medians of CUDA-graph replays
-(benchmarks/timing.py) over enough weight copies to stream from HBM.
+Bitlayer scaling: 8 stored bitlayers, k = 1..8 used. Linked layers: stacks of four layers whose GEMMs write
+the next layer's input planes, against the same layers with an input kernel each. Times are medians of
+CUDA-graph replays (benchmarks/timing.py) over enough weight copies to stream from HBM.
 """
 
 from __future__ import annotations
@@ -112,6 +113,34 @@ def breakdown_rows(nk=4096, weight_bits=4, act_bits=8):
     return [rows]
 
 
+def linked_rows(nks=(4096, 8192), batches=(1, 8), depth=4):
+    """Stacks of ``depth`` N = K layers as quantized (each GEMM's epilogue writing the next layer's input
+    planes: nn.registry.link_layers) against the same layers unlinked (an input kernel a layer), same
+    process, 8 stored bitlayers using 8 and 1."""
+    from lowbit.nn.bitserial import bitserial_layers as layers_of
+
+    rows = []
+    with torch.no_grad():
+        for nk in nks:
+            seq = torch.nn.Sequential(*[torch.nn.Linear(nk, nk, device="cuda") for _ in range(depth)])
+            linked = lowbit.quantize(seq, "bitserial", calib_data=[torch.randn(64, nk, device="cuda")], weight_bits=8,
+                                     act_bits=8, progress=False)
+            unlinked = copy.deepcopy(linked)
+            for layer in layers_of(unlinked).values():
+                layer.link_next(None)
+            for m in batches:
+                x = torch.randn(m, nk, device="cuda")
+                for k in (8, 1):
+                    lowbit.set_bitlayers(linked, k)
+                    lowbit.set_bitlayers(unlinked, k)
+                    assert torch.equal(linked(x), unlinked(x))
+                    t_unlinked, t_linked = timed_model(lambda: unlinked(x)), timed_model(lambda: linked(x))
+                    rows.append({"n": nk, "k": nk, "layers": depth, "m": m, "bitlayers": k, "unlinked_us": t_unlinked,
+                                 "linked_us": t_linked, "speedup": t_unlinked / t_linked})
+                    print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def timed_model(fn):
     return bench([fn])[1] * 1e6
 
@@ -185,7 +214,8 @@ def main():
     end_to_end = end_to_end_rows()
     write_result(args.out, "bitserial", gemm=gemm, scaling=scaling_rows() + scaling_rows(8192),
                  breakdown=breakdown_rows(), mlp=[r for r in end_to_end if r["model"] == "mnist-mlp"],
-                 lstm=[r for r in end_to_end if r["model"] != "mnist-mlp"], model_scaling=model_scaling_rows())
+                 lstm=[r for r in end_to_end if r["model"] != "mnist-mlp"], model_scaling=model_scaling_rows(),
+                 linked=linked_rows())
 
 
 if __name__ == "__main__":

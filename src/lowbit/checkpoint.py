@@ -21,7 +21,7 @@ from torch import nn
 from . import __version__
 from .errors import CheckpointError
 from .fileio import atomic_path
-from .nn import LAYER_TYPES, QUANTIZABLE_TYPES, LayerGeometry, fold_relus, quantized_layers
+from .nn import LAYER_TYPES, QUANTIZABLE_TYPES, LayerGeometry, quantized_layers, settle
 
 FORMAT = "lowbit-checkpoint"
 FORMAT_VERSION = 1
@@ -143,7 +143,7 @@ def load(path, model: nn.Module, *, device=None) -> nn.Module:
             raise CheckpointError(f"checkpoint {path}: tensor {key!r} has shape {tuple(t.shape)}, "
                                   f"the model expects {tuple(expected[key].shape)}")
     model.load_state_dict(tensors, strict=True)
-    fold_relus(model)  # as convert() left it: the layers saved with relu set lose their ReLU modules again
+    settle(model)  # as convert() left it: the layers saved with relu set lose their ReLU modules again
     if device is not None:
         model.to(device)
     return model

@@ -17,7 +17,7 @@ from torch import nn
 from .algorithms.gptq import ALGORITHMS, DEFAULT_DAMP, gptq_model
 from .calib import check_calibrator
 from .errors import CalibrationError, ConfigError
-from .nn import QUANTIZABLE_TYPES, fold_relus
+from .nn import QUANTIZABLE_TYPES, settle
 from .progress import progress_bar
 from .schemes import Scheme, get_scheme
 
@@ -276,7 +276,8 @@ def prepare(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator:
 def convert(model: nn.Module, *, inplace: bool = False, progress: bool | None = None) -> nn.Module:
     """Deploy a model from :func:`prepare` (fine-tuned or not): each fake-quantized layer becomes
     its scheme's integer layer, with the weights' codes computed from the current float weights; a ReLU
-    right after a layer that can apply it itself (bit-serial, integer) is folded into it (nn.registry.fold_relus)."""
+    right after a layer that can apply it itself (bit-serial, integer) is folded into it, and a bit-serial layer
+    followed by another learns to write that one's input in its own kernel (nn.registry.settle)."""
     layers = prepared_layers(model)
     if not layers:
         raise ConfigError(f"{type(model).__name__} has no fake-quantized layer to convert: pass a model returned "
@@ -286,7 +287,7 @@ def convert(model: nn.Module, *, inplace: bool = False, progress: bool | None = 
         layers = prepared_layers(model)
     for name, layer in progress_bar(layers, desc="converting", unit="layer", enable=progress):
         _replace(model, name, layer.scheme.convert(layer, name))
-    fold_relus(model)
+    settle(model)
     return model
 
 

@@ -1,3 +1,4 @@
+import copy
 import warnings
 
 import pytest
@@ -55,6 +56,26 @@ def test_a_relu_after_a_bit_serial_layer_is_folded_into_it_and_stays_folded_thro
     loaded = lowbit.load(tmp_path / "mlp.safetensors", _model(seed=1))
     assert loaded[0].relu and isinstance(loaded[1], torch.nn.Identity)
     assert torch.equal(loaded(x), expected)
+
+
+def test_a_bit_serial_layer_is_linked_to_the_one_after_it_through_copies_and_checkpoints(tmp_path):
+    """The link lets the GPU kernel of q[0] write q[2]'s input planes (tested on the GPU in
+    tests/kernels/cuda/test_bitserial.py); it is no submodule, and the CPU path leaves nothing behind."""
+    _, q = _quantized()
+    assert q[0]._next_layer is q[2] and q[2]._next_layer is None
+    assert [name for name, _ in q[0].named_modules()] == [""]
+    copied = copy.deepcopy(q)
+    assert copied[0]._next_layer is copied[2]
+    x = torch.randn(3, 77)
+    assert torch.equal(q(x), copied(x)) and q[2]._handoff is None
+    lowbit.save(q, tmp_path / "mlp.safetensors")
+    loaded = lowbit.load(tmp_path / "mlp.safetensors", _model(seed=1))
+    assert loaded[0]._next_layer is loaded[2]
+    # Anything but nn.Identity between them (here a Tanh), or another layer type after: no link.
+    apart = torch.nn.Sequential(q[0], torch.nn.Tanh(), q[2])
+    assert lowbit.nn.link_layers(apart) == [] and q[0]._next_layer is None
+    assert lowbit.nn.link_layers(torch.nn.Sequential(q[0], torch.nn.Identity(), q[2])) == ["0"]
+    assert not q[2].link_next(torch.nn.Linear(9, 4)) and not q[0].link_next(copied[0])  # 130 outputs, 77 inputs
 
 
 def test_all_bitlayers_match_the_fake_quantized_model_and_fewer_cost_accuracy():

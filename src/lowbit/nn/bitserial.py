@@ -11,21 +11,25 @@ arithmetic, which the GPU kernel reproduces exactly:
   y[m, n]   = float32(acc) * (sx * sw[n]) + bias[n]  float32, in this order
 
 The kernel forms ``acc`` from popcounts of ANDed bitplanes (kernels/reference.py:bitserial_acc states
-it literally); here, on the CPU, the same integers come from one exact matmul.
+it literally); here, on the CPU, the same integers come from one exact matmul. On the GPU a layer takes
+two kernels (its input's planes, the binary GEMM); where another bit-serial layer follows it in an
+nn.Sequential (:meth:`BitSerialLinear.link_next`), the GEMM's epilogue also writes that layer's input
+planes, which then needs one kernel.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import warnings
+import weakref
 
 import torch
 from torch import nn
 
 from ..config import IntFormat
 from ..errors import ConfigError
-from ..kernels.cuda.bitserial import (binary_gemm, bitserial_linear, bitserial_supported, empty_input_planes,
-                                      input_planes, layer_kernels, lstm_sequence)
+from ..kernels.cuda.bitserial import (InputPlanes, binary_gemm, bitserial_linear, bitserial_supported,
+                                      empty_input_planes, input_planes, layer_kernels, lstm_sequence)
 from ..kernels.reference import integer_matmul, rescale
 from ..numerics.bitlayers import bitlayer_values, check_active, padded_words, to_bitlayers
 from .geometry import LayerGeometry
@@ -56,6 +60,10 @@ class BitSerialLinear(_CodedLinear):
         # every CHECK_EVERY calls, not every call: a read waits for the GPU) and by the CPU path.
         self.register_buffer("input_flags", torch.zeros(2, dtype=torch.int64), persistent=False)
         self._saturated_reported = 0
+        # The bit-serial layer fed by this one's output (link_next): on the GPU this layer's epilogue also
+        # writes that one's input planes, and hands them over (_handoff) with the output they were made from.
+        self.__dict__["_next_layer"] = None  # (not a submodule)
+        self._handoff = None
 
     @property
     def stored_bitlayers(self) -> int:
@@ -118,16 +126,51 @@ class BitSerialLinear(_CodedLinear):
             return None
         return "the kernel needs binary tensor cores (compute capability 8.0 or newer) and cuda-bindings (NVRTC)"
 
+    def link_next(self, layer: nn.Module | None) -> bool:
+        """Note the layer that takes this one's output as its input (nn.registry.link_layers): a bit-serial
+        layer of as many inputs as this one has outputs is fed its input planes by this layer's GPU kernel.
+        Whether it was taken."""
+        fits = isinstance(layer, BitSerialLinear) and layer.geometry.in_channels == self.geometry.out_channels
+        self.__dict__["_next_layer"] = layer if fits else None
+        return fits
+
+    def input_buffers(self, m: int, device: torch.device) -> InputPlanes:
+        """Empty buffers for m rows of this layer's input as its GEMM reads them, with what a kernel that
+        writes them must know (kernels/cuda/bitserial.py: InputPlanes)."""
+        fmt = self.input_format
+        cfg, _ = layer_kernels(m, self.bitlayers, fmt.bits, device)
+        return InputPlanes(self.input_scale, fmt.qmin, fmt.qmax, fmt.bits,
+                           *empty_input_planes(m, self.bitlayers.shape[-1], cfg, device), self.input_flags, cfg["A8"],
+                           bool(cfg["RING"]))
+
+    def _take_handoff(self, x: torch.Tensor) -> InputPlanes | None:
+        """The input planes the layer before made for x: only for that very tensor, unchanged since (its
+        version), with this layer's input scale unchanged too."""
+        handoff, self._handoff = self._handoff, None
+        if handoff is None:
+            return None
+        made_from, version, scale_version, planes = handoff
+        same = made_from() is x and x._version == version and self.input_scale._version == scale_version
+        return planes if same else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
+        lead, given = x.shape[:-1], x
         x = self._rows(x)
         if self._uses_kernel(x):
             fmt = self.input_format
+            following = self.__dict__["_next_layer"]
+            if following is not None and following.bitlayers.device != x.device:
+                following = None
+            made_next = following.input_buffers(x.shape[0], x.device) if following is not None else None
             y = bitserial_linear(x.float().contiguous(), self.bitlayers, self.active, self.input_scale, fmt.bits,
-                                 fmt.qmin, fmt.qmax, fmt.signed, self._scale(), self.bias, self.input_flags, self.relu)
+                                 fmt.qmin, fmt.qmax, fmt.signed, self._scale(), self.bias, self.input_flags, self.relu,
+                                 made=self._take_handoff(given), next_input=made_next)
             if self._flags_due():
                 self._check_input_flags()
-            return y.reshape(*lead, -1)
+            y = y.reshape(*lead, -1)
+            if following is not None:
+                following._handoff = (weakref.ref(y), y._version, following.input_scale._version, made_next)
+            return y
         xq = self.quantize_input(x)
         n = self.stored_bitlayers
         w_bound = ((1 << self.active) - 1) << (n - self.active)
@@ -170,7 +213,7 @@ class BitSerialLinear(_CodedLinear):
         None where it does not apply (CPU, no kernel here, float32 only, no gradients)."""
         if not self._runs_recurrence(gates_in, h, c):
             return None
-        from ..kernels.triton.lstm import InputPlanes, lstm_cell  # triton: on CUDA machines only
+        from ..kernels.triton.lstm import lstm_cell  # triton: on CUDA machines only
 
         fmt, words, m = self.input_format, self.bitlayers.shape[-1], h.shape[0]
         cfg, module = layer_kernels(m, self.bitlayers, fmt.bits, h.device)
@@ -181,9 +224,9 @@ class BitSerialLinear(_CodedLinear):
             xplanes, xsum = current
             gates_hidden = binary_gemm(xplanes, xsum, self.bitlayers, self.active, fmt.bits, fmt.signed, self._scale(),
                                        self.bias, self.relu, cfg, module)
-            current[:] = empty_input_planes(m, words, cfg, h.device)
-            h_new, c_new = lstm_cell(gates_in_t, gates_hidden, c, InputPlanes(
-                self.input_scale, fmt.qmin, fmt.qmax, fmt.bits, *current, self.input_flags, cfg["A8"], bool(cfg["RING"])))
+            planes = self.input_buffers(m, h.device)
+            current[:] = planes.xplanes, planes.xsum
+            h_new, c_new = lstm_cell(gates_in_t, gates_hidden, c, planes)
             if self._flags_due():
                 self._check_input_flags()
             return h_new, c_new

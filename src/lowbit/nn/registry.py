@@ -38,3 +38,26 @@ def fold_relus(model: nn.Module) -> list[str]:
                 setattr(seq, relu_name, nn.Identity())
                 folded.append(f"{name}.{layer_name}" if name else layer_name)
     return folded
+
+
+def link_layers(model: nn.Module) -> list[str]:
+    """Tell each deployed layer able to write the next layer's input in its own kernel (``link_next``: the
+    bit-serial GEMM's epilogue writes the next one's bitplanes, one kernel fewer) which layer follows it
+    directly in an nn.Sequential (nn.Identity, a folded ReLU, between them is skipped), or that none does.
+    The layer takes it where the shapes fit. Returns the names of the layers linked."""
+    linked = []
+    for name, seq in model.named_modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        children = [(n, m) for n, m in seq.named_children() if type(m) is not nn.Identity]
+        for i, (layer_name, layer) in enumerate(children):
+            if hasattr(layer, "link_next") and layer.link_next(children[i + 1][1] if i + 1 < len(children) else None):
+                linked.append(f"{name}.{layer_name}" if name else layer_name)
+    return linked
+
+
+def settle(model: nn.Module) -> None:
+    """What a model needs once its deployed layers are in place (after convert, after loading a
+    checkpoint): :func:`fold_relus`, then :func:`link_layers`."""
+    fold_relus(model)
+    link_layers(model)

@@ -31,6 +31,17 @@ def test_kernel_compiles_with_nvrtc(arch, m, words, act_bits, stored, planes_a_s
     assert len(compile_cubin(source, "bitserial.cu", [f"-D{k}={v}" for k, v in cfg.items()], arch)) > 0
 
 
+@needs_nvrtc
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("m,next_a8,next_ring", [(1, 8, 0), (8, 16, 1), (33, 8, 1)])
+def test_kernel_writing_the_next_layers_input_compiles(arch, m, next_a8, next_ring):
+    from lowbit.kernels.cuda.bitserial import _config
+
+    cfg = {**_config(m, 128, 8, 8), "NEXT_A8": next_a8, "NEXT_RING": next_ring}
+    source = (Path(SOURCE_DIR) / "bitserial.cu").read_text()
+    assert len(compile_cubin(source, "bitserial.cu", [f"-D{k}={v}" for k, v in cfg.items()], arch)) > 0
+
+
 def test_int32_sums_widen_only_where_a_warp_could_pass_int32():
     from lowbit.kernels.cuda.bitserial import MAX_WARPS_K, _config, _flush_chunks
 
@@ -148,6 +159,59 @@ def test_quantized_model_on_the_gpu_equals_the_cpu_for_every_bitlayer_count():
         lowbit.set_bitlayers(q_cpu, k)
         lowbit.set_bitlayers(q_gpu, k)
         assert torch.equal(q_gpu(x.cuda()).cpu(), q_cpu(x))
+
+
+def _linked_pair(k, n, act_bits, relu, signed_next):
+    """Two bit-serial layers, the first's output the second's input (linked: tests/nn/test_bitserial.py)."""
+    torch.manual_seed(k + n + act_bits)
+    model = torch.nn.Sequential(torch.nn.Linear(k, n), *([torch.nn.ReLU()] if relu else []), torch.nn.Linear(n, 19))
+    # Calibrating the second layer's inputs on smaller values than it will get: some saturate.
+    calib = [torch.randn(16, k) * 0.5]
+    q = lowbit.quantize(model, "bitserial", calib_data=calib, weight_bits=5, act_bits=act_bits).cuda()
+    first, second = q[0], q[-1]
+    assert first._next_layer is second and second.input_format.signed == signed_next
+    return q, first, second
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 3, 8, 33])
+@pytest.mark.parametrize("k,n", [(77, 16), (40, 40), (130, 77), (300, 520), (64, 4096)])
+@pytest.mark.parametrize("act_bits,relu", [(8, True), (8, False), (16, False), (5, True)])
+def test_a_layer_writes_the_next_layers_input_exactly(m, k, n, act_bits, relu):
+    """The first GEMM's epilogue writes the second layer's planes and half-word sums (padding included),
+    and counts its saturated inputs, exactly as that layer's input kernel does from the output."""
+    from lowbit.kernels.cuda.bitserial import input_planes as planes_of, layer_kernels
+
+    q, first, second = _linked_pair(k, n, act_bits, relu, signed_next=not relu)
+    x = torch.randn(m, k, device="cuda") * 3
+    y = first(x)
+    made = second._handoff[3]
+    fmt = second.input_format
+    flags = torch.zeros(2, dtype=torch.int64, device="cuda")
+    cfg, module = layer_kernels(m, second.bitlayers, fmt.bits, x.device)
+    xplanes, xsum = planes_of(y, second.input_scale, fmt.bits, fmt.qmin, fmt.qmax, second.bitlayers.shape[-1], flags,
+                              cfg, module)
+    assert torch.equal(made.xplanes, xplanes) and torch.equal(made.xsum, xsum)
+    assert torch.equal(second.input_flags, flags)
+    assert torch.equal(second(y), second(y.clone()))  # the planes handed over, then the layer's own
+    assert torch.equal(q(x.cpu().cuda()), q.cpu()(x.cpu()).cuda())
+
+
+@pytest.mark.gpu
+def test_planes_handed_over_are_dropped_when_their_tensor_or_scale_changes():
+    q, first, second = _linked_pair(100, 200, 8, True, signed_next=False)
+    x = torch.randn(2, 100, device="cuda") * 3
+    y = first(x)
+    y.mul_(0.5)  # after the planes were made from it
+    assert torch.equal(second(y), second(y.clone()))
+    y = first(x)
+    second.input_scale.mul_(1.5)
+    assert torch.equal(second(y), second(y.clone()))
+    y = first(x)
+    second(first(x))  # another output took the handoff
+    assert second._handoff is None and torch.equal(second(y), second(y.clone()))
+    run = lowbit.CudaGraphModule(q, x)
+    assert torch.equal(run(x), q(x))
 
 
 @pytest.mark.gpu

@@ -86,9 +86,8 @@ def test_cell_kernel_writes_the_planes_the_bit_serial_input_kernel_writes(b, hid
     input kernel makes of the h it stored; with one row the GEMM reads them in order, with nine through its
     ring (ldmatrix order). Some values saturate; a NaN gate is coded 0 and counted."""
     from lowbit.config import IntFormat
-    from lowbit.kernels.cuda.bitserial import empty_input_planes, input_planes, layer_kernels
+    from lowbit.kernels.cuda.bitserial import InputPlanes, empty_input_planes, input_planes, layer_kernels
     from lowbit.kernels.triton import lstm_cell
-    from lowbit.kernels.triton.lstm import InputPlanes
     from lowbit.numerics.bitlayers import padded_words
 
     fmt = IntFormat(act_bits, signed=signed)

@@ -6,7 +6,8 @@
 // A8 (activation planes per input row, padded to a multiple of 8), PG (weight planes per pipeline stage),
 // WIDE (1: the sums of a warp's chunks may pass int32), RING (0: each warp keeps two stages of weight
 // planes in registers; n > 0: a ring of n stages in shared memory, shared by the CW warps that take the
-// same chunks).
+// same chunks), NEXT_A8 (0, or the planes an input row of the next layer, whose input the epilogue then
+// also writes: see next_input below) and NEXT_RING (the next layer's RING, 0 or not).
 //
 // Layouts (int32 words, bit i of word w = element 32w + i along K; K padded with zero bits to WPAD words,
 // a multiple of 16, i.e. 512 bits: two mma k-steps per 16-byte load):
@@ -14,9 +15,12 @@
 //   input planes   [M * A8, WPAD]        row m * A8 + j: bit j of input row m's fixed-point codes
 //                                        (two's complement; planes j >= act_bits are zero); with a ring,
 //                                        word 4i + j of each chunk at 4j + i (i, j < 4)
-//   input sums     [M, WPAD] int32       sum of input row m's codes in each word
-//   (written by bitserial_quantize_input below, and for an LSTM's next step by kernels/triton/lstm.py's
-//   cell kernel, which repeats this layout and the ring's word order: keep the two alike)
+//   input sums     [M, 2 WPAD] int32     sum of input row m's codes in each half-word (16 elements: a
+//                                        GEMM block's 16 output rows, so that its epilogue can write the
+//                                        next layer's input without atomics)
+//   (written by bitserial_quantize_input below, by the epilogue of the layer before with NEXT_A8, and for
+//   an LSTM's next step by kernels/triton/lstm.py's cell kernel, which repeats this layout and the ring's
+//   word order: keep them alike)
 //
 // Only A and B need the same assignment of K bits to mma k-positions (AND + popcount sums over K). Each
 // thread loads 16 bytes of input planes and feeds words {0, 1} to one mma and {2, 3} to the next. Without
@@ -48,6 +52,12 @@
 #ifndef RING
 #define RING 0
 #endif
+#ifndef NEXT_A8
+#define NEXT_A8 0
+#endif
+#ifndef NEXT_RING
+#define NEXT_RING 0
+#endif
 #define M_PER_WARP (NT * 8 / A8)
 
 // One block: 16 output rows x (CW * NT * 8) input-plane columns; CW groups of WARPS_K warps, a group
@@ -56,6 +66,24 @@
 // out[m, r] = float(acc) * scale[r] + bias[r] (then ReLU), acc as in reference.bitserial_acc.
 // The loads of a warp's next group of planes (RING - 1 groups with a ring) are in flight while the
 // current one's mmas run, across chunk boundaries too.
+// Where word w of an input row's planes is stored with a ring: a chunk's words in ldmatrix order.
+__device__ __forceinline__ int ring_word(int w) { return (w & ~15) | (w & 3) << 2 | (w >> 2 & 3); }
+
+// The fixed-point code of an input v: clamp(rint(v / scale), qmin, qmax) as torch.round (ties to even),
+// NaN coded 0; over / nans are set to 1 where v saturated / is NaN.
+__device__ __forceinline__ int input_code(float v, float scale, int qmin, int qmax, int& over, int& nans) {
+    float q = rintf(__fdiv_rn(v, scale));
+    over = nans = 0;
+    if (v != v) {
+        nans = 1;
+        q = 0.0f;
+    } else if (q < (float)qmin || q > (float)qmax) {
+        over = 1;
+        q = fminf(fmaxf(q, (float)qmin), (float)qmax);
+    }
+    return (int)q;
+}
+
 struct Group {
     int c, q0;  // a chunk, and the position of the group's first plane among the active ones
 };
@@ -68,7 +96,9 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS_K * CW, MIN_BLOCKS)
 bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xplanes, const int* __restrict__ xsum,
                const float* __restrict__ scale, const float* __restrict__ bias, float* __restrict__ out,
                int M, int N, int wpad, int n_stored, int active, int act_bits, int act_signed, int relu,
-               int flush_chunks) {
+               int flush_chunks, u32* __restrict__ next_planes, int* __restrict__ next_sums,
+               const float* __restrict__ next_scale, unsigned long long* __restrict__ next_flags, int next_wpad,
+               int next_bits, int next_qmin, int next_qmax) {
     const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) % WARPS_K, cg = (threadIdx.x >> 5) / WARPS_K;
     const int g = lane >> 2, t = lane & 3;
     // The blocks of one 16-row weight tile (one per CW * NT * 8 input-plane columns) are consecutive, so
@@ -153,6 +183,7 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
     const bool epilogue_row = row0 + rr < N && threadIdx.x < CW * M_PER_WARP * 16;
     const float scale_r = epilogue_row ? scale[row0 + rr] : 0.0f;
     const float bias_r = epilogue_row && bias ? bias[row0 + rr] : 0.0f;
+    const float next_scale_v = NEXT_A8 ? *next_scale : 1.0f;  // (a load after the wait would add its latency)
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
@@ -184,7 +215,7 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
 #pragma unroll
         for (int mm = 0; mm < M_PER_WARP; ++mm) {
             const int m = col0 / A8 + mm;
-            xs_next[mm] = lane < 16 && m < M ? xsum[(size_t)m * wpad + c * 16 + lane] : 0;
+            xs_next[mm] = m < M ? xsum[(size_t)m * 2 * wpad + c * 32 + lane] : 0;
         }
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
@@ -286,27 +317,69 @@ bitserial_gemm(const uint4* __restrict__ wplanes, const uint4* __restrict__ xpla
     }
     __syncthreads();
     const i64 planes_sum = active_planes_sum(n_stored, active);
-    for (int idx = threadIdx.x; idx < CW * M_PER_WARP * 16; idx += 32 * WARPS_K * CW) {
+#if NEXT_A8
+    u16* const next_half_words = reinterpret_cast<u16*>(next_planes);
+    const int next_w = row0 >> 5, next_half = row0 >> 4 & 1;  // this block's rows in the next layer's words
+    const int next_at = NEXT_RING ? ring_word(next_w) : next_w;
+#endif
+    // Whole warps go round together (the bound is rounded up to warps, for the ballots below): lanes 0-15
+    // take the 16 rows of one input row, lanes 16-31 those of another.
+    for (int idx = threadIdx.x; idx < (CW * M_PER_WARP * 16 + 31) / 32 * 32; idx += 32 * WARPS_K * CW) {
         const int c = idx / (M_PER_WARP * 16), mm = idx / 16 % M_PER_WARP;
         const int m = block_col0 / A8 + c * M_PER_WARP + mm;
-        if (m >= M || !epilogue_row) continue;
-        i64 s = 0, row_sum = 0;
+        const bool live = idx < CW * M_PER_WARP * 16 && m < M;
+        float y = 0.0f;
+        if (live && epilogue_row) {
+            i64 s = 0, row_sum = 0;
 #pragma unroll
-        for (int w = 0; w < WARPS_K; ++w) {
-            s += shared[c][w][mm][rr];
-            row_sum += shared_sum[c][w][mm];
+            for (int w = 0; w < WARPS_K; ++w) {
+                s += shared[c][w][mm][rr];
+                row_sum += shared_sum[c][w][mm];
+            }
+            y = bitserial_output(s, row_sum, planes_sum, scale_r, bias != nullptr, bias_r);
+            if (relu) y = fmaxf(y, 0.0f);
+            out[(size_t)m * N + row0 + rr] = y;
         }
-        float y = bitserial_output(s, row_sum, planes_sum, scale_r, bias != nullptr, bias_r);
-        if (relu) y = fmaxf(y, 0.0f);
-        out[(size_t)m * N + row0 + rr] = y;
+#if NEXT_A8
+        // The next layer's input from y, as bitserial_quantize_input would make it: the codes (rows past N
+        // coded 0: the padding), their planes' half-words and the half-words' code sums, the counts.
+        int over = 0, nans = 0;
+        int code = live && epilogue_row ? input_code(y, next_scale_v, next_qmin, next_qmax, over, nans) : 0;
+#pragma unroll
+        for (int j = 0; j < NEXT_A8; ++j) {
+            const u32 bits = __ballot_sync(0xffffffffu, j < next_bits && (((u32)code >> j) & 1u));
+            if (live && (lane & 15) == j % 16)
+                next_half_words[(((size_t)m * NEXT_A8 + j) * next_wpad + next_at) * 2 + next_half] =
+                    (u16)(lane < 16 ? bits : bits >> 16);
+        }
+        for (int o = 8; o > 0; o >>= 1) code += __shfl_xor_sync(0xffffffffu, code, o);
+        if (live && (lane & 15) == 0) next_sums[(size_t)m * 2 * next_wpad + 2 * next_w + next_half] = code;
+        const int n_over = __popc(__ballot_sync(0xffffffffu, over)), n_nans = __popc(__ballot_sync(0xffffffffu, nans));
+        if (lane == 0 && n_over) atomicAdd(next_flags, (unsigned long long)n_over);
+        if (lane == 0 && n_nans) atomicAdd(next_flags + 1, (unsigned long long)n_nans);
+#endif
     }
+#if NEXT_A8
+    if (row0 + 16 >= N) {  // the last row tile also zeroes the next layer's half-words past N, which no block writes
+        const int first = (row0 >> 4) + 1, span = 2 * next_wpad - first;
+        for (int i = threadIdx.x; i < CW * M_PER_WARP * (NEXT_A8 + 1) * span; i += 32 * WARPS_K * CW) {
+            const int m = block_col0 / A8 + i / ((NEXT_A8 + 1) * span), j = i / span % (NEXT_A8 + 1);
+            const int hw = first + i % span, w = hw >> 1;
+            if (m >= M) continue;
+            if (j == NEXT_A8)
+                next_sums[(size_t)m * 2 * next_wpad + hw] = 0;
+            else
+                next_half_words[(((size_t)m * NEXT_A8 + j) * next_wpad + (NEXT_RING ? ring_word(w) : w)) * 2 + (hw & 1)] = 0;
+        }
+    }
+#endif
 }
 
 // Fixed-point input codes and their bitplanes, for bitserial_gemm: one warp per 32-bit word of one
 // input row (grid.x over words, grid.y over rows), lane = element, one ballot per plane.
 // q = clamp(rint(x / scale), qmin, qmax) as torch.round(x / scale) (ties to even); values beyond the
-// range are counted in flags[0], NaNs (coded 0) in flags[1]; xsum[m, w] = the sum of the word's 32 codes
-// (no atomics, so nothing to zero first: a memset would be one more launch).
+// range are counted in flags[0], NaNs (coded 0) in flags[1]; xsum[m, 2w + h] = the sum of half h of the
+// word's codes (no atomics, so nothing to zero first: a memset would be one more launch).
 extern "C" __global__ void bitserial_quantize_input(const float* __restrict__ x, const float* __restrict__ xscale,
                                                     int K, int wpad, int act_bits, int qmin, int qmax,
                                                     u32* __restrict__ xplanes, int* __restrict__ xsum,
@@ -319,36 +392,20 @@ extern "C" __global__ void bitserial_quantize_input(const float* __restrict__ x,
     const int w = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const int m = blockIdx.y;
     if (w >= wpad) return;  // whole warps leave together
-#if RING
-    const int at = (w & ~15) | (w & 3) << 2 | (w >> 2 & 3);  // the chunk's words in ldmatrix order (see the top)
-#else
-    const int at = w;
-#endif
+    const int at = RING ? ring_word(w) : w;
     const int k = w * 32 + lane;
     const float v = k < K ? x[(size_t)m * K + k] : 0.0f;
-    float q = rintf(__fdiv_rn(v, *xscale));
-    int over = 0, nans = 0;
-    if (v != v) {
-        nans = 1;
-        q = 0.0f;
-    } else if (q < (float)qmin || q > (float)qmax) {
-        over = 1;
-        q = fminf(fmaxf(q, (float)qmin), (float)qmax);
-    }
-    int code = (int)q;
+    int over, nans;
+    int code = input_code(v, *xscale, qmin, qmax, over, nans);
 #pragma unroll
     for (int j = 0; j < A8; ++j) {
         const u32 word = __ballot_sync(0xffffffffu, j < act_bits && (((u32)code >> j) & 1u));
         if (lane == j) xplanes[((size_t)m * A8 + j) * wpad + at] = word;
     }
-    for (int o = 16; o > 0; o >>= 1) {
-        code += __shfl_xor_sync(0xffffffffu, code, o);
-        over += __shfl_xor_sync(0xffffffffu, over, o);
-        nans += __shfl_xor_sync(0xffffffffu, nans, o);
-    }
-    if (lane == 0) {
-        xsum[(size_t)m * wpad + w] = code;
-        if (over) atomicAdd(flags, (unsigned long long)over);
-        if (nans) atomicAdd(flags + 1, (unsigned long long)nans);
-    }
+    for (int o = 8; o > 0; o >>= 1) code += __shfl_xor_sync(0xffffffffu, code, o);
+    if ((lane & 15) == 0) xsum[(size_t)m * 2 * wpad + 2 * w + (lane >> 4)] = code;
+    over = __popc(__ballot_sync(0xffffffffu, over));
+    nans = __popc(__ballot_sync(0xffffffffu, nans));
+    if (lane == 0 && over) atomicAdd(flags, (unsigned long long)over);
+    if (lane == 0 && nans) atomicAdd(flags + 1, (unsigned long long)nans);
 }

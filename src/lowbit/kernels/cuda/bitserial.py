@@ -5,6 +5,7 @@ lowbit.kernels.reference.bitserial_acc."""
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 from functools import cache
 
 import torch
@@ -94,9 +95,32 @@ def layer_kernels(m: int, planes: torch.Tensor, act_bits: int, device: torch.dev
 
 
 def empty_input_planes(m: int, words: int, cfg: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Buffers for the GEMM's input: bitplanes int32 [M * A8, words], per-word code sums int32 [M, words]."""
+    """Buffers for the GEMM's input: bitplanes int32 [M * A8, words], code sums by half-word int32 [M, 2 words]."""
     return (torch.empty(m * cfg["A8"], words, dtype=torch.int32, device=device),
-            torch.empty(m, words, dtype=torch.int32, device=device))
+            torch.empty(m, 2 * words, dtype=torch.int32, device=device))
+
+
+@dataclass
+class InputPlanes:
+    """A bit-serial layer's input as its GEMM reads it (bitserial.cu's layout), for a kernel that writes it
+    from floats it makes (the GEMM of the layer before, kernels/triton/lstm.py's cell): codes
+    clamp(rint(v / scale), qmin, qmax) of ``act_bits`` bits (NaN coded 0), their planes ``xplanes`` int32
+    [B * a8, words] (a chunk's words in ldmatrix order with ``ring``), the codes' sums by half-word ``xsum``
+    int32 [B, 2 words]; saturated values and NaNs add to ``flags`` int64 [2]."""
+
+    scale: torch.Tensor
+    qmin: int
+    qmax: int
+    act_bits: int
+    xplanes: torch.Tensor
+    xsum: torch.Tensor
+    flags: torch.Tensor
+    a8: int
+    ring: bool
+
+    @property
+    def words(self) -> int:
+        return self.xplanes.shape[1]
 
 
 def input_planes(x: torch.Tensor, input_scale: torch.Tensor, act_bits: int, qmin: int, qmax: int, words: int,
@@ -113,35 +137,53 @@ def input_planes(x: torch.Tensor, input_scale: torch.Tensor, act_bits: int, qmin
 
 def binary_gemm(xplanes: torch.Tensor, xsum: torch.Tensor, planes: torch.Tensor, active: int, act_bits: int,
                 act_signed: bool, scale: torch.Tensor, bias: torch.Tensor | None, relu: bool, cfg: dict,
-                module) -> torch.Tensor:
-    """y [M, N] float32 from the input planes and sums and the ``active`` most significant weight planes."""
+                module, next_input: InputPlanes | None = None) -> torch.Tensor:
+    """y [M, N] float32 from the input planes and sums and the ``active`` most significant weight planes;
+    with ``next_input`` (a layer of N inputs), the epilogue also writes y as that layer's input."""
     m = xsum.shape[0]
     n_stored, n, words = planes.shape
     out = torch.empty(m, n, dtype=torch.float32, device=planes.device)
     grid = (-(-n // 16) * _column_blocks(m, cfg), 1, 1)
+    if next_input is not None:
+        module = load_module("bitserial.cu", {**cfg, "NEXT_A8": next_input.a8, "NEXT_RING": int(next_input.ring)},
+                             planes.device)
+        nxt = [pointer(next_input.xplanes), pointer(next_input.xsum), pointer(next_input.scale),
+               pointer(next_input.flags), ctypes.c_int(next_input.words), ctypes.c_int(next_input.act_bits),
+               ctypes.c_int(next_input.qmin), ctypes.c_int(next_input.qmax)]
+    else:
+        nxt = [pointer(None)] * 4 + [ctypes.c_int(0)] * 4
     module.launch("bitserial_gemm", grid, _threads(cfg),
                   [pointer(planes), pointer(xplanes), pointer(xsum), pointer(scale), pointer(bias), pointer(out), ctypes.c_int(m),
                    ctypes.c_int(n), ctypes.c_int(words), ctypes.c_int(n_stored), ctypes.c_int(active),
                    ctypes.c_int(act_bits), ctypes.c_int(int(act_signed)), ctypes.c_int(int(relu)),
-                   ctypes.c_int(_flush_chunks(n_stored))],
+                   ctypes.c_int(_flush_chunks(n_stored)), *nxt],
                   early=_early(planes.device))
     return out
 
 
 def bitserial_linear(x: torch.Tensor, planes: torch.Tensor, active: int, input_scale: torch.Tensor,
                      act_bits: int, qmin: int, qmax: int, act_signed: bool, scale: torch.Tensor,
-                     bias: torch.Tensor | None, flags: torch.Tensor, relu: bool = False) -> torch.Tensor:
+                     bias: torch.Tensor | None, flags: torch.Tensor, relu: bool = False,
+                     made: InputPlanes | None = None, next_input: InputPlanes | None = None) -> torch.Tensor:
     """y [M, N] float32 for x [M, K] float32 (contiguous, CUDA), stored planes int32 [n, N, W], the
     ``active`` most significant used; ``scale`` = input_scale * weight_scale [N]; ``flags`` int64 [2]
-    accumulates saturated inputs and NaNs. Two kernels: the input's planes, then the binary GEMM."""
+    accumulates saturated inputs and NaNs. Two kernels: the input's planes, then the binary GEMM; one
+    where the previous kernel ``made`` x's planes. ``next_input``: see :func:`binary_gemm`."""
     if x.device.index != torch.cuda.current_device():
         with torch.cuda.device(x.device):
             return bitserial_linear(x, planes, active, input_scale, act_bits, qmin, qmax, act_signed, scale, bias,
-                                    flags, relu)
+                                    flags, relu, made, next_input)
     words = planes.shape[-1]
     cfg, module = layer_kernels(x.shape[0], planes, act_bits, x.device)
-    xplanes, xsum = input_planes(x, input_scale, act_bits, qmin, qmax, words, flags, cfg, module)
-    return binary_gemm(xplanes, xsum, planes, active, act_bits, act_signed, scale, bias, relu, cfg, module)
+    if made is None:
+        xplanes, xsum = input_planes(x, input_scale, act_bits, qmin, qmax, words, flags, cfg, module)
+    elif (made.a8, made.ring, tuple(made.xplanes.shape)) != (cfg["A8"], bool(cfg["RING"]), (x.shape[0] * cfg["A8"], words)):
+        raise ValueError(f"input planes made for {made.xplanes.shape[0] // made.a8} rows of {made.words} words "
+                         f"(a8 {made.a8}, ring {made.ring}) do not fit this layer's GEMM: {x.shape[0]} rows of {words} "
+                         f"words (a8 {cfg['A8']}, ring {bool(cfg['RING'])})")
+    else:
+        xplanes, xsum = made.xplanes, made.xsum
+    return binary_gemm(xplanes, xsum, planes, active, act_bits, act_signed, scale, bias, relu, cfg, module, next_input)
 
 
 # bitserial_lstm.cu: a bit-serial LSTM layer's whole recurrence in one cooperative kernel, each block

@@ -8,8 +8,6 @@ step needs no input kernel of its own."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
@@ -17,30 +15,9 @@ from triton.language.extra import libdevice
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ..cuda import launches_early
+from ..cuda.bitserial import InputPlanes
 
 BLOCK = 256
-
-
-@dataclass
-class InputPlanes:
-    """Where and how :func:`lstm_cell` writes h as a bit-serial layer's input (kernels/cuda/bitserial.cu's
-    layout, what bitserial_quantize_input writes): codes clamp(rint(h / scale), qmin, qmax) of ``act_bits``
-    bits (NaN coded 0), their planes ``xplanes`` int32 [B * a8, words] (a chunk's words in ldmatrix order
-    with ``ring``), word sums ``xsum`` int32 [B, words]; saturated values and NaNs add to ``flags`` int64 [2]."""
-
-    scale: torch.Tensor
-    qmin: int
-    qmax: int
-    act_bits: int
-    xplanes: torch.Tensor
-    xsum: torch.Tensor
-    flags: torch.Tensor
-    a8: int
-    ring: bool
-
-    @property
-    def words(self) -> int:
-        return self.xsum.shape[1]
 
 
 @triton.jit
@@ -96,7 +73,8 @@ def _lstm_cell_kernel(gin_ptr, ghid_ptr, c_ptr, h_out_ptr, c_out_ptr, H, scale_p
             bits = ((code2 >> p) & 1).to(tl.int64) << lane[None, :].to(tl.int64)
             word = tl.where(p < act_bits, tl.sum(bits, axis=1), 0).to(tl.int32)  # bit 31 wraps: two's complement
             tl.store(xplanes_ptr + (b * A8 + p) * words + at, word, mask=wmask)
-        tl.store(xsum_ptr + b * words + w, tl.sum(code2, axis=1), mask=wmask)
+        hw = tl.program_id(1) * (BLOCK // 16) + tl.arange(0, BLOCK // 16)  # half-words: their code sums
+        tl.store(xsum_ptr + b * 2 * words + hw, tl.sum(tl.reshape(code, (BLOCK // 16, 16)), axis=1), mask=hw < 2 * words)
 
 
 def lstm_cell_fits(gates_in: torch.Tensor, gates_hidden: torch.Tensor, c: torch.Tensor) -> bool:
@@ -129,6 +107,6 @@ def lstm_cell(gates_in: torch.Tensor, gates_hidden: torch.Tensor, c: torch.Tenso
         with torch.cuda.device(c.device):
             _lstm_cell_kernel[(b, triton.cdiv(columns, BLOCK))](
                 gates_in, gates_hidden, c, h_out, c_out, hidden, q.scale, q.qmin, q.qmax, q.act_bits, q.xplanes, q.xsum,
-                q.flags, q.xsum.shape[-1], BLOCK=BLOCK, EARLY=early, PLANES=planes is not None, A8=q.a8, RING=q.ring,
+                q.flags, q.words, BLOCK=BLOCK, EARLY=early, PLANES=planes is not None, A8=q.a8, RING=q.ring,
                 launch_pdl=early)
     return h_out, c_out
