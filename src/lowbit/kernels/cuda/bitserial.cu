@@ -7,7 +7,7 @@
 // WIDE (1: the sums of a warp's chunks may pass int32), RING (0: each warp keeps two stages of weight
 // planes in registers; n > 0: a ring of n stages in shared memory, shared by the CW warps that take the
 // same chunks), NEXT_A8 (0, or the planes an input row of the next layer, whose input the epilogue then
-// also writes: see next_input below) and NEXT_RING (the next layer's RING, 0 or not).
+// also writes: see the end of bitserial_gemm) and NEXT_RING (the next layer's RING, 0 or not).
 //
 // Layouts (int32 words, bit i of word w = element 32w + i along K; K padded with zero bits to WPAD words,
 // a multiple of 16, i.e. 512 bits: two mma k-steps per 16-byte load):
@@ -60,12 +60,6 @@
 #endif
 #define M_PER_WARP (NT * 8 / A8)
 
-// One block: 16 output rows x (CW * NT * 8) input-plane columns; CW groups of WARPS_K warps, a group
-// taking NT column tiles and its warps splitting K. The groups need the same weights at about the same
-// time: through the ring they share one copy (without it, all but one would find them in L1).
-// out[m, r] = float(acc) * scale[r] + bias[r] (then ReLU), acc as in reference.bitserial_acc.
-// The loads of a warp's next group of planes (RING - 1 groups with a ring) are in flight while the
-// current one's mmas run, across chunk boundaries too.
 // Where word w of an input row's planes is stored with a ring: a chunk's words in ldmatrix order.
 __device__ __forceinline__ int ring_word(int w) { return (w & ~15) | (w & 3) << 2 | (w >> 2 & 3); }
 
@@ -84,6 +78,12 @@ __device__ __forceinline__ int input_code(float v, float scale, int qmin, int qm
     return (int)q;
 }
 
+// One block: 16 output rows x (CW * NT * 8) input-plane columns; CW groups of WARPS_K warps, a group
+// taking NT column tiles and its warps splitting K. The groups need the same weights at about the same
+// time: through the ring they share one copy (without it, all but one would find them in L1).
+// out[m, r] = float(acc) * scale[r] + bias[r] (then ReLU), acc as in reference.bitserial_acc.
+// The loads of a warp's next group of planes (RING - 1 groups with a ring) are in flight while the
+// current one's mmas run, across chunk boundaries too.
 struct Group {
     int c, q0;  // a chunk, and the position of the group's first plane among the active ones
 };
