@@ -145,6 +145,10 @@ def binary_gemm(xplanes: torch.Tensor, xsum: torch.Tensor, planes: torch.Tensor,
     out = torch.empty(m, n, dtype=torch.float32, device=planes.device)
     grid = (-(-n // 16) * _column_blocks(m, cfg), 1, 1)
     if next_input is not None:
+        shapes = (tuple(next_input.xplanes.shape), tuple(next_input.xsum.shape))
+        if next_input.words * 32 < n or shapes != ((m * next_input.a8, next_input.words), (m, 2 * next_input.words)):
+            raise ValueError(f"the next layer's input buffers {shapes[0]} / {shapes[1]} cannot hold {m} rows of this "
+                             f"layer's {n} outputs at {next_input.a8} planes a row")
         module = load_module("bitserial.cu", {**cfg, "NEXT_A8": next_input.a8, "NEXT_RING": int(next_input.ring)},
                              planes.device)
         nxt = [pointer(next_input.xplanes), pointer(next_input.xsum), pointer(next_input.scale),
