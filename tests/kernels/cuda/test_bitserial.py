@@ -212,6 +212,12 @@ def test_planes_handed_over_are_dropped_when_their_tensor_or_scale_changes():
     assert second._handoff is None and torch.equal(second(y), second(y.clone()))
     run = lowbit.CudaGraphModule(q, x)
     assert torch.equal(run(x), q(x))
+    from lowbit.kernels.cuda.bitserial import bitserial_linear
+
+    fmt = first.input_format
+    with pytest.raises(ValueError, match="cannot hold 2 rows of this layer's 200 outputs"):
+        bitserial_linear(x, first.bitlayers, first.active, first.input_scale, fmt.bits, fmt.qmin, fmt.qmax, fmt.signed,
+                         first._scale(), first.bias, first.input_flags, next_input=second.input_buffers(1, x.device))
 
 
 @pytest.mark.gpu
