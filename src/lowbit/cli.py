@@ -284,6 +284,14 @@ def _eval_bitserial(args, device, progress) -> int:
     return 0
 
 
+def _check_user_model(spec: str, command: str, builtins: tuple[str, ...] = ()) -> None:
+    """A MODEL that names no built-in model must be module:function (or file.py:function)."""
+    if ":" not in spec:
+        known = f"a built-in model ({', '.join(builtins)}) or " if builtins else ""
+        raise ConfigError(f"{command} MODEL {spec!r} is not {known}module:function (or path/to/file.py:function) "
+                          "returning an FP32 nn.Module")
+
+
 def _eval(args) -> int:
     from .evaluate import evaluate_classifier, evaluate_default, format_table, plot_rows, write_json
     from .evaluate.runner import DEFAULT_SCHEMES
@@ -304,6 +312,7 @@ def _eval(args) -> int:
         rows = evaluate_smollm2(configs, eval_windows=args.eval_windows, calib_windows=args.calib_windows,
                                 device=device, progress=progress)
     elif args.model:
+        _check_user_model(args.model, "eval", ("smollm2", *BITSERIAL_MODELS))
         if not args.data:
             raise ConfigError("eval MODEL needs --data module:function returning (calib_batches, test_batches)")
         data = _call(args.data, "--data")
@@ -340,6 +349,7 @@ def _model_and_calib(args, command: str, device, progress):
     from .models import default_model
 
     if args.model:
+        _check_user_model(args.model, command)
         if not args.calib_data:
             raise ConfigError(f"{command} MODEL needs --calib-data module:function returning input batches")
         model, calib = _call(args.model, "MODEL"), _call(args.calib_data, "--calib-data")
@@ -395,6 +405,7 @@ def _finetune(args) -> int:
     device = _device(args.device)
     progress = False if args.no_progress else None
     if args.model:
+        _check_user_model(args.model, "finetune")
         if not args.train_data:
             raise ConfigError("finetune MODEL needs --train-data module:function returning (inputs, labels) batches")
         train = _call(args.train_data, "--train-data")
