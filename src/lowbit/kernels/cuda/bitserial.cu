@@ -66,16 +66,7 @@ __device__ __forceinline__ int ring_word(int w) { return (w & ~15) | (w & 3) << 
 // The fixed-point code of an input v: clamp(rint(v / scale), qmin, qmax) as torch.round (ties to even),
 // NaN coded 0; over / nans are set to 1 where v saturated / is NaN.
 __device__ __forceinline__ int input_code(float v, float scale, int qmin, int qmax, int& over, int& nans) {
-    float q = rintf(__fdiv_rn(v, scale));
-    over = nans = 0;
-    if (v != v) {
-        nans = 1;
-        q = 0.0f;
-    } else if (q < (float)qmin || q > (float)qmax) {
-        over = 1;
-        q = fminf(fmaxf(q, (float)qmin), (float)qmax);
-    }
-    return (int)q;
+    return clamped_code(rintf(__fdiv_rn(v, scale)), v != v, qmin, qmax, over, nans);
 }
 
 // One block: 16 output rows x (CW * NT * 8) input-plane columns; CW groups of WARPS_K warps, a group

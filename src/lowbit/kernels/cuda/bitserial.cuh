@@ -1,5 +1,6 @@
-// The arithmetic that ends a bit-serial product, shared by bitserial.cu (a layer) and bitserial_lstm.cu
-// (an LSTM layer's recurrence), so that both give reference.bitserial_acc's numbers in one way.
+// The arithmetic that ends a bit-serial product, and the clamp that makes its input codes, shared by
+// bitserial.cu (a layer) and bitserial_lstm.cu (an LSTM layer's recurrence), so that both give
+// reference.bitserial_acc's numbers in one way.
 #pragma once
 
 typedef long long i64;
@@ -32,6 +33,20 @@ __device__ __forceinline__ void columns_to_rows(const S (&sums)[TILES][4], i64 (
             part[m][h] += __shfl_xor_sync(0xffffffffu, part[m][h], 1);
             part[m][h] += __shfl_xor_sync(0xffffffffu, part[m][h], 2);
         }
+}
+
+// A fixed-point input code from its rounded quotient q = rint(v / scale): 0 where ``nan`` (counted in
+// nans), else q clamped to [qmin, qmax] (a clamped value counted in over).
+__device__ __forceinline__ int clamped_code(float q, bool nan, int qmin, int qmax, int& over, int& nans) {
+    over = nans = 0;
+    if (nan) {
+        nans = 1;
+        q = 0.0f;
+    } else if (q < (float)qmin || q > (float)qmax) {
+        over = 1;
+        q = fminf(fmaxf(q, (float)qmin), (float)qmax);
+    }
+    return (int)q;
 }
 
 // sum_i 2^(n - k + i) over the k active of n stored planes: what the {0, 1} planes' products need to

@@ -163,17 +163,10 @@ bitserial_lstm(const uint4* __restrict__ wplanes, const float* __restrict__ scal
     // Called by the cell warps together (ballots); ftz: the cell kernel's division (flushes denormals),
     // else the input kernel's (bitserial_quantize_input, for h0).
     auto publish = [&](float h, bool valid, int s, bool ftz) {
-        float v = valid ? h : 0.0f;
-        float qf = rintf(ftz ? div_rn_ftz(v, sx) : __fdiv_rn(v, sx));
-        int over = 0, nan = 0;
-        if (qf != qf) {
-            nan = 1;
-            qf = 0.0f;
-        } else if (qf < (float)qmin || qf > (float)qmax) {
-            over = 1;
-            qf = fminf(fmaxf(qf, (float)qmin), (float)qmax);
-        }
-        const int code = (int)qf;
+        const float v = valid ? h : 0.0f;
+        const float qf = rintf(ftz ? div_rn_ftz(v, sx) : __fdiv_rn(v, sx));
+        int over, nan;
+        const int code = clamped_code(qf, qf != qf, qmin, qmax, over, nan);
         const int m = e / UNITS;
         uint2* const dst = exchange + (size_t)(s & 1) * pairs + ((size_t)m * gridDim.x + blockIdx.x) * (A8 / 2);
         u32 lower = 0;
