@@ -53,7 +53,7 @@ def write_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, st
     metadata = {**metadata, "lowbit_version": __version__, "sha256": _checksum(tensors)}
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    return Path(path)
+    return Path(path).expanduser()
 
 
 def read_tensors(path, fmt: str, version: int, what: str) -> tuple[dict, dict[str, torch.Tensor]]:

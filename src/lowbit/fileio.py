@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 
 from .errors import LowbitError
@@ -23,17 +24,32 @@ def check_writable(path) -> Path:
     return path
 
 
+def resolve_target(path) -> Path:
+    """The file a write to ``path`` must change: ``~`` expanded, symbolic links followed (writing
+    beside a link would replace the link, not the file it points to)."""
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one
-    rename, on failure it is removed, so ``path`` is never left half-written."""
-    path = check_writable(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """Yield a temporary path beside ``path``'s target; on success it replaces the target in one
+    rename, on failure it is removed, so the target is never left half-written. The new file gets
+    the old one's permissions, or those of any new file (the umask's)."""
+    path = check_writable(resolve_target(path))
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else None
+    while True:  # O_EXCL with mode 0o666 leaves the umask to decide, as for open()
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
-        yield Path(tmp)
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -44,7 +60,7 @@ def atomic_path(path):
 def write_text_atomic(path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-    return Path(path)
+    return Path(path).expanduser()
 
 
 def cache_dir() -> Path:
