@@ -10,7 +10,7 @@ from torch import nn
 
 import lowbit
 from lowbit.checkpoint import read_checkpoint
-from lowbit.errors import CheckpointError, LowbitError
+from lowbit.errors import CheckpointError, ConfigError, LowbitError
 from lowbit.models import SmallResNet
 
 
@@ -70,7 +70,7 @@ def test_corrupted_bytes(tmp_path):
     data = bytearray(path.read_bytes())
     data[-3] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="corrupted: its tensors do not match the checksum"):
+    with pytest.raises(CheckpointError, match="corrupted: its tensors or header do not match the checksum"):
         lowbit.load(path, _model())
 
 
@@ -150,3 +150,93 @@ def test_tied_weights_round_trip(tmp_path):
     ids = torch.randint(0, 10, (2, 5))
     assert torch.equal(loaded(ids), q(ids))
     assert loaded.out.weight is loaded.emb.weight
+
+
+def _mlp(act=nn.ReLU):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(13, 37), act(), nn.Linear(37, 19), act(), nn.Linear(19, 5)).eval()
+
+
+def _quantized_mlp():
+    return lowbit.quantize(_mlp(), "int8", calib_data=[torch.randn(8, 13)], calibrator="max")
+
+
+def _rewrite_header(path, edit):
+    """The checkpoint at ``path`` rewritten with ``edit(layers)`` applied to its layer descriptions and a
+    fresh checksum: what a file damaged before it was checksummed, or written by another tool, looks like."""
+    from lowbit.checkpoint import write_tensors
+
+    meta, tensors = read_checkpoint(path)
+    layers = edit(meta["layers"])
+    header = {k: v for k, v in meta.items() if k not in ("sha256", "sha256_scope", "lowbit_version")}
+    write_tensors(path, tensors, {**header, "layers": json.dumps(layers)})
+
+
+def test_refuses_to_save_what_it_cannot_load(tmp_path):
+    prepared = lowbit.prepare(_mlp(), "int8", calib_data=[torch.randn(8, 13)])
+    with pytest.raises(CheckpointError, match=r"fake-quantized layers \(0, 2, 4; .*lowbit.convert\(model\)"):
+        lowbit.save(prepared, tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match="has no quantized layer"):
+        lowbit.save(_mlp(), tmp_path / "m.safetensors")
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_edited_header_is_caught_by_the_checksum(tmp_path):
+    path = lowbit.save(_quantized_mlp(), tmp_path / "m.safetensors")
+    meta, tensors = read_checkpoint(path)
+    meta["layers"]["4"]["relu"] = True
+    meta = {k: (json.dumps(v) if k == "layers" else v) for k, v in meta.items()}
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="corrupted: its tensors or header do not match"):
+        lowbit.load(path, _mlp())
+
+
+def test_files_whose_checksum_covers_only_tensors_still_load(tmp_path):
+    from lowbit.checkpoint import _checksum
+
+    q = _quantized_mlp()
+    path = lowbit.save(q, tmp_path / "m.safetensors")
+    meta, tensors = read_checkpoint(path)
+    meta = {k: (json.dumps(v) if k == "layers" else v) for k, v in meta.items() if k != "sha256_scope"}
+    meta["sha256"] = _checksum(tensors)
+    save_file(tensors, str(path), metadata=meta)
+    x = torch.randn(4, 13)
+    assert torch.equal(lowbit.load(path, _mlp())(x), q(x))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda layers: {**layers, "2": {k: v for k, v in layers["2"].items() if k != "geometry"}},
+     "layer '2': its description in the header is damaged \\(no 'geometry'\\)"),
+    (lambda layers: {**layers, "0": {**layers["0"], "weight": {**layers["0"]["weight"], "fmt": {"bits": 40}}}},
+     "layer '0': its description in the header is damaged"),
+    (lambda layers: list(layers), "its 'layers' is not a mapping"),
+    (lambda layers: {**layers, "4": 3}, "its 'layers' is not a mapping"),
+])
+def test_damaged_layer_descriptions(tmp_path, edit, message):
+    path = lowbit.save(_quantized_mlp(), tmp_path / "m.safetensors")
+    _rewrite_header(path, edit)
+    model = _mlp()
+    with pytest.raises(CheckpointError, match=message):
+        lowbit.load(path, model)
+    assert [type(m).__name__ for m in model] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+
+
+def test_a_failed_load_leaves_the_model_as_given(tmp_path):
+    path = lowbit.save(_quantized_mlp(), tmp_path / "m.safetensors")
+    bigger = nn.Sequential(*_mlp(), nn.ReLU(), nn.Linear(5, 5))
+    before = {k: v.clone() for k, v in bigger.state_dict().items()}
+    with pytest.raises(CheckpointError, match="missing tensors"):
+        lowbit.load(path, bigger)
+    assert [type(m).__name__ for m in bigger] == ["Linear", "ReLU"] * 3 + ["Linear"]
+    assert all(torch.equal(before[k], v) for k, v in bigger.state_dict().items())
+    with pytest.raises(ConfigError, match="device='bogus' is not a torch device"):
+        lowbit.load(path, bigger, device="bogus")
+
+
+def test_a_folded_relu_needs_a_relu_in_the_model(tmp_path):
+    path = lowbit.save(_quantized_mlp(), tmp_path / "m.safetensors")
+    model = _mlp(nn.Tanh)
+    with pytest.raises(CheckpointError, match="layer '0' was saved with the nn.ReLU after it folded in, but in the "
+                                              "given Sequential it is followed by Tanh"):
+        lowbit.load(path, model)
+    assert [type(m).__name__ for m in model] == ["Linear", "Tanh", "Linear", "Tanh", "Linear"]

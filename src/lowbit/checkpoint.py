@@ -19,21 +19,30 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import __version__
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError, LowbitError
 from .fileio import atomic_path
-from .nn import LAYER_TYPES, QUANTIZABLE_TYPES, LayerGeometry, quantized_layers, settle
+from .nn import LAYER_TYPES, QUANTIZABLE_TYPES, ActivationQuantizer, LayerGeometry, quantized_layers, settle
+from .nn.registry import module_after
 
 FORMAT = "lowbit-checkpoint"
 FORMAT_VERSION = 1
 
 
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+# What the header's sha256 covers; files written before it existed cover their tensors only.
+CHECKSUM_SCOPE = "tensors+header"
+
+
+def _checksum(tensors: dict[str, torch.Tensor], header: dict[str, str] | None = None) -> str:
+    """SHA-256 of the tensors (names, dtypes, shapes, bytes) and of the header's other fields, so that
+    an edited layer description is caught like a flipped weight bit."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
         h.update(name.encode())
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    if header is not None:
+        h.update(json.dumps({k: v for k, v in header.items() if k != "sha256"}, sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -50,7 +59,8 @@ def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def write_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
     """Write tensors and a string header (plus their SHA-256) as safetensors, atomically."""
-    metadata = {**metadata, "lowbit_version": __version__, "sha256": _checksum(tensors)}
+    metadata = {**metadata, "lowbit_version": __version__, "sha256_scope": CHECKSUM_SCOPE}
+    metadata["sha256"] = _checksum(tensors, metadata)
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     return Path(path).expanduser()
@@ -80,14 +90,24 @@ def read_tensors(path, fmt: str, version: int, what: str) -> tuple[dict, dict[st
         raise CheckpointError(f"{path} was written by lowbit {meta.get('lowbit_version', '?')} in {what} format "
                               f"{found_version}; this lowbit ({__version__}) reads format {version} and older: "
                               "upgrade lowbit")
-    if _checksum(tensors) != expected_sum:
-        raise CheckpointError(f"{path} is corrupted: its tensors do not match the checksum in its header")
+    covers_header = meta.get("sha256_scope") == CHECKSUM_SCOPE
+    if _checksum(tensors, meta if covers_header else None) != expected_sum:
+        what_changed = "its tensors or header do" if covers_header else "its tensors do"
+        raise CheckpointError(f"{path} is corrupted: {what_changed} not match the checksum in its header")
     return meta, tensors
 
 
 def save(qmodel: nn.Module, path) -> Path:
     """Write a quantized model to ``path`` (safetensors + JSON header), atomically."""
+    fake = [n for n, m in qmodel.named_modules() if isinstance(m, ActivationQuantizer)]
+    if fake:
+        raise CheckpointError(f"cannot save {type(qmodel).__name__} to {path}: it has fake-quantized layers "
+                              f"({', '.join(n.rpartition('.')[0] for n in fake[:3])}{', ...' if len(fake) > 3 else ''}; "
+                              "from lowbit.prepare or finetune): lowbit.convert(model) deploys them first")
     layers = {name: m.describe() for name, m in quantized_layers(qmodel)}
+    if not layers:
+        raise CheckpointError(f"cannot save {type(qmodel).__name__} to {path}: it has no quantized layer; lowbit.save "
+                              "writes models returned by lowbit.quantize or lowbit.convert")
     return write_tensors(path, state_tensors(qmodel), {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -108,41 +128,72 @@ def read_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
         layers = json.loads(meta["layers"])
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: the lowbit header is damaged ({exc})") from None
+    if not isinstance(layers, dict) or not all(isinstance(d, dict) for d in layers.values()):
+        raise CheckpointError(f"{path}: the lowbit header is damaged (its 'layers' is not a mapping from layer "
+                              "names to descriptions)")
     return {**meta, "layers": layers}, tensors
+
+
+def _layer_from(desc: dict, where: str) -> nn.Module:
+    cls = LAYER_TYPES.get(desc.get("type"))
+    if cls is None:
+        raise CheckpointError(f"{where} has unknown layer type {desc.get('type')!r}")
+    try:
+        return cls.from_description(desc)
+    except (KeyError, TypeError, ValueError, AttributeError, LowbitError) as exc:
+        detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise CheckpointError(f"{where}: its description in the header is damaged ({detail})") from None
 
 
 def load(path, model: nn.Module, *, device=None) -> nn.Module:
     """Restore a checkpoint written by :func:`save` into ``model``, a fresh (float)
-    instance of the architecture it was saved from; returns the quantized model."""
+    instance of the architecture it was saved from; returns the quantized model.
+    On any error ``model`` is left as it was given."""
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(f"device={device!r} is not a torch device ({exc})") from None
     meta, tensors = read_checkpoint(path)
     origin = meta.get("model_class", "?")
     modules = dict(model.named_modules())
-    for name, desc in meta["layers"].items():
-        where = f"checkpoint {path} was saved from {origin}; layer {name!r}"
-        target = modules.get(name)
-        if target is None:
-            raise CheckpointError(f"{where} does not exist in the given {type(model).__name__}")
-        cls = LAYER_TYPES.get(desc.get("type"))
-        if cls is None:
-            raise CheckpointError(f"{where} has unknown layer type {desc.get('type')!r}")
-        layer = cls.from_description(desc)
-        if not isinstance(target, QUANTIZABLE_TYPES) or LayerGeometry.of(target) != layer.geometry:
-            got = LayerGeometry.of(target) if isinstance(target, QUANTIZABLE_TYPES) else type(target).__name__
-            raise CheckpointError(f"{where} does not match the model: checkpoint has {layer.geometry}, model has {got}")
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, layer)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint {path} (saved from {origin}) does not fit {type(model).__name__}: "
-                              f"missing tensors {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                              f"unexpected tensors {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-    for key, t in tensors.items():
-        if expected[key].shape != t.shape:
-            raise CheckpointError(f"checkpoint {path}: tensor {key!r} has shape {tuple(t.shape)}, "
-                                  f"the model expects {tuple(expected[key].shape)}")
-    model.load_state_dict(tensors, strict=True)
+    swapped = []  # (parent, attribute, the model's own module): put back if loading fails
+    try:
+        for name, desc in meta["layers"].items():
+            where = f"checkpoint {path} was saved from {origin}; layer {name!r}"
+            target = modules.get(name)
+            if target is None:
+                raise CheckpointError(f"{where} does not exist in the given {type(model).__name__}")
+            layer = _layer_from(desc, where)
+            if not isinstance(target, QUANTIZABLE_TYPES) or LayerGeometry.of(target) != layer.geometry:
+                got = LayerGeometry.of(target) if isinstance(target, QUANTIZABLE_TYPES) else type(target).__name__
+                raise CheckpointError(f"{where} does not match the model: checkpoint has {layer.geometry}, "
+                                      f"model has {got}")
+            if getattr(layer, "relu", False) and type(module_after(model, name)) is not nn.ReLU:
+                found = module_after(model, name)
+                raise CheckpointError(f"{where} was saved with the nn.ReLU after it folded in, but in the given "
+                                      f"{type(model).__name__} it is followed by "
+                                      f"{type(found).__name__ if found is not None else 'no module of an nn.Sequential'}")
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            swapped.append((parent, child, target))
+            setattr(parent, child, layer)
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {path} (saved from {origin}) does not fit {type(model).__name__}: "
+                                  f"missing tensors {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                                  f"unexpected tensors {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        for key, t in tensors.items():
+            if expected[key].shape != t.shape:
+                raise CheckpointError(f"checkpoint {path}: tensor {key!r} has shape {tuple(t.shape)}, "
+                                      f"the model expects {tuple(expected[key].shape)}")
+        model.load_state_dict(tensors, strict=True)
+    except BaseException:
+        for parent, child, module in reversed(swapped):
+            setattr(parent, child, module)
+        raise
     settle(model)  # as convert() left it: the layers saved with relu set lose their ReLU modules again
     if device is not None:
         model.to(device)

@@ -56,6 +56,17 @@ def link_layers(model: nn.Module) -> list[str]:
     return linked
 
 
+def module_after(model: nn.Module, name: str) -> nn.Module | None:
+    """The module that follows layer ``name`` in the nn.Sequential holding it, or None (last, or not in one)."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if not isinstance(parent, nn.Sequential):
+        return None
+    names = [n for n, _ in parent.named_children()]
+    i = names.index(child)
+    return getattr(parent, names[i + 1]) if i + 1 < len(names) else None
+
+
 def settle(model: nn.Module) -> None:
     """What a model needs once its deployed layers are in place (after convert, after loading a
     checkpoint): :func:`fold_relus`, then :func:`link_layers`."""
