@@ -197,3 +197,58 @@ def test_prepare_then_convert_is_quantize():
         assert torch.equal(lowbit.convert(prepared)(x), lowbit.quantize(model, "int8", calib, "max")(x))
     with pytest.raises(lowbit.ConfigError, match="no fake-quantized layer to convert"):
         lowbit.convert(model)
+
+
+def _mlp13():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(13, 37), nn.ReLU(), nn.Linear(37, 19), nn.ReLU(), nn.Linear(19, 5)).eval()
+
+
+def test_a_failed_inplace_quantize_gives_the_model_its_layers_back():
+    model = _mlp13()
+    layers = list(model)
+    with pytest.raises(CalibrationError, match=r"calibration batch 0 \(float32 tensor of shape \(4, 12\)\) failed in "
+                                               "Sequential.forward: RuntimeError: mat1 and mat2"):
+        lowbit.quantize(model, "int8", calib_data=[torch.randn(4, 12)], inplace=True)  # wrong width
+    assert list(model) == layers
+    with pytest.raises(ConfigError, match="percentile"):
+        lowbit.quantize(model, "int8", calib_data=[torch.randn(4, 13)], calibrator="percentile",
+                        calibrator_options={"percentile": 150}, inplace=True)
+    assert list(model) == layers
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"inplace": "no"}, "inplace='no' is invalid"),
+    ({"calib_batches": -1}, "calib_batches=-1 is invalid"),
+    ({"calib_batches": 1.5}, "calib_batches=1.5 is invalid"),
+    ({"calib_batches": 2, "scheme": "w4a16", "algorithm": "gptq", "group_size": 0}, None),
+])
+def test_calib_batches_and_inplace_are_checked(options, message):
+    options = {"scheme": "int8", **options}
+    if message is None:
+        assert lowbit.quantize(_mlp13(), calib_data=[torch.randn(4, 13)] * 3, **options) is not None
+        return
+    with pytest.raises(ConfigError, match=message):
+        lowbit.quantize(_mlp13(), calib_data=[torch.randn(4, 13)], **options)
+
+
+def test_calibration_takes_no_batch_past_calib_batches():
+    taken = []
+
+    def batches():
+        for i in range(5):
+            taken.append(i)
+            yield torch.randn(4, 13)
+
+    lowbit.quantize(_mlp13(), "int8", calib_data=batches(), calib_batches=2)
+    assert taken == [0, 1]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("scheme", ["int8", "int4", "w4a16", "w4a8", "fp8", "bitserial"])
+def test_weights_that_are_not_finite_are_refused(scheme, value):
+    model = _mlp13()
+    with torch.no_grad():
+        model[4].weight[0, 0] = value
+    with pytest.raises(ConfigError, match=r"layer '4': its weight holds [01] NaN and [01] infinite value"):
+        lowbit.quantize(model, scheme, calib_data=[torch.randn(4, 13)])

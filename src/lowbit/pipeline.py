@@ -16,7 +16,7 @@ from torch import nn
 
 from .algorithms.gptq import ALGORITHMS, DEFAULT_DAMP, gptq_model
 from .calib import check_calibrator
-from .errors import CalibrationError, ConfigError
+from .errors import CalibrationError, ConfigError, LowbitError
 from .nn import QUANTIZABLE_TYPES, settle
 from .progress import progress_bar
 from .schemes import Scheme, get_scheme
@@ -139,6 +139,17 @@ def run_batch(model: nn.Module, batch):
     return model(batch)
 
 
+def describe_batch(batch) -> str:
+    """A batch's structure and tensor shapes, for error messages."""
+    if isinstance(batch, torch.Tensor):
+        return f"{batch.dtype.__repr__().removeprefix('torch.')} tensor of shape {tuple(batch.shape)}"
+    if isinstance(batch, Mapping):
+        return "dict of " + ", ".join(f"{k}: {describe_batch(v)}" for k, v in batch.items())
+    if isinstance(batch, (list, tuple)):
+        return f"{type(batch).__name__} of " + ", ".join(describe_batch(v) for v in batch)
+    return type(batch).__name__
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for t in model.parameters():
         return t.device
@@ -180,10 +191,14 @@ def calibrate(model: nn.Module, calib_data, *, max_batches: int | None = None, p
     if max_batches is not None and total is not None:
         total = min(total, max_batches)
     with _evaluating(model), progress_bar(total=total, desc="calibrating", unit="batch", enable=progress) as bar:
-        for batch in calib_data:
-            if max_batches is not None and seen >= max_batches:
-                break
-            run_batch(model, _to_device(batch, device))
+        for batch in itertools.islice(calib_data, max_batches):  # no batch past the last taken from a generator
+            try:
+                run_batch(model, _to_device(batch, device))
+            except LowbitError:
+                raise
+            except Exception as exc:
+                raise CalibrationError(f"calibration batch {seen} ({describe_batch(batch)}) failed in "
+                                       f"{type(model).__name__}.forward: {type(exc).__name__}: {exc}") from exc
             seen += 1
             bar.update(1)
     if seen == 0:
@@ -226,6 +241,24 @@ def _check_algorithm(plan: dict[str, Scheme], algorithm: str, gar: bool, damp: f
                                "inputs on calibration batches")
 
 
+def _check_finite_weights(model: nn.Module, plan: dict[str, Scheme]) -> None:
+    modules = dict(model.named_modules())
+    for name in plan:
+        for what in ("weight", "bias"):
+            t = getattr(modules[name], what, None)
+            if t is not None and not bool(torch.isfinite(t).all()):
+                nans, infs = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+                raise ConfigError(f"layer {name!r}: its {what} holds {nans} NaN and {infs} infinite value(s), "
+                                  "which no quantized format represents; fix the model (or skip the layer)")
+
+
+def _check_common(calib_batches, inplace) -> None:
+    if calib_batches is not None and (isinstance(calib_batches, bool) or not isinstance(calib_batches, int)
+                                      or calib_batches < 1):
+        raise ConfigError(f"calib_batches={calib_batches!r} is invalid: expected a whole number of batches >= 1, "
+                          "or None for all")
+    if not isinstance(inplace, bool):
+        raise ConfigError(f"inplace={inplace!r} is invalid: expected True or False")
 
 
 def prepare(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator: str | None = None, skip=(),
@@ -235,10 +268,12 @@ def prepare(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator:
     """The model with fake-quantized layers (float weights, calibrated activation ranges; with GPTQ or
     DPQ, the weights' chosen codes): what quantization-aware fine-tuning trains (:func:`lowbit.finetune`)
     and :func:`convert` deploys. Arguments as for :func:`quantize`."""
+    _check_common(calib_batches, inplace)
     if calibrator is not None:
         check_calibrator(calibrator, calibrator_options)
     plan = plan_layers(model, scheme, scheme_options, skip, overrides)
     _check_algorithm(plan, algorithm, gar, damp, calib_data)
+    _check_finite_weights(model, plan)
     if algorithm != "rtn":
         calib_data = list(itertools.islice(_batches(calib_data), calib_batches))  # GPTQ goes over them again
     calibrators = {name: _calibrator_for(handler, calibrator, calibrator_options) for name, handler in plan.items()}
@@ -250,10 +285,21 @@ def prepare(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator:
         return model
     modules = dict(model.named_modules())
     prepared = {}
-    for name, handler in plan.items():
-        prepared[name] = handler.prepare(modules[name], name, *calibrators[name])
-        prepared[name].scheme = handler
-        _replace(model, name, prepared[name])
+    try:
+        for name, handler in plan.items():
+            prepared[name] = handler.prepare(modules[name], name, *calibrators[name])
+            prepared[name].scheme = handler
+            _replace(model, name, prepared[name])
+        _calibrate_prepared(model, plan, prepared, calib_data, calib_batches, algorithm, gar, damp, progress)
+    except BaseException:
+        for name in prepared:  # inplace: the caller's model gets its own layers back (their weights are untouched)
+            _replace(model, name, modules[name])
+        raise
+    return model
+
+
+def _calibrate_prepared(model, plan, prepared, calib_data, calib_batches, algorithm, gar, damp, progress) -> None:
+    """Activation ranges, then (GPTQ / DPQ) the weights' codes, of the layers :func:`prepare` put in."""
     if any(h.needs_calibration for h in plan.values()):
         calibrate(model, calib_data, max_batches=calib_batches, progress=progress)
         for name, layer in prepared.items():
@@ -270,7 +316,6 @@ def prepare(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator:
         with _evaluating(model):
             gptq_model(model, prepared, calib_data, lambda m, batch: run_batch(m, _to_device(batch, device)),
                        algorithm=algorithm, gar=gar, damp=damp, progress=progress)
-    return model
 
 
 def convert(model: nn.Module, *, inplace: bool = False, progress: bool | None = None) -> nn.Module:
