@@ -17,13 +17,14 @@ from .calib import compute_amax  # noqa: E402
 from .checkpoint import load, save  # noqa: E402
 from .cuda_graphs import CudaGraphModule  # noqa: E402
 from .algorithms import finetune  # noqa: E402
-from .errors import CalibrationError, CheckpointError, ConfigError, DataError, LowbitError, TrainingError  # noqa: E402
+from .errors import (CalibrationError, CheckpointError, ConfigError, DataError, InputError, LowbitError,  # noqa: E402
+                     TrainingError)
 from .nn import fuse_resnet  # noqa: E402
 from .nn.bitserial import set_bitlayers  # noqa: E402
 from .pipeline import calibrate, convert, prepare, quantizable_layers, quantize  # noqa: E402
 from .schemes import SCHEMES  # noqa: E402
 from .sizes import model_size_bytes  # noqa: E402
 
-__all__ = ["CalibrationError", "CheckpointError", "ConfigError", "CudaGraphModule", "DataError", "LowbitError",
+__all__ = ["CalibrationError", "CheckpointError", "ConfigError", "CudaGraphModule", "DataError", "InputError", "LowbitError",
            "SCHEMES", "TrainingError", "calib", "calibrate", "compute_amax", "convert", "finetune", "fuse_resnet",
            "load", "model_size_bytes", "numerics", "prepare", "quantizable_layers", "quantize", "save", "schemes", "set_bitlayers"]

@@ -164,7 +164,7 @@ def load(path, model: nn.Module, *, device=None) -> nn.Module:
             target = modules.get(name)
             if target is None:
                 raise CheckpointError(f"{where} does not exist in the given {type(model).__name__}")
-            layer = _layer_from(desc, where)
+            layer = _layer_from({**desc, "name": name}, where)
             if not isinstance(target, QUANTIZABLE_TYPES) or LayerGeometry.of(target) != layer.geometry:
                 got = LayerGeometry.of(target) if isinstance(target, QUANTIZABLE_TYPES) else type(target).__name__
                 raise CheckpointError(f"{where} does not match the model: checkpoint has {layer.geometry}, "

@@ -19,6 +19,10 @@ class CalibrationError(LowbitError, ValueError):
     """Calibration data is missing, empty or not finite."""
 
 
+class InputError(LowbitError, ValueError):
+    """A tensor given to a quantized layer cannot be its input (shape, dtype, NaN values)."""
+
+
 class CheckpointError(LowbitError, ValueError):
     """A checkpoint file is missing, truncated, corrupted or does not match."""
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..config import IntFormat
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..kernels.cuda.bitserial import (InputPlanes, binary_gemm, bitserial_linear, bitserial_supported,
                                       empty_input_planes, input_planes, layer_kernels, lstm_sequence)
 from ..kernels.reference import integer_matmul, rescale
@@ -107,7 +107,7 @@ class BitSerialLinear(_CodedLinear):
         over, nans = (int(v) for v in self.input_flags.tolist())
         if nans:
             self.input_flags[1] = 0
-            raise ValueError(f"layer {self.name!r}: {nans} NaN input value(s)")
+            raise InputError(f"layer {self.name!r}: {nans} NaN input value(s)")
         if over and not self._saturated_reported:
             fmt = self.input_format
             warnings.warn(f"layer {self.name!r}: {over} input values fell outside the {fmt.bits}-bit fixed-point "
@@ -167,7 +167,7 @@ class BitSerialLinear(_CodedLinear):
                                  made=self._take_handoff(given), next_input=made_next)
             if self._flags_due():
                 self._check_input_flags()
-            y = y.reshape(*lead, -1)
+            y = y.reshape(*lead, self.geometry.out_channels)
             if following is not None:
                 following._handoff = (weakref.ref(y), y._version, following.input_scale._version, made_next)
             return y
@@ -179,7 +179,7 @@ class BitSerialLinear(_CodedLinear):
         y = rescale(acc, self.input_scale, self.weight_scale, self.bias, channel_dim=1)
         if self.relu:
             y = torch.relu(y)
-        return y.reshape(*lead, -1)
+        return y.reshape(*lead, self.geometry.out_channels)
 
     def _runs_recurrence(self, gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> bool:
         """Whether this layer can run as an LSTM's hidden product on the GPU kernels: float32 CUDA

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 
 QUANTIZABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -56,6 +57,29 @@ class LayerGeometry:
         if self.kind == "linear":
             return (self.out_channels, self.in_channels)
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    def check_input(self, x: torch.Tensor, layer: str) -> None:
+        """A clear error naming ``layer`` when ``x`` cannot be its input (shapes float PyTorch refuses, some
+        of which integer arithmetic would otherwise take silently, such as extra channels)."""
+        if not x.dtype.is_floating_point:
+            raise InputError(f"layer {layer!r} takes floating-point inputs, got a {x.dtype} tensor")
+        if self.kind == "linear":
+            if x.dim() == 0 or x.shape[-1] != self.in_channels:
+                raise InputError(f"layer {layer!r} expects inputs of {self.in_channels} features, "
+                                 f"got shape {tuple(x.shape)}")
+            return
+        dims = len(self.kernel_size)
+        layout = "(N, C, L)" if dims == 1 else "(N, C, H, W)"
+        if x.dim() != dims + 2:
+            raise InputError(f"layer {layer!r} ({self}) expects inputs of shape {layout}, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise InputError(f"layer {layer!r} ({self}) expects {self.in_channels} input channels, got shape "
+                             f"{tuple(x.shape)}")
+        for i, size in enumerate(x.shape[2:]):
+            padded = size + self.pads[2 * (dims - 1 - i)] + self.pads[2 * (dims - 1 - i) + 1]
+            if padded < self.dilation[i] * (self.kernel_size[i] - 1) + 1:
+                raise InputError(f"layer {layer!r} ({self}): input of shape {tuple(x.shape)} is smaller than "
+                                 "its kernel")
 
     def __str__(self) -> str:
         if self.kind == "linear":

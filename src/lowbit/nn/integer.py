@@ -6,11 +6,12 @@ import torch
 from torch import nn
 
 from ..config import IntFormat, QuantSpec
+from ..errors import InputError
 from ..kernels import triton_available
 from ..kernels.reference import integer_conv_acc, integer_linear_acc, rescale
 from ..numerics import pack_int4, qparams_for, quantize, unpack_int4
 from .geometry import LayerGeometry
-from .registry import register_layer
+from .registry import DeployedLayer, register_layer
 
 
 def codes_fit_int8(fmt: IntFormat) -> bool:
@@ -19,7 +20,7 @@ def codes_fit_int8(fmt: IntFormat) -> bool:
 
 
 @register_layer
-class IntegerLayer(nn.Module):
+class IntegerLayer(DeployedLayer, nn.Module):
     """A Linear / Conv1d / Conv2d computed in integers: the input is quantized with a
     calibrated per-tensor scale (and zero point), multiplied with integer weight codes
     (per-channel or per-tensor scales) into exact integer accumulators, then rescaled
@@ -52,6 +53,9 @@ class IntegerLayer(nn.Module):
         self.register_buffer("input_scale", torch.ones(()))
         self.register_buffer("input_zero_point", torch.zeros((), dtype=torch.int32))
         self.register_buffer("bias", torch.zeros(geometry.out_channels) if geometry.bias else None)
+        # NaN inputs have no code: the GPU GEMM path counts them (read back every CHECK_EVERY calls).
+        self.register_buffer("nan_count", torch.zeros(1, dtype=torch.int32), persistent=False)
+        self._calls = 0
 
     @classmethod
     def from_fake(cls, fake: nn.Module, info: dict) -> "IntegerLayer":
@@ -92,15 +96,21 @@ class IntegerLayer(nn.Module):
 
         x2 = x.reshape(-1, x.shape[-1])
         fmt = self.input_spec.fmt
-        qx, _ = quantize_int8(x2, self.input_scale, qmin=fmt.qmin, qmax=fmt.qmax)
+        qx, _ = quantize_int8(x2, self.input_scale, qmin=fmt.qmin, qmax=fmt.qmax, nan_count=self.nan_count)
         w_scale = self.weight_scale.expand(self.geometry.out_channels).contiguous()
         y = int8_gemm(qx, self.qweight, self.input_scale, w_scale, self.bias, activation="relu" if self.relu else None,
                       out_dtype=x.dtype)
+        if self._flags_due():
+            self._check_nan_count()
         return y.reshape(*x.shape[:-1], self.geometry.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.geometry.check_input(x, self.name)
         if self._uses_gemm_kernel(x):
             return self._gemm_kernel_forward(x)
+        nans = int(torch.isnan(x).sum())
+        if nans:
+            raise InputError(f"layer {self.name!r}: {nans} NaN input value(s): they have no integer code")
         qx = quantize(x, self.input_spec, self.input_scale, self.input_zero_point)
         zx = int(self.input_zero_point)
         qw = self.weight_codes()

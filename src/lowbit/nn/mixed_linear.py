@@ -27,10 +27,9 @@ from ..numerics.fp8 import e4m3_grid
 from ..numerics.groupwise import SCALE_BITS, dequantize_groups, num_groups, scales_on_grid
 from ..kernels.cuda.int4_group import W4A8, W4A16
 from .geometry import LayerGeometry
-from .registry import register_layer
+from .registry import DeployedLayer, register_layer
 
 ACTIVATION_MODES = ("static", "dynamic")
-CHECK_EVERY = 64  # GPU calls between reads of a layer's input flags (a read waits for the GPU)
 _FALLBACK_WARNED: set = set()
 
 
@@ -40,7 +39,7 @@ def _warn_fallback(layer_type: str, why: str) -> None:
         warnings.warn(f"{layer_type} layers run the reference path here: {why}", stacklevel=4)
 
 
-class _CodedLinear(nn.Module):
+class _CodedLinear(DeployedLayer, nn.Module):
     """Geometry, options, bias and the checkpoint description shared by these layers (and the bit-serial
     one); the FP8 input for those with an activation mode."""
 
@@ -57,12 +56,6 @@ class _CodedLinear(nn.Module):
         self._calls = 0
         self._cache: dict = {}
 
-    def _flags_due(self) -> bool:
-        """Count a GPU call: True every CHECK_EVERY calls, when the flags the kernels count in device
-        memory (saturated or NaN inputs) are to be read back, unless a CUDA graph is being captured."""
-        self._calls += 1
-        return self._calls % CHECK_EVERY == 0 and not torch.cuda.is_current_stream_capturing()
-
     def _cached(self, slot: str, key: tuple, build):
         """``build()``, kept in ``slot`` while ``key`` (the versions and places of the tensors it reads)
         stays the same."""
@@ -70,23 +63,10 @@ class _CodedLinear(nn.Module):
             self._cache[slot] = (key, build())
         return self._cache[slot][1]
 
-    def _check_nan_count(self) -> None:
-        nans = int(self.nan_count)
-        if nans:
-            self.nan_count.zero_()
-            raise ValueError(f"{self.layer_type} input has {nans} NaN value(s) (seen by the GPU kernel within the "
-                             f"last {CHECK_EVERY} calls): they have no FP8 code")
-
-    @property
-    def name(self) -> str:
-        return self.info.get("name", f"{self.layer_type} layer")
-
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        """x as [M, K], or a clear error when its last dimension is not the layer's K."""
-        k = self.geometry.in_channels
-        if x.shape[-1] != k:
-            raise ValueError(f"layer {self.name!r} expects inputs of {k} features, got shape {tuple(x.shape)}")
-        return x.reshape(-1, k)
+        """x as [M, K], or a clear error when it is not a float tensor whose last dimension is the layer's K."""
+        self.geometry.check_input(x, self.name)
+        return x.reshape(-1, self.geometry.in_channels)
 
     def _uses_kernel(self, x: torch.Tensor) -> bool:
         """Whether x goes to the GPU kernels: False for CPU tensors, and (with one warning per layer type)
@@ -106,8 +86,9 @@ class _CodedLinear(nn.Module):
 
     def _fp8_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(FP8 values of x as float32, their scale: per tensor, or [..., 1] per token)."""
+        self.geometry.check_input(x, self.name)
         scale = per_token_fp8_scale(x) if self.options["activation"] == "dynamic" else self.input_scale
-        return fp8_activation_grid(x, scale, name=f"{self.layer_type} input"), scale
+        return fp8_activation_grid(x, scale, name=f"layer {self.name!r} input"), scale
 
     def describe(self) -> dict:
         return {"type": self.layer_type, "geometry": self.geometry.to_dict(), "options": self.options, **self.info}
@@ -191,9 +172,9 @@ class W4A16Linear(Int4GroupLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._uses_kernel(x):
-            return self._gpu_forward(self._rows(x)).reshape(*x.shape[:-1], -1)
-        xb = x.to(torch.bfloat16).float()
-        return self._add_bias(F.linear(xb, self.weight_values())).to(x.dtype)
+            return self._gpu_forward(self._rows(x)).reshape(*x.shape[:-1], self.geometry.out_channels)
+        xb = self._rows(x).to(torch.bfloat16).float()
+        return self._add_bias(F.linear(xb, self.weight_values())).to(x.dtype).reshape(*x.shape[:-1], self.geometry.out_channels)
 
 
 @register_layer
@@ -223,7 +204,7 @@ class W4A8Linear(Int4GroupLinear):
                                   per_token=self.options["activation"] == "dynamic", nan_count=self.nan_count)
             if self._flags_due():
                 self._check_nan_count()
-            return y.reshape(*x.shape[:-1], -1)
+            return y.reshape(*x.shape[:-1], self.geometry.out_channels)
         xq, sx = self._fp8_input(x)
         y = F.linear(xq, self.weight_values()) * (sx * self.weight_scale)
         return self._add_bias(y).to(x.dtype)
@@ -264,7 +245,7 @@ class FP8Linear(_CodedLinear):
                            out_dtype=torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32)
             if self._flags_due():
                 self._check_nan_count()
-            return y.to(x.dtype).reshape(*x.shape[:-1], -1)
+            return y.to(x.dtype).reshape(*x.shape[:-1], self.geometry.out_channels)
         xq, sx = self._fp8_input(x)
         y = F.linear(xq, self.qweight.float()) * (sx * self.weight_scale)
         return self._add_bias(y).to(x.dtype)

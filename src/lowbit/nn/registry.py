@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import torch
 from torch import nn
+
+from ..errors import InputError
 
 LAYER_TYPES: dict[str, type] = {}
 
@@ -20,6 +23,33 @@ def quantized_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     for name, module in model.named_modules():
         if type(module).__dict__.get("layer_type") in LAYER_TYPES:
             yield name, module
+
+
+CHECK_EVERY = 64  # GPU calls between reads of a layer's input flags (a read waits for the GPU)
+
+
+class DeployedLayer:
+    """What deployed layers share: their name in the model, for messages (``info["name"]``, which the
+    scheme sets at convert and the checkpoint at load), and the pace at which the flags their GPU kernels
+    count in device memory (NaN or saturated inputs) are read back (``self._calls``, set by the layer)."""
+
+    @property
+    def name(self) -> str:
+        return self.info.get("name", f"{self.layer_type} layer")
+
+    def _flags_due(self) -> bool:
+        """Count a GPU call: True every CHECK_EVERY calls, when the flags are to be read back, unless a
+        CUDA graph is being captured."""
+        self._calls += 1
+        return self._calls % CHECK_EVERY == 0 and not torch.cuda.is_current_stream_capturing()
+
+    def _check_nan_count(self) -> None:
+        """A clear error if the GPU kernel counted NaN inputs in ``nan_count`` (then reset)."""
+        nans = int(self.nan_count)
+        if nans:
+            self.nan_count.zero_()
+            raise InputError(f"layer {self.name!r}: {nans} NaN input value(s) (seen by the GPU kernel within the "
+                             f"last {CHECK_EVERY} calls): they have no {self.layer_type} code")
 
 
 def fold_relus(model: nn.Module) -> list[str]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 
 
 @dataclass(frozen=True)
@@ -82,5 +82,5 @@ def fp8_activation_grid(x: torch.Tensor, scale: torch.Tensor, fmt: str = "e4m3",
     inv = 1.0 / torch.as_tensor(scale, dtype=torch.float32, device=x.device)
     y = x.float() * inv
     if torch.isnan(y).any():
-        raise ValueError(f"{name} has NaN values: they have no FP8 code")
+        raise InputError(f"{name} has NaN values: they have no FP8 code")
     return _saturating_cast(y, fp8_format(fmt)).float()

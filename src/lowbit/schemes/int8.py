@@ -56,4 +56,5 @@ class Int8Scheme(Scheme):
         return fake_quant_layer(module, IntWeightQuantizer(self.weight_spec()), quantizer)
 
     def convert(self, prepared: nn.Module, name: str) -> nn.Module:
-        return IntegerLayer.from_fake(prepared, {"scheme": self.name, "calibrator": prepared.input_quantizer.calibrator})
+        return IntegerLayer.from_fake(prepared, {"scheme": self.name, "name": name,
+                                                "calibrator": prepared.input_quantizer.calibrator})

@@ -63,9 +63,9 @@ class _LinearScheme(Scheme):
         return FP8ActivationQuantizer(self.options["activation"] == "dynamic", calibrator, calibrator_options,
                                       name=f"layer {name!r} input")
 
-    def _info(self, prepared: nn.Module) -> dict:
+    def _info(self, prepared: nn.Module, name: str) -> dict:
         iq, wq = prepared.input_quantizer, prepared.weight_quantizer
-        info = {"scheme": self.name, "calibrator": iq.calibrator, "amax": iq.amax,
+        info = {"scheme": self.name, "name": name, "calibrator": iq.calibrator, "amax": iq.amax,
                 "algorithm": getattr(wq, "algorithm", "rtn")}  # FP8 weights have no algorithm
         if getattr(wq, "report", None):
             info["gptq"] = wq.report
@@ -99,7 +99,7 @@ class W4A16Scheme(_LinearScheme):
         options = {"group_size": wq.group_size, "symmetric": wq.symmetric}
         if "activation" in self.options:
             options["activation"] = self.options["activation"]
-        layer = self.layer_class(LayerGeometry.of(prepared), options, self._info(prepared))
+        layer = self.layer_class(LayerGeometry.of(prepared), options, self._info(prepared, name))
         layer.to(prepared.weight.device)
         layer.set_codes(wq.codes_for(prepared.weight))
         if hasattr(layer, "input_scale"):
@@ -131,7 +131,7 @@ class FP8Scheme(_LinearScheme):
                                                                                     calibrator_options))
 
     def convert(self, prepared: nn.Module, name: str) -> nn.Module:
-        layer = FP8Linear(LayerGeometry.of(prepared), dict(self.options), self._info(prepared))
+        layer = FP8Linear(LayerGeometry.of(prepared), dict(self.options), self._info(prepared, name))
         layer.to(prepared.weight.device)
         codes, scale = prepared.weight_quantizer.codes_for(prepared.weight)
         layer.qweight.copy_(codes)

@@ -13,7 +13,8 @@ import torch
 from lowbit.kernels.cuda import SOURCE_DIR, compile_cubin
 from lowbit.kernels.cuda.int4_group import MAX_ROWS, W4A8, W4A16, WORD_COLUMNS, kernel_layout
 from lowbit.nn.geometry import LayerGeometry
-from lowbit.nn.mixed_linear import CHECK_EVERY, FP8Linear, W4A8Linear, W4A16Linear
+from lowbit.nn.mixed_linear import FP8Linear, W4A8Linear, W4A16Linear
+from lowbit.nn.registry import CHECK_EVERY
 from lowbit.numerics import pack_int4
 from lowbit.numerics.groupwise import group_qparams, num_groups, protective_scale, quantize_groups, scales_on_grid
 

@@ -333,3 +333,33 @@ def test_int4_linear_on_cuda_runs_the_kernel():
     x = torch.randn(9, 301)
     with torch.no_grad():
         assert torch.equal(q_gpu(x.cuda()).cpu(), q_cpu(x))
+
+
+def test_nan_inputs_are_counted_and_the_integer_layer_reports_them():
+    from torch import nn
+
+    import lowbit
+    from lowbit.errors import InputError
+    from lowbit.kernels.triton import quantize_int8
+    from lowbit.nn.registry import CHECK_EVERY
+
+    x = torch.randn(3, 4097, device="cuda")
+    x[0, 5] = x[2, 4096] = float("nan")
+    count = torch.zeros(1, dtype=torch.int32, device="cuda")
+    q, _ = quantize_int8(x, torch.tensor(0.1, device="cuda"), nan_count=count)
+    quantize_int8(x[1:2], torch.tensor(0.1, device="cuda"), nan_count=count)
+    assert int(count) == 2
+    spec = QuantSpec(IntFormat(8))
+    finite = ~torch.isnan(x)
+    ref = quantize(x.cpu(), spec, torch.tensor(0.1), torch.zeros((), dtype=torch.int32))
+    assert torch.equal(q[finite].cpu(), ref[finite.cpu()])
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 130), nn.ReLU(), nn.Linear(130, 10))
+    qmodel = lowbit.quantize(model, "int8", calib_data=[torch.randn(16, 300)]).cuda()
+    x = torch.randn(4, 300, device="cuda")
+    qmodel(x)  # a clean input is fine
+    x[1, 7] = float("nan")
+    with pytest.raises(InputError, match="layer '0': [0-9]+ NaN input value"):
+        for _ in range(CHECK_EVERY):
+            qmodel(x)

@@ -32,21 +32,27 @@ def _quantize_rows_kernel(x_ptr, q_ptr, scale_ptr, N, stride_xm, stride_qm, QMAX
 
 
 @triton.jit
-def _quantize_elements_kernel(x_ptr, q_ptr, scale_ptr, numel, QMIN: tl.constexpr, QMAX: tl.constexpr,
-                              BLOCK: tl.constexpr):
+def _quantize_elements_kernel(x_ptr, q_ptr, scale_ptr, nan_count_ptr, numel, QMIN: tl.constexpr, QMAX: tl.constexpr,
+                              COUNT_NAN: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(x_ptr + offs, mask=offs < numel, other=0.0).to(tl.float32)
+    if COUNT_NAN:  # a NaN has no code (it would become QMIN): counted for the caller to report
+        nans = tl.sum((x != x).to(tl.int32), axis=0)
+        if nans > 0:
+            tl.atomic_add(nan_count_ptr, nans)
     q = libdevice.rint(tl.math.div_rn(x, tl.load(scale_ptr)))
     q = tl.minimum(tl.maximum(q, QMIN * 1.0), QMAX * 1.0)
     tl.store(q_ptr + offs, q.to(tl.int8), mask=offs < numel)
 
 
-def quantize_int8(x: torch.Tensor, scale: torch.Tensor | None = None, qmax: int = 127, qmin: int | None = None):
+def quantize_int8(x: torch.Tensor, scale: torch.Tensor | None = None, qmax: int = 127, qmin: int | None = None,
+                  nan_count: torch.Tensor | None = None):
     """x float (bf16/fp16/fp32) on CUDA -> (int8 codes, scale).
 
     With ``scale`` (a float32 scalar tensor): static per-tensor quantization of any shape to
     codes in [qmin, qmax] (qmin defaults to -qmax; 0 for unsigned codes); the codes keep x's
-    memory layout (channels-last stays channels-last). Without it: dynamic symmetric per-token
+    memory layout (channels-last stays channels-last); ``nan_count`` (int32 [1] on x's device), if
+    given, has the NaN values of x added to it. Without it: dynamic symmetric per-token
     quantization of a 2-D x [M, K]; the returned scale is float32 [M].
     """
     if x.device.type != "cuda":
@@ -67,8 +73,9 @@ def quantize_int8(x: torch.Tensor, scale: torch.Tensor | None = None, qmax: int 
         q = torch.empty_like(x, dtype=torch.int8)  # same strides: element i of both is the same in memory
         if x.numel():
             block = 4096
-            _quantize_elements_kernel[(triton.cdiv(x.numel(), block),)](x, q, scale, x.numel(), QMIN=qmin,
-                                                                        QMAX=qmax, BLOCK=block, num_warps=8)
+            _quantize_elements_kernel[(triton.cdiv(x.numel(), block),)](
+                x, q, scale, scale if nan_count is None else nan_count, x.numel(), QMIN=qmin, QMAX=qmax,
+                COUNT_NAN=nan_count is not None, BLOCK=block, num_warps=8)
         return q, scale
     if qmin != -qmax:
         raise ValueError("dynamic per-token quantization is symmetric: leave qmin at -qmax")
