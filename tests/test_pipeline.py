@@ -252,3 +252,9 @@ def test_weights_that_are_not_finite_are_refused(scheme, value):
         model[4].weight[0, 0] = value
     with pytest.raises(ConfigError, match=r"layer '4': its weight holds [01] NaN and [01] infinite value"):
         lowbit.quantize(model, scheme, calib_data=[torch.randn(4, 13)])
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4", "w4a8", "fp8", "bitserial"])
+def test_an_input_that_was_zero_in_every_calibration_batch_is_reported(scheme):
+    with pytest.warns(UserWarning, match="layer '0' input: every calibration value was 0"):
+        lowbit.quantize(_mlp13(), scheme, calib_data=[torch.zeros(4, 13)])

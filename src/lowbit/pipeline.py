@@ -252,7 +252,10 @@ def _check_finite_weights(model: nn.Module, plan: dict[str, Scheme]) -> None:
                                   "which no quantized format represents; fix the model (or skip the layer)")
 
 
-def _check_common(calib_batches, inplace) -> None:
+def _check_common(calib_batches, inplace, calibrator_options) -> None:
+    if calibrator_options is not None and not isinstance(calibrator_options, Mapping):
+        raise ConfigError(f"calibrator_options={calibrator_options!r} is invalid: expected a dict such as "
+                          "{'percentile': 99.9}")
     if calib_batches is not None and (isinstance(calib_batches, bool) or not isinstance(calib_batches, int)
                                       or calib_batches < 1):
         raise ConfigError(f"calib_batches={calib_batches!r} is invalid: expected a whole number of batches >= 1, "
@@ -268,7 +271,7 @@ def prepare(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator:
     """The model with fake-quantized layers (float weights, calibrated activation ranges; with GPTQ or
     DPQ, the weights' chosen codes): what quantization-aware fine-tuning trains (:func:`lowbit.finetune`)
     and :func:`convert` deploys. Arguments as for :func:`quantize`."""
-    _check_common(calib_batches, inplace)
+    _check_common(calib_batches, inplace, calibrator_options)
     if calibrator is not None:
         check_calibrator(calibrator, calibrator_options)
     plan = plan_layers(model, scheme, scheme_options, skip, overrides)

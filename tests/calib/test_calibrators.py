@@ -156,3 +156,19 @@ def test_bad_input():
 def test_all_zero_data():
     assert compute_amax(torch.zeros(100), "entropy") == 0.0
     assert compute_amax(torch.zeros(100), "percentile") == 0.0
+
+
+@pytest.mark.parametrize("method, options, message", [
+    ("mse", {"start_bin": -1}, "start_bin=-1 is invalid: expected an integer from 1 to num_bins - 1 \\(2047\\)"),
+    ("entropy", {"start_bin": 5000}, "start_bin=5000 is invalid"),
+    ("entropy", {"start_bin": 300, "num_bins": 256}, "start_bin=300 is invalid: .* \\(255\\)"),
+    ("entropy", {"start_bin": "x"}, "start_bin='x' is invalid"),
+    ("percentile", {"percentile": 150}, "percentile=150 is invalid"),
+    ("max", {"num_bins": True}, "num_bins=True is invalid"),
+    ("max", [1], "calibrator_options=\\[1\\] is invalid"),
+])
+def test_option_values_are_checked_before_calibration(method, options, message):
+    from lowbit.calib import check_calibrator
+
+    with pytest.raises(ConfigError, match=message):
+        check_calibrator(method, options)

@@ -6,9 +6,12 @@ the target format (num_bits, unsigned) and returns amax as a Python float.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from ..errors import ConfigError
+from .histogram import DEFAULT_NUM_BINS
 
 
 def _levels(num_bits: int, unsigned: bool) -> int:
@@ -21,12 +24,16 @@ def max_amax(counts, edges, running_max, num_bits=8, unsigned=False) -> float:
     return float(running_max)
 
 
+def _check_percentile(percentile) -> None:
+    if not isinstance(percentile, (int, float)) or isinstance(percentile, bool) or not 0 < percentile <= 100:
+        raise ConfigError(f"percentile={percentile!r} is invalid: expected a number in (0, 100]")
+
+
 def percentile_amax(counts, edges, running_max, num_bits=8, unsigned=False, percentile=99.99) -> float:
     """The p-th percentile of |x|: where the cumulative histogram reaches p% of the
     mass, interpolated linearly inside the bin it crosses (mass is taken as uniform
     within a bin), never above the running max."""
-    if not isinstance(percentile, (int, float)) or isinstance(percentile, bool) or not 0 < percentile <= 100:
-        raise ConfigError(f"percentile={percentile!r} is invalid: expected a number in (0, 100]")
+    _check_percentile(percentile)
     if percentile == 100:
         return float(running_max)
     cdf = np.cumsum(counts)
@@ -123,10 +130,24 @@ CALIBRATOR_OPTIONS = {"max": (), "percentile": ("percentile",), "mse": ("start_b
 
 
 def check_calibrator(method: str, options: dict | None = None) -> None:
-    """Raise ConfigError for an unknown calibrator or an option it does not take."""
-    if method not in CALIBRATORS:
+    """Raise ConfigError for an unknown calibrator, an option it does not take, or a value out of range
+    (checked before calibration runs, not after it)."""
+    if not isinstance(method, str) or method not in CALIBRATORS:
         raise ConfigError(f"unknown calibrator {method!r}: expected one of {', '.join(CALIBRATORS)}")
+    if options is not None and not isinstance(options, Mapping):
+        raise ConfigError(f"calibrator_options={options!r} is invalid: expected a dict such as {{'percentile': 99.9}}")
     unknown = set(options or ()) - set(CALIBRATOR_OPTIONS[method]) - {"num_bins"}
     if unknown:
         valid = ", ".join(("num_bins",) + CALIBRATOR_OPTIONS[method])
         raise ConfigError(f"calibrator {method!r} takes no option {', '.join(sorted(unknown))}: valid options: {valid}")
+    options = options or {}
+    num_bins = options.get("num_bins", DEFAULT_NUM_BINS)
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 128:
+        raise ConfigError(f"num_bins={num_bins!r} is invalid: expected an integer >= 128")
+    if "start_bin" in options:
+        start = options["start_bin"]
+        if isinstance(start, bool) or not isinstance(start, int) or not 1 <= start < num_bins:
+            raise ConfigError(f"start_bin={start!r} is invalid: expected an integer from 1 to num_bins - 1 "
+                              f"({num_bins - 1}), the first histogram bin {method} tries as the range")
+    if "percentile" in options:
+        _check_percentile(options["percentile"])

@@ -53,6 +53,9 @@ class _CalibratedQuantizer(nn.Module):
             raise RuntimeError(f"{self.name}: no data reached this layer during calibration")
         self.set_range(c)
         self.collector = None
+        if self.amax == 0.0:
+            warnings.warn(f"{self.name}: every calibration value was 0; the range falls back to scale 1",
+                          stacklevel=2)
 
     def set_range(self, collector: HistogramCollector) -> None:
         """Fix ``amax`` and the scale from what calibration recorded."""
@@ -93,9 +96,6 @@ class ActivationQuantizer(_CalibratedQuantizer):
         # format is unsigned, or asymmetric over data that never goes below 0.
         levels_unsigned = not fmt.signed or (not self.spec.symmetric and nonnegative)
         amax = amax_from_collector(c, self.calibrator, fmt.bits, unsigned=levels_unsigned, **self.calibrator_options)
-        if amax == 0.0:
-            warnings.warn(f"{self.name}: every calibration value was 0; the range falls back to scale 1",
-                          stacklevel=2)
         lo = -amax if self.spec.symmetric else max(c.min, -amax)
         scale, zero_point = qparams_from_range(self.spec, torch.tensor(lo), torch.tensor(amax))
         self.scale.copy_(scale)
