@@ -123,7 +123,7 @@ def test_failed_write_leaves_old_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("lowbit.checkpoint.save_file", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(LowbitError, match=f"cannot write {path}: disk full"):
         lowbit.save(_quantized(), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]

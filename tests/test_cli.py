@@ -79,7 +79,7 @@ def test_quantize_w4a8_with_dpq_then_info(user_module, capsys):
     out = user_module / "w.safetensors"
     code = main(["quantize", "usermodel:build", "--calib-data", "usermodel:calib", "-o", str(out), "--scheme", "w4a8",
                  "--algorithm", "dpq", "--gar", "--option", "group_size=64", "--no-progress"])
-    assert code == 0 and "1 layers in w4a8" in capsys.readouterr().out  # the conv stays float
+    assert code == 0 and "1 layer in w4a8" in capsys.readouterr().out  # the conv stays float
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "3: linear 288->5  w4a8  activation=static group_size=64 symmetric=False  algorithm=dpq+gar  damp=0.01" in text
@@ -145,7 +145,27 @@ def test_finetune_user_model_saves_and_resumes(user_module, capsys):
     (["eval", "usermodel:build", "--data", "usermodel:data", "--qat-epochs", "2"], "needs --train-data"),
     (["finetune", "usermodel:build", "--calib-data", "usermodel:calib", "-o", "q.safetensors"], "needs --train-data"),
     (["finetune", "-o", "q.safetensors", "--resume"], "--resume needs --checkpoint-dir"),
-    (["finetune", "-o", "q.safetensors", "--checkpoint-dir", "nodir"], "--checkpoint-dir nodir does not exist"),
+    (["finetune", "-o", "q.safetensors", "--checkpoint-dir", "nodir/sub"], "--checkpoint-dir nodir/sub does not exist"),
+    (["quantize", "usermodel:build", "--calib-data", "usermodel:calib", "-o", "usermodel.py"],
+     "-o usermodel.py: a checkpoint's file name must end in .safetensors"),
+    (["finetune", "usermodel:build", "--calib-data", "usermodel:calib", "--train-data", "usermodel:train",
+      "--checkpoint-dir", ".", "-o", "finetune.safetensors"], "is the fine-tuning checkpoint that --checkpoint-dir keeps"),
+    (["quantize", "usermodel:build", "--calib-data", "usermodel:calib", "-o", "q.safetensors", "--option",
+      "calibrator=max"], "scheme 'int8' has no option calibrator; valid options: weight_bits"),
+    (["quantize", "usermodel:build", "--calib-data", "usermodel:calib", "-o", "q.safetensors", "--percentile", "99"],
+     "--percentile is for the percentile calibrator, and int8 calibrates with entropy by default"),
+    (["quantize", "usermodel:build", "--calib-data", "usermodel:calib", "-o", "q.safetensors", "--skip", "*"],
+     "no layer left to quantize: --skip matches all 2 quantizable layers"),
+    (["quantize", "usermodel:build", "--calib-data", "usermodel:calib", "-o", "q.safetensors", "--calib-samples", "9"],
+     "--calib-samples and --data-dir are for the default model"),
+    (["eval", "--plot", "r.txt"], "--plot r.txt: the file name must end in .png, .svg, .pdf"),
+    (["eval", "--json", "r.json", "--plot", "r.json"], "--plot r.json: the file name must end in"),
+    (["eval", "usermodel:build", "--data", "usermodel:data", "--limit", "5", "--budget", "2"],
+     "eval usermodel:build: --budget, --limit do not apply to a MODEL of yours (it takes --data, --schemes"),
+    (["eval", "mnist-mlp", "--group-sizes", "64"], "--group-sizes does not apply to the bit-serial models"),
+    (["eval", "smollm2", "--schemes", "int8"], "the language-model job runs fp8, w4a16, w4a8"),
+    (["eval", "usermodel:build", "--data", "usermodel:data", "--train-data", "usermodel:train"], "give --qat-epochs"),
+    (["eval", "usermodel:not_a_model", "--data", "usermodel:data"], "returned int, not a torch.nn.Module"),
 ])
 def test_user_mistakes_give_one_line(user_module, capsys, argv, message):
     assert main(argv) == 2
@@ -166,7 +186,7 @@ def test_quantize_bitserial_then_info(user_module, capsys):
     out = user_module / "b.safetensors"
     code = main(["quantize", "usermodel:build", "--calib-data", "usermodel:calib", "-o", str(out), "--scheme",
                  "bitserial", "--option", "weight_bits=6", "--no-progress"])
-    assert code == 0 and "1 layers in bitserial" in capsys.readouterr().out
+    assert code == 0 and "1 layer in bitserial" in capsys.readouterr().out
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "3: linear 288->5  bitserial  act_bits=8 act_signed=" in text and "weight_bits=6 bitlayers_used=6" in text
@@ -192,3 +212,18 @@ def test_bad_choice_is_an_argparse_error(capsys):
 def test_console_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "lowbit", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("lowbit ")
+
+
+def test_info_names_a_damaged_layer_description(user_module, capsys):
+    from lowbit.checkpoint import read_checkpoint, write_tensors
+
+    out = user_module / "q.safetensors"
+    assert main(["quantize", "usermodel:build", "--calib-data", "usermodel:calib", "-o", str(out), "--no-progress"]) == 0
+    meta, tensors = read_checkpoint(out)
+    del meta["layers"]["3"]["geometry"]
+    header = {k: v for k, v in meta.items() if k not in ("sha256", "sha256_scope", "lowbit_version", "layers")}
+    write_tensors(out, tensors, {**header, "layers": json.dumps(meta["layers"])})
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "layer '3''s description in the header is damaged (KeyError: 'geometry')" in err and "Traceback" not in err

@@ -62,7 +62,10 @@ def write_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, st
     metadata = {**metadata, "lowbit_version": __version__, "sha256_scope": CHECKSUM_SCOPE}
     metadata["sha256"] = _checksum(tensors, metadata)
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        except SafetensorError as exc:  # safetensors reports a failed write (disk full) as its own error
+            raise OSError(str(exc)) from exc
     return Path(path).expanduser()
 
 

@@ -6,12 +6,13 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
 from . import __version__
 from .calib import CALIBRATORS
-from .errors import ConfigError, LowbitError
+from .errors import CheckpointError, ConfigError, LowbitError
 from .schemes import SCHEMES
 
 EPILOG = """examples:
@@ -25,6 +26,13 @@ EPILOG = """examples:
   lowbit eval mnist-mlp --weight-bits 8 --plot mlp.png
                                                 bit-serial MNIST MLP: accuracy per bitlayer count, automatic choice
 """
+
+
+# Defaults of options that only some jobs take: the options stay None unless given, so that a
+# given option the job does not take is an error instead of being ignored (_check_eval_options).
+DEFAULTS = {"calib_samples": 2048, "batch_size": 500, "group_sizes": [128, 0], "eval_windows": 32,
+            "calib_windows": 32, "weight_bits": 8, "budget": 1.0}
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def _csv(choices):
@@ -97,8 +105,8 @@ def load_object(spec: str, what: str):
         else:
             sys.path.insert(0, str(Path.cwd()))
             module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"{what} {spec!r}: cannot import {module_name!r} ({exc})") from None
+    except (ImportError, SyntaxError) as exc:
+        raise ConfigError(f"{what} {spec!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})") from None
     try:
         return getattr(module, attr)
     except AttributeError:
@@ -129,8 +137,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", metavar="DIR",
                    help="folder with the Fashion-MNIST IDX files (default: $LOWBIT_FASHION_MNIST_DIR or "
                         "/usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist)")
-    p.add_argument("--calib-samples", type=_positive_int, default=2048, metavar="N",
-                   help="training images used for calibration with the default model (default: 2048)")
+    p.add_argument("--calib-samples", type=_positive_int, metavar="N",
+                   help=f"training images used for calibration with the default model (default: "
+                        f"{DEFAULTS['calib_samples']}; at most the 60,000 there are)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -140,10 +149,11 @@ def _quantize_options(p: argparse.ArgumentParser, default_scheme: str = "int8") 
     p.add_argument("--calibrator", choices=list(CALIBRATORS),
                    help="activation range calibrator (default: the scheme's: entropy for int8, percentile "
                         "99.999 for int4)")
-    p.add_argument("--percentile", type=float, help="percentile for --calibrator percentile")
+    p.add_argument("--percentile", type=float,
+                   help="percentile for the percentile calibrator (default: 99.99; int4's default calibrator: 99.999)")
     p.add_argument("--calib-data", metavar="SPEC",
                    help="module:function returning an iterable of input batches (required with MODEL)")
-    p.add_argument("--calib-batches", type=_positive_int, metavar="N", help="use at most N calibration batches")
+    p.add_argument("--calib-batches", type=_positive_int, metavar="N", help="use at most N calibration batches (default: all)")
     p.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                    help="keep layers matching this name pattern (fnmatch) in float; repeatable")
     p.add_argument("--option", action="append", default=[], type=_option, metavar="KEY=VALUE",
@@ -182,18 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--schemes", type=_csv(sorted(SCHEMES)),
                     help=f"comma-separated schemes (default: int8,int4; smollm2: fp8,w4a16,w4a8; available: "
                          f"{', '.join(sorted(SCHEMES))})")
-    ev.add_argument("--group-sizes", type=_csv_of(_nonnegative_int), default=[128, 0], metavar="G,...",
+    ev.add_argument("--group-sizes", type=_csv_of(_nonnegative_int), metavar="G,...",
                     help="smollm2: INT4 group sizes, 0 for per channel (default: 128,0)")
-    ev.add_argument("--eval-windows", type=_positive_int, default=32, metavar="N",
-                    help="smollm2: evaluate N windows of 1024 tokens (default: 32)")
-    ev.add_argument("--calib-windows", type=_positive_int, default=32, metavar="N",
-                    help="smollm2: calibrate (and run GPTQ) on N windows of 512 tokens (default: 32)")
-    ev.add_argument("--weight-bits", type=_bits, default=8, metavar="N",
-                    help="bit-serial models: bitlayers stored per weight, 1-16 (default: 8)")
+    ev.add_argument("--eval-windows", type=_positive_int, metavar="N",
+                    help=f"smollm2: evaluate N windows of 1024 tokens (default: {DEFAULTS['eval_windows']})")
+    ev.add_argument("--calib-windows", type=_positive_int, metavar="N",
+                    help=f"smollm2: calibrate (and run GPTQ) on N windows of 512 tokens (default: "
+                         f"{DEFAULTS['calib_windows']})")
+    ev.add_argument("--weight-bits", type=_bits, metavar="N",
+                    help=f"bit-serial models: bitlayers stored per weight, 1-16 (default: {DEFAULTS['weight_bits']})")
     ev.add_argument("--act-bits", type=_bits, metavar="N",
                     help="bit-serial models: fixed-point activation bits, 2-16 (default: 16 for minilm, whose "
                          "activations have outliers, else 8)")
-    ev.add_argument("--budget", type=_number(float, lambda v: v >= 0, "a number >= 0"), default=1.0,
+    ev.add_argument("--budget", type=_number(float, lambda v: v >= 0, "a number >= 0"),
                     help="mnist-mlp: accuracy points, char-lstm and textgenrnn: perplexity percent, minilm: percent of "
                          "cosine to FP32's embeddings that the automatic bitlayer "
                          "choice may lose against FP32 on the validation split (default: 1)")
@@ -206,11 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "default model, else 0)")
     ev.add_argument("--train-data", metavar="SPEC",
                     help="with MODEL and --qat-epochs: module:function returning (inputs, labels) training batches")
-    ev.add_argument("--limit", type=_positive_int, metavar="N", help="evaluate only the first N test samples")
-    ev.add_argument("--batch-size", type=_positive_int, default=500, help="evaluation batch size (default: 500)")
+    ev.add_argument("--limit", type=_positive_int, metavar="N",
+                    help="default model: evaluate only the first N test samples (default: all 10,000)")
+    ev.add_argument("--batch-size", type=_positive_int,
+                    help=f"default model: evaluation batch size (default: {DEFAULTS['batch_size']})")
     ev.add_argument("--json", metavar="PATH", help="also write the table as JSON: {\"rows\": [...]}")
     ev.add_argument("--plot", metavar="PATH", help="also draw accuracy drop and size per row (PNG, SVG or PDF)")
-    ev.add_argument("--retrain", action="store_true", help="retrain the default model instead of using the cache")
+    ev.add_argument("--retrain", action="store_true", help="default model: retrain it instead of using the cache")
     _common(ev)
 
     qu = sub.add_parser(
@@ -253,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="show what a checkpoint holds",
                           description="Print a checkpoint's header: versions, schemes and each layer's formats.")
-    info.add_argument("checkpoint", metavar="PATH")
+    info.add_argument("checkpoint", metavar="PATH", help="a checkpoint written by lowbit quantize / finetune / save")
     info.add_argument("--json", action="store_true", help="print the header as JSON")
     return parser
 
@@ -292,14 +305,63 @@ def _check_user_model(spec: str, command: str, builtins: tuple[str, ...] = ()) -
                           "returning an FP32 nn.Module")
 
 
-def _eval(args) -> int:
-    from .evaluate import evaluate_classifier, evaluate_default, format_table, plot_rows, write_json
-    from .evaluate.runner import DEFAULT_SCHEMES
-    from .fileio import check_writable
+# Which of eval's job-specific options each job takes (the rest are refused, not ignored).
+EVAL_OPTIONS = {
+    "the default model": ("schemes", "calibrators", "qat_epochs", "limit", "batch_size", "retrain", "calib_samples",
+                          "data_dir"),
+    "a MODEL of yours": ("data", "schemes", "calibrators", "qat_epochs", "train_data"),
+    "smollm2": ("schemes", "group_sizes", "eval_windows", "calib_windows"),
+    "the bit-serial models": ("weight_bits", "act_bits", "budget"),
+}
+
+
+def _check_eval_options(args) -> None:
+    job = ("the default model" if not args.model else "smollm2" if args.model == "smollm2"
+           else "the bit-serial models" if args.model in BITSERIAL_MODELS else "a MODEL of yours")
+    every = {o for options in EVAL_OPTIONS.values() for o in options}
+    given = sorted(o for o in every - set(EVAL_OPTIONS[job]) if getattr(args, o) not in (None, False))
+    if given:
+        names = ", ".join("--" + o.replace("_", "-") for o in given)
+        takes = ", ".join("--" + o.replace("_", "-") for o in EVAL_OPTIONS[job])
+        raise ConfigError(f"eval {args.model or ''}: {names} {'does' if len(given) == 1 else 'do'} not apply to "
+                          f"{job} (it takes {takes})".replace("eval : ", "eval: "))
+    if job == "a MODEL of yours" and args.train_data and not args.qat_epochs:
+        raise ConfigError("eval MODEL --train-data is for fine-tuning: give --qat-epochs N too")
+    for key, value in DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
+def _check_report_paths(args) -> None:
+    from .fileio import check_writable, resolve_target
 
     for path in (args.json, args.plot):
         if path:
             check_writable(path)
+    if args.plot and Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
+        raise ConfigError(f"--plot {args.plot}: the file name must end in {', '.join(PLOT_SUFFIXES)} (the format "
+                          "is taken from it)")
+    if args.json and args.plot and resolve_target(args.json) == resolve_target(args.plot):
+        raise ConfigError(f"--json and --plot name the same file {args.json}")
+
+
+def _user_model(spec: str):
+    import torch
+
+    model = _call(spec, "MODEL")
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"MODEL {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _eval(args) -> int:
+    from .evaluate import evaluate_classifier, evaluate_default, format_table, plot_rows, write_json
+    from .evaluate.runner import DEFAULT_SCHEMES
+
+    if args.model and args.model not in ("smollm2", *BITSERIAL_MODELS):
+        _check_user_model(args.model, "eval", ("smollm2", *BITSERIAL_MODELS))
+    _check_eval_options(args)
+    _check_report_paths(args)
     progress = False if args.no_progress else None
     device = _device(args.device)
     if args.model in BITSERIAL_MODELS:
@@ -307,12 +369,16 @@ def _eval(args) -> int:
     if args.model == "smollm2":
         from .evaluate.llm import default_lm_configs, evaluate_smollm2
 
-        configs = [c for c in default_lm_configs(args.group_sizes)
-                   if c.scheme == "bf16" or args.schemes is None or c.scheme in args.schemes]
+        configs = default_lm_configs(args.group_sizes)
+        lm_schemes = sorted({c.scheme for c in configs} - {"bf16"})
+        unknown = sorted(set(args.schemes or ()) - set(lm_schemes))
+        if unknown:
+            raise ConfigError(f"eval smollm2 --schemes {','.join(unknown)}: the language-model job runs "
+                              f"{', '.join(lm_schemes)} (and bf16, always)")
+        configs = [c for c in configs if c.scheme == "bf16" or args.schemes is None or c.scheme in args.schemes]
         rows = evaluate_smollm2(configs, eval_windows=args.eval_windows, calib_windows=args.calib_windows,
                                 device=device, progress=progress)
     elif args.model:
-        _check_user_model(args.model, "eval", ("smollm2", *BITSERIAL_MODELS))
         if not args.data:
             raise ConfigError("eval MODEL needs --data module:function returning (calib_batches, test_batches)")
         data = _call(args.data, "--data")
@@ -323,7 +389,7 @@ def _eval(args) -> int:
             raise ConfigError("eval MODEL with --qat-epochs needs --train-data module:function returning "
                               "(inputs, labels) batches")
         train = _call(args.train_data, "--train-data") if qat_epochs else None
-        rows = evaluate_classifier(args.model, _call(args.model, "MODEL"), data[0], list(data[1]),
+        rows = evaluate_classifier(args.model, _user_model(args.model), data[0], list(data[1]),
                                    schemes=args.schemes or DEFAULT_SCHEMES, calibrators=args.calibrators, train_data=train,
                                    qat_epochs=qat_epochs, device=device, progress=progress)
     else:
@@ -343,46 +409,85 @@ def _eval(args) -> int:
 
 def _model_and_calib(args, command: str, device, progress):
     """The FP32 model and calibration batches: MODEL and --calib-data, or the default model."""
-    import torch
-
     from .evaluate import default_calib_batches
     from .models import default_model
 
     if args.model:
-        _check_user_model(args.model, command)
         if not args.calib_data:
             raise ConfigError(f"{command} MODEL needs --calib-data module:function returning input batches")
-        model, calib = _call(args.model, "MODEL"), _call(args.calib_data, "--calib-data")
-        if not isinstance(model, torch.nn.Module):
-            raise ConfigError(f"MODEL {args.model} returned {type(model).__name__}, not a torch.nn.Module")
+        model, calib = _user_model(args.model), _call(args.calib_data, "--calib-data")
+        if calib is None:
+            raise ConfigError(f"--calib-data {args.calib_data} returned None, not an iterable of input batches")
         return model.to(device), calib
     model = default_model(device=device, data_root=args.data_dir, progress=progress)
-    return model, default_calib_batches(args.calib_samples, args.data_dir)
+    return model, default_calib_batches(args.calib_samples or DEFAULTS["calib_samples"], args.data_dir)
 
 
 def _prepare_options(args, progress) -> dict:
-    """Keyword arguments of lowbit.prepare / lowbit.quantize from the shared options."""
+    """Keyword arguments of lowbit.prepare / lowbit.quantize from the shared options (--option's keys are
+    the scheme's own, checked by _check_plan: no other argument can be passed through it)."""
+    from .schemes import get_scheme
+
+    if args.percentile is not None:
+        calibrator = args.calibrator or get_scheme(args.scheme, **dict(args.option)).default_calibrator[0]
+        if calibrator != "percentile":
+            raise ConfigError(f"--percentile is for the percentile calibrator, and {args.scheme} calibrates with "
+                              f"{calibrator}{'' if args.calibrator else ' by default'}: add --calibrator percentile")
     percentile = {"percentile": args.percentile} if args.percentile is not None else None
     return {"skip": args.skip, "calibrator_options": percentile, "calib_batches": args.calib_batches,
             "inplace": True, "progress": progress, **dict(args.option)}
+
+
+def _check_output(args, also_not: Path | None = None) -> None:
+    """-o must be a new or old .safetensors file outside lowbit's cache, and not ``also_not``: so that a
+    slip of the keyboard cannot write a checkpoint over a MODEL's source file or a cached model."""
+    from .fileio import cache_dir, check_writable, resolve_target
+
+    check_writable(args.output)
+    target = resolve_target(args.output)
+    if target.suffix != ".safetensors":
+        raise ConfigError(f"-o {args.output}: a checkpoint's file name must end in .safetensors")
+    cache = resolve_target(cache_dir())
+    if cache in target.parents:
+        raise ConfigError(f"-o {args.output} is inside lowbit's cache folder {cache}: write checkpoints elsewhere")
+    if also_not is not None and target == resolve_target(also_not):
+        raise ConfigError(f"-o {args.output} is the fine-tuning checkpoint that --checkpoint-dir keeps for --resume; "
+                          "name the output otherwise")
+    if args.model and (args.calib_samples is not None or args.data_dir):
+        raise ConfigError("--calib-samples and --data-dir are for the default model; MODEL calibrates on --calib-data")
+
+
+def _check_plan(model, args) -> None:
+    """A clear error before calibrating when --option names no option of the scheme, or nothing would be
+    quantized."""
+    from .pipeline import plan_layers, quantizable_layers
+
+    options = {k: v for k, v in args.option}
+    if plan_layers(model, args.scheme, options, args.skip):
+        return
+    found = len(quantizable_layers(model))
+    raise ConfigError(f"no layer left to quantize: --skip matches all {found} quantizable layers" if found else
+                      f"{type(model).__name__} has no layer {args.scheme} quantizes (Linear, Conv1d, Conv2d)")
 
 
 def _saved_message(args, qmodel) -> str:
     from . import checkpoint
 
     layers = sum(1 for _ in checkpoint.quantized_layers(qmodel))
-    return (f"wrote {args.output}: {layers} layers in {args.scheme} "
+    return (f"wrote {args.output}: {layers} layer{'s' if layers != 1 else ''} in {args.scheme} "
             f"({args.calibrator or 'the scheme default'} calibration)")
 
 
 def _quantize(args) -> int:
     from . import checkpoint, pipeline
-    from .fileio import check_writable
 
-    check_writable(args.output)
+    if args.model:
+        _check_user_model(args.model, "quantize")
+    _check_output(args)
     device = _device(args.device)
     progress = False if args.no_progress else None
     model, calib = _model_and_calib(args, "quantize", device, progress)
+    _check_plan(model, args)
     qmodel = pipeline.quantize(model, args.scheme, calib, args.calibrator, algorithm=args.algorithm, gar=args.gar,
                                **_prepare_options(args, progress))
     checkpoint.save(qmodel, args.output)
@@ -394,18 +499,22 @@ def _finetune(args) -> int:
     from . import checkpoint, pipeline
     from .algorithms import finetune
     from .evaluate import top1_accuracy
+    from .algorithms.qat import CHECKPOINT_NAME
     from .evaluate.runner import default_test_batches, default_train_batches
-    from .fileio import check_writable
 
-    check_writable(args.output)
+    if args.model:
+        _check_user_model(args.model, "finetune")
+    kept = Path(args.checkpoint_dir).expanduser() / CHECKPOINT_NAME if args.checkpoint_dir else None
+    _check_output(args, also_not=kept)
     if args.resume and not args.checkpoint_dir:
         raise ConfigError("--resume needs --checkpoint-dir (where the checkpoint to resume from is)")
-    if args.checkpoint_dir and not Path(args.checkpoint_dir).is_dir():
-        raise ConfigError(f"--checkpoint-dir {args.checkpoint_dir} does not exist")
+    if kept is not None and not kept.parent.is_dir():
+        if args.resume or not kept.parent.parent.is_dir():
+            raise ConfigError(f"--checkpoint-dir {args.checkpoint_dir} does not exist")
+        kept.parent.mkdir()
     device = _device(args.device)
     progress = False if args.no_progress else None
     if args.model:
-        _check_user_model(args.model, "finetune")
         if not args.train_data:
             raise ConfigError("finetune MODEL needs --train-data module:function returning (inputs, labels) batches")
         train = _call(args.train_data, "--train-data")
@@ -414,6 +523,7 @@ def _finetune(args) -> int:
         train = default_train_batches(args.data_dir)
         evaluation = default_test_batches(args.data_dir)
     model, calib = _model_and_calib(args, "finetune", device, progress)
+    _check_plan(model, args)
     qat = pipeline.prepare(model, args.scheme, calib, args.calibrator, **_prepare_options(args, progress)).train()
     if evaluation is not None and not args.resume:
         ptq, samples = top1_accuracy(qat, evaluation, device=device, progress=progress, desc="before fine-tuning")
@@ -440,21 +550,29 @@ def _info(args) -> int:
     print(f"{args.checkpoint}: lowbit {meta.get('lowbit_version')} (format {meta.get('format_version')}), "
           f"model {meta.get('model_class')}, schemes {meta.get('schemes')}, {len(tensors)} tensors")
     for name, d in meta["layers"].items():
-        g = d["geometry"]
-        if "weight" not in d:  # w4a16 / w4a8 / fp8 / bitserial layers describe themselves by options
-            options = " ".join(f"{k}={v}" for k, v in d.get("options", {}).items())
-            if "active_bitlayers" in d:
-                options += f" bitlayers_used={d['active_bitlayers']}"
-            damp = f"  damp={d['gptq']['damp']:g}" if "gptq" in d else ""
-            print(f"  {name}: {g['kind']} {g['in_channels']}->{g['out_channels']}  {d['type']}  {options}  "
-                  f"algorithm={d.get('algorithm', 'rtn')}{damp}  calibrator={d.get('calibrator', '-')}")
-            continue
-        w, i = d["weight"], d["input"]
-        print(f"  {name}: {g['kind']} {g['in_channels']}->{g['out_channels']}  weight {w['fmt']['bits']}-bit "
-              f"{w['granularity']}  input {'s' if i['fmt']['signed'] else 'u'}{i['fmt']['bits']} "
-              f"scale={d.get('input_scale', 0):.4g} zero={d.get('input_zero_point', 0)}  "
-              f"calibrator={d.get('calibrator', '-')}")
+        try:
+            _print_layer(name, d)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"{args.checkpoint}: layer {name!r}'s description in the header is damaged "
+                                  f"({type(exc).__name__}: {exc})") from None
     return 0
+
+
+def _print_layer(name: str, d: dict) -> None:
+    g = d["geometry"]
+    if "weight" not in d:  # w4a16 / w4a8 / fp8 / bitserial layers describe themselves by options
+        options = " ".join(f"{k}={v}" for k, v in d.get("options", {}).items())
+        if "active_bitlayers" in d:
+            options += f" bitlayers_used={d['active_bitlayers']}"
+        damp = f"  damp={d['gptq']['damp']:g}" if "gptq" in d else ""
+        print(f"  {name}: {g['kind']} {g['in_channels']}->{g['out_channels']}  {d['type']}  {options}  "
+              f"algorithm={d.get('algorithm', 'rtn')}{damp}  calibrator={d.get('calibrator', '-')}")
+        return
+    w, i = d["weight"], d["input"]
+    print(f"  {name}: {g['kind']} {g['in_channels']}->{g['out_channels']}  weight {w['fmt']['bits']}-bit "
+          f"{w['granularity']}  input {'s' if i['fmt']['signed'] else 'u'}{i['fmt']['bits']} "
+          f"scale={d.get('input_scale', 0):.4g} zero={d.get('input_zero_point', 0)}  "
+          f"calibrator={d.get('calibrator', '-')}")
 
 
 def main(argv=None) -> int:
@@ -471,10 +589,16 @@ def main(argv=None) -> int:
         print(f"lowbit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        kept = getattr(args, "checkpoint_dir", None)
-        note = f"; the last epoch's checkpoint in {kept} is intact (--resume goes on from it)" if kept else ""
+        from .algorithms.qat import CHECKPOINT_NAME
+
+        folder = getattr(args, "checkpoint_dir", None)
+        kept = folder is not None and (Path(folder).expanduser() / CHECKPOINT_NAME).is_file()
+        note = f"; the last epoch's checkpoint in {folder} is intact (--resume goes on from it)" if kept else ""
         print(f"lowbit: interrupted{note}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (| head): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

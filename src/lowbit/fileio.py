@@ -37,23 +37,26 @@ def atomic_path(path):
     the old one's permissions, or those of any new file (the umask's)."""
     path = check_writable(resolve_target(path))
     mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else None
-    while True:  # O_EXCL with mode 0o666 leaves the umask to decide, as for open()
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
+    tmp = None
     try:
+        while tmp is None:  # O_EXCL with mode 0o666 leaves the umask to decide, as for open()
+            tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+            try:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            except FileExistsError:
+                tmp = None
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):  # disk full, a file system that takes no new files, ...
+            raise LowbitError(f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import lowbit
 from lowbit.algorithms.qat import CHECKPOINT_NAME, learning_rate
-from lowbit.errors import CheckpointError, ConfigError, TrainingError
+from lowbit.errors import CheckpointError, ConfigError, DataError, TrainingError
 
 
 def _task(n=512, seed=0):
@@ -206,3 +206,22 @@ def test_finetune_on_cuda_with_bf16_autocast():
     deployed = lowbit.convert(qat)
     assert deployed[2].qweight.is_cuda and deployed[2].packed
     assert _accuracy(deployed, x.cuda(), y.cuda()) > before
+
+
+def test_a_checkpoint_is_not_overwritten_without_resume_and_changes_on_resume_are_reported(tmp_path):
+    x, y = _task()
+    lowbit.finetune(_prepared(), _batches(x, y), epochs=2, lr=0.05, checkpoint_dir=tmp_path)
+    with pytest.raises(ConfigError, match="finetune.safetensors already exists: resume=True goes on from it"):
+        lowbit.finetune(_prepared(), _batches(x, y), epochs=2, lr=0.05, checkpoint_dir=tmp_path)
+    with pytest.raises(ConfigError, match="holds 2 epochs already, more than the 1 asked for"):
+        lowbit.finetune(_prepared(), _batches(x, y), epochs=1, lr=0.05, checkpoint_dir=tmp_path, resume=True)
+    with pytest.warns(UserWarning, match=r"other settings than it was trained with \(lr 0.05 -> 0.01\)"):
+        lowbit.finetune(_prepared(), _batches(x, y), epochs=3, lr=0.01, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_training_batches_and_labels_are_checked():
+    x, y = _task()
+    with pytest.raises(ConfigError, match=r"train_data batch 0 is a float32 tensor of shape .*, not an \(inputs, targets\)"):
+        lowbit.finetune(_prepared(), [x], epochs=1)
+    with pytest.raises(DataError, match=r"labels must be class indices in \[0, [0-9]+\] .* got 99"):
+        lowbit.finetune(_prepared(), [(x, torch.full_like(y, 99))], epochs=1)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import model_class, read_tensors, state_tensors, write_tensors
-from ..errors import CheckpointError, ConfigError, TrainingError
-from ..pipeline import _to_device, prepared_layers
+from ..errors import CheckpointError, ConfigError, DataError, TrainingError
+from ..pipeline import _to_device, describe_batch, prepared_layers
 from ..progress import progress_bar
 
 PRESETS = {
@@ -142,9 +143,15 @@ def _save(path: Path, model: nn.Module, opt: torch.optim.SGD, history: list[Epoc
         "history": json.dumps([asdict(r) for r in history]), "settings": json.dumps(settings, sort_keys=True)})
 
 
-def _resume(path: Path, model: nn.Module, opt: torch.optim.SGD) -> list[EpochRecord]:
+def _resume(path: Path, model: nn.Module, opt: torch.optim.SGD, settings: dict) -> list[EpochRecord]:
     meta, tensors = read_tensors(path, FORMAT, FORMAT_VERSION, "lowbit fine-tuning checkpoint")
     where = f"cannot resume from {path}"
+    saved_settings = json.loads(meta.get("settings", "{}"))
+    changed = [f"{k} {saved_settings[k]!r} -> {settings[k]!r}" for k in sorted(settings)
+               if k != "epochs" and k in saved_settings and saved_settings[k] != settings[k]]
+    if changed:  # allowed (a lower lr after a diverged epoch), but the schedule changes mid-run: say so
+        warnings.warn(f"resuming from {path} with other settings than it was trained with ({', '.join(changed)}): "
+                      "the schedule goes on with the new ones", stacklevel=3)
     if meta.get("model_class") != model_class(model):
         raise CheckpointError(f"{where}: it was saved from a {meta.get('model_class')}, this model is a "
                               f"{model_class(model)}")
@@ -171,6 +178,22 @@ def _resume(path: Path, model: nn.Module, opt: torch.optim.SGD) -> list[EpochRec
         if buf is not None:
             opt.state[p]["momentum_buffer"] = buf.to(p.device, p.dtype)
     return [EpochRecord(**r) for r in json.loads(meta["history"])]
+
+
+def _training_pair(batch, step: int):
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise ConfigError(f"train_data batch {step} is a {describe_batch(batch)}, not an (inputs, targets) pair")
+    return batch
+
+
+def _cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """F.cross_entropy, with a clear error for class labels the outputs do not have (-100 is ignored)."""
+    if not targets.is_floating_point():
+        bad = (targets >= outputs.shape[-1]) | ((targets < 0) & (targets != -100))
+        if bool(bad.any()):
+            raise DataError(f"train_data labels must be class indices in [0, {outputs.shape[-1] - 1}] (the model "
+                            f"has {outputs.shape[-1]} outputs), got {int(targets[bad][0])}")
+    return F.cross_entropy(outputs, targets)
 
 
 def _check_loss(loss: torch.Tensor, epoch: int, step: int, warm: list[float], divergence_factor, checkpoint):
@@ -211,16 +234,21 @@ def finetune(qmodel: nn.Module, train_data: Iterable, epochs: int | None = None,
     params = _check_trainable(qmodel)
     device = params[0].device
     amp = device.type == "cuda" if amp is None else amp
-    loss_fn = loss_fn or F.cross_entropy
+    loss_fn = loss_fn or _cross_entropy
     opt = _optimizer(qmodel, lr, weight_decay)
     checkpoint = Path(checkpoint_dir).expanduser() / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if checkpoint is not None and not checkpoint.parent.is_dir():
         raise ConfigError(f"checkpoint_dir {checkpoint.parent} does not exist")
     if resume and checkpoint is None:
         raise ConfigError("resume=True needs the checkpoint_dir to resume from")
-    history = _resume(checkpoint, qmodel, opt) if resume else []
-    steps = len(train_data) if hasattr(train_data, "__len__") else None
     settings = {"preset": preset, "epochs": epochs, "lr": lr, "schedule": schedule, "weight_decay": weight_decay}
+    if checkpoint is not None and checkpoint.exists() and not resume:
+        raise ConfigError(f"{checkpoint} already exists: resume=True goes on from it; to start again, remove it "
+                          "or choose another checkpoint_dir")
+    history = _resume(checkpoint, qmodel, opt, settings) if resume else []
+    if len(history) > epochs:
+        raise ConfigError(f"{checkpoint} holds {len(history)} epochs already, more than the {epochs} asked for")
+    steps = len(train_data) if hasattr(train_data, "__len__") else None
     warm: list[float] = []
     for epoch in range(len(history), epochs):
         if hasattr(train_data, "set_epoch"):
@@ -229,7 +257,8 @@ def finetune(qmodel: nn.Module, train_data: Iterable, epochs: int | None = None,
         start, total, count, current_lr = time.perf_counter(), 0.0, 0, lr
         bar = progress_bar(train_data, total=steps, desc=f"fine-tuning epoch {epoch + 1}/{epochs}", unit="batch",
                            enable=progress)
-        for step, (inputs, targets) in enumerate(bar):
+        for step, batch in enumerate(bar):
+            inputs, targets = _training_pair(batch, step)
             current_lr = learning_rate(schedule, lr, epoch, step, steps, epochs)
             for group in opt.param_groups:
                 group["lr"] = current_lr

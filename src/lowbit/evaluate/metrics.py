@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..errors import DataError
 from ..pipeline import _to_device
 from ..progress import progress_bar
 
@@ -25,5 +26,5 @@ def top1_accuracy(model: nn.Module, batches: Iterable, *, device=None, progress:
         correct += int((logits.argmax(-1).cpu() == y.cpu()).sum())
         total += len(y)
     if total == 0:
-        raise ValueError("no evaluation samples")
+        raise DataError("the evaluation data yielded no samples")
     return correct / total, total
