@@ -508,10 +508,8 @@ def _finetune(args) -> int:
     _check_output(args, also_not=kept)
     if args.resume and not args.checkpoint_dir:
         raise ConfigError("--resume needs --checkpoint-dir (where the checkpoint to resume from is)")
-    if kept is not None and not kept.parent.is_dir():
-        if args.resume or not kept.parent.parent.is_dir():
-            raise ConfigError(f"--checkpoint-dir {args.checkpoint_dir} does not exist")
-        kept.parent.mkdir()
+    if kept is not None and not kept.parent.is_dir() and (args.resume or not kept.parent.parent.is_dir()):
+        raise ConfigError(f"--checkpoint-dir {args.checkpoint_dir} does not exist")  # (finetune creates a new one)
     device = _device(args.device)
     progress = False if args.no_progress else None
     if args.model:

@@ -225,3 +225,11 @@ def test_training_batches_and_labels_are_checked():
         lowbit.finetune(_prepared(), [x], epochs=1)
     with pytest.raises(DataError, match=r"labels must be class indices in \[0, [0-9]+\] .* got 99"):
         lowbit.finetune(_prepared(), [(x, torch.full_like(y, 99))], epochs=1)
+
+
+def test_a_new_checkpoint_folder_is_created_but_not_its_parents(tmp_path):
+    x, y = _task()
+    lowbit.finetune(_prepared(), _batches(x, y), epochs=1, checkpoint_dir=tmp_path / "runs")
+    assert (tmp_path / "runs" / "finetune.safetensors").is_file()
+    with pytest.raises(ConfigError, match="checkpoint_dir .*missing/runs does not exist"):
+        lowbit.finetune(_prepared(), _batches(x, y), epochs=1, checkpoint_dir=tmp_path / "missing" / "runs")

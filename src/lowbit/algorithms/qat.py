@@ -238,7 +238,9 @@ def finetune(qmodel: nn.Module, train_data: Iterable, epochs: int | None = None,
     opt = _optimizer(qmodel, lr, weight_decay)
     checkpoint = Path(checkpoint_dir).expanduser() / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if checkpoint is not None and not checkpoint.parent.is_dir():
-        raise ConfigError(f"checkpoint_dir {checkpoint.parent} does not exist")
+        if resume or not checkpoint.parent.parent.is_dir():
+            raise ConfigError(f"checkpoint_dir {checkpoint.parent} does not exist")
+        checkpoint.parent.mkdir()
     if resume and checkpoint is None:
         raise ConfigError("resume=True needs the checkpoint_dir to resume from")
     settings = {"preset": preset, "epochs": epochs, "lr": lr, "schedule": schedule, "weight_decay": weight_decay}
