@@ -37,7 +37,7 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 def _csv(choices):
     def parse(text: str) -> list[str]:
-        items = [t.strip() for t in text.split(",") if t.strip()]
+        items = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))  # each once, in order
         bad = [t for t in items if t not in choices]
         if bad or not items:
             raise argparse.ArgumentTypeError(f"invalid choice {','.join(bad) or text!r} (choose from {', '.join(choices)})")

@@ -29,7 +29,8 @@ def _load(path: Path, build: Callable[[], nn.Module], name: str) -> nn.Module | 
         model.load_state_dict(state, strict=True)
         return model.eval()
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        print(f"lowbit: the cached model {name} at {path} is unusable ({exc}); training it again", file=sys.stderr)
+        why = str(exc).splitlines()[0][:200]  # a state-dict mismatch lists every key: the first line says enough
+        print(f"lowbit: the cached model {name} at {path} is unusable ({why}); training it again", file=sys.stderr)
         return None
 
 
