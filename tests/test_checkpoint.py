@@ -240,3 +240,9 @@ def test_a_folded_relu_needs_a_relu_in_the_model(tmp_path):
                                               "given Sequential it is followed by Tanh"):
         lowbit.load(path, model)
     assert [type(m).__name__ for m in model] == ["Linear", "Tanh", "Linear", "Tanh", "Linear"]
+
+
+def test_refuses_to_save_a_prepared_model_of_any_scheme(tmp_path):
+    prepared = lowbit.prepare(_mlp(), "w4a16", group_size=0)
+    with pytest.raises(CheckpointError, match=r"fake-quantized layers \(0, 2, 4; "):
+        lowbit.save(prepared, tmp_path / "m.safetensors")

@@ -21,7 +21,7 @@ from torch import nn
 from . import __version__
 from .errors import CheckpointError, ConfigError, LowbitError
 from .fileio import atomic_path
-from .nn import LAYER_TYPES, QUANTIZABLE_TYPES, ActivationQuantizer, LayerGeometry, quantized_layers, settle
+from .nn import LAYER_TYPES, QUANTIZABLE_TYPES, LayerGeometry, quantized_layers, settle
 from .nn.registry import module_after
 
 FORMAT = "lowbit-checkpoint"
@@ -102,10 +102,12 @@ def read_tensors(path, fmt: str, version: int, what: str) -> tuple[dict, dict[st
 
 def save(qmodel: nn.Module, path) -> Path:
     """Write a quantized model to ``path`` (safetensors + JSON header), atomically."""
-    fake = [n for n, m in qmodel.named_modules() if isinstance(m, ActivationQuantizer)]
+    from .pipeline import prepared_layers  # here: pipeline -> algorithms -> qat imports this module
+
+    fake = [name for name, _ in prepared_layers(qmodel)]
     if fake:
-        raise CheckpointError(f"cannot save {type(qmodel).__name__} to {path}: it has fake-quantized layers "
-                              f"({', '.join(n.rpartition('.')[0] for n in fake[:3])}{', ...' if len(fake) > 3 else ''}; "
+        shown = ", ".join(fake[:3]) + (", ..." if len(fake) > 3 else "")
+        raise CheckpointError(f"cannot save {type(qmodel).__name__} to {path}: it has fake-quantized layers ({shown}; "
                               "from lowbit.prepare or finetune): lowbit.convert(model) deploys them first")
     layers = {name: m.describe() for name, m in quantized_layers(qmodel)}
     if not layers:
@@ -172,11 +174,11 @@ def load(path, model: nn.Module, *, device=None) -> nn.Module:
                 got = LayerGeometry.of(target) if isinstance(target, QUANTIZABLE_TYPES) else type(target).__name__
                 raise CheckpointError(f"{where} does not match the model: checkpoint has {layer.geometry}, "
                                       f"model has {got}")
-            if getattr(layer, "relu", False) and type(module_after(model, name)) is not nn.ReLU:
-                found = module_after(model, name)
+            after = module_after(model, name)
+            if getattr(layer, "relu", False) and type(after) is not nn.ReLU:
+                found = type(after).__name__ if after is not None else "no module of an nn.Sequential"
                 raise CheckpointError(f"{where} was saved with the nn.ReLU after it folded in, but in the given "
-                                      f"{type(model).__name__} it is followed by "
-                                      f"{type(found).__name__ if found is not None else 'no module of an nn.Sequential'}")
+                                      f"{type(model).__name__} it is followed by {found}")
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             swapped.append((parent, child, target))
