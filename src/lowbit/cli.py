@@ -315,16 +315,21 @@ EVAL_OPTIONS = {
 }
 
 
-def _check_eval_options(args) -> None:
-    job = ("the default model" if not args.model else "smollm2" if args.model == "smollm2"
-           else "the bit-serial models" if args.model in BITSERIAL_MODELS else "a MODEL of yours")
+def _eval_job(args) -> str:
+    """Which of EVAL_OPTIONS' jobs MODEL names."""
+    return ("the default model" if not args.model else "smollm2" if args.model == "smollm2"
+            else "the bit-serial models" if args.model in BITSERIAL_MODELS else "a MODEL of yours")
+
+
+def _check_eval_options(args, job: str) -> None:
     every = {o for options in EVAL_OPTIONS.values() for o in options}
     given = sorted(o for o in every - set(EVAL_OPTIONS[job]) if getattr(args, o) not in (None, False))
     if given:
         names = ", ".join("--" + o.replace("_", "-") for o in given)
         takes = ", ".join("--" + o.replace("_", "-") for o in EVAL_OPTIONS[job])
-        raise ConfigError(f"eval {args.model or ''}: {names} {'does' if len(given) == 1 else 'do'} not apply to "
-                          f"{job} (it takes {takes})".replace("eval : ", "eval: "))
+        command = f"eval {args.model}" if args.model else "eval"
+        raise ConfigError(f"{command}: {names} {'does' if len(given) == 1 else 'do'} not apply to {job} "
+                          f"(it takes {takes})")
     if job == "a MODEL of yours" and args.train_data and not args.qat_epochs:
         raise ConfigError("eval MODEL --train-data is for fine-tuning: give --qat-epochs N too")
     for key, value in DEFAULTS.items():
@@ -358,9 +363,10 @@ def _eval(args) -> int:
     from .evaluate import evaluate_classifier, evaluate_default, format_table, plot_rows, write_json
     from .evaluate.runner import DEFAULT_SCHEMES
 
-    if args.model and args.model not in ("smollm2", *BITSERIAL_MODELS):
+    job = _eval_job(args)
+    if job == "a MODEL of yours":
         _check_user_model(args.model, "eval", ("smollm2", *BITSERIAL_MODELS))
-    _check_eval_options(args)
+    _check_eval_options(args, job)
     _check_report_paths(args)
     progress = False if args.no_progress else None
     device = _device(args.device)
@@ -413,6 +419,9 @@ def _model_and_calib(args, command: str, device, progress):
     from .models import default_model
 
     if args.model:
+        if args.calib_samples is not None or args.data_dir:
+            raise ConfigError("--calib-samples and --data-dir are for the default model; MODEL calibrates on "
+                              "--calib-data")
         if not args.calib_data:
             raise ConfigError(f"{command} MODEL needs --calib-data module:function returning input batches")
         model, calib = _user_model(args.model), _call(args.calib_data, "--calib-data")
@@ -453,8 +462,6 @@ def _check_output(args, also_not: Path | None = None) -> None:
     if also_not is not None and target == resolve_target(also_not):
         raise ConfigError(f"-o {args.output} is the fine-tuning checkpoint that --checkpoint-dir keeps for --resume; "
                           "name the output otherwise")
-    if args.model and (args.calib_samples is not None or args.data_dir):
-        raise ConfigError("--calib-samples and --data-dir are for the default model; MODEL calibrates on --calib-data")
 
 
 def _check_plan(model, args) -> None:
