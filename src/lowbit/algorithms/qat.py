@@ -146,12 +146,6 @@ def _save(path: Path, model: nn.Module, opt: torch.optim.SGD, history: list[Epoc
 def _resume(path: Path, model: nn.Module, opt: torch.optim.SGD, settings: dict) -> list[EpochRecord]:
     meta, tensors = read_tensors(path, FORMAT, FORMAT_VERSION, "lowbit fine-tuning checkpoint")
     where = f"cannot resume from {path}"
-    saved_settings = json.loads(meta.get("settings", "{}"))
-    changed = [f"{k} {saved_settings[k]!r} -> {settings[k]!r}" for k in sorted(settings)
-               if k != "epochs" and k in saved_settings and saved_settings[k] != settings[k]]
-    if changed:  # allowed (a lower lr after a diverged epoch), but the schedule changes mid-run: say so
-        warnings.warn(f"resuming from {path} with other settings than it was trained with ({', '.join(changed)}): "
-                      "the schedule goes on with the new ones", stacklevel=3)
     if meta.get("model_class") != model_class(model):
         raise CheckpointError(f"{where}: it was saved from a {meta.get('model_class')}, this model is a "
                               f"{model_class(model)}")
@@ -177,6 +171,12 @@ def _resume(path: Path, model: nn.Module, opt: torch.optim.SGD, settings: dict) 
         buf = tensors.get(f"optim.{i}.momentum_buffer")
         if buf is not None:
             opt.state[p]["momentum_buffer"] = buf.to(p.device, p.dtype)
+    saved_settings = json.loads(meta.get("settings", "{}"))
+    changed = [f"{k} {saved_settings[k]!r} -> {settings[k]!r}" for k in sorted(settings)
+               if k != "epochs" and k in saved_settings and saved_settings[k] != settings[k]]
+    if changed:  # allowed (a lower lr after a diverged epoch), but the schedule changes mid-run: say so
+        warnings.warn(f"resuming from {path} with other settings than it was trained with ({', '.join(changed)}): "
+                      "the schedule goes on with the new ones", stacklevel=3)
     return [EpochRecord(**r) for r in json.loads(meta["history"])]
 
 
