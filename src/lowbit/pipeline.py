@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .algorithms.gptq import ALGORITHMS, DEFAULT_DAMP, gptq_model
-from .calib import check_calibrator
+from .calib import check_calibrator, check_options_type
 from .errors import CalibrationError, ConfigError, LowbitError
 from .nn import QUANTIZABLE_TYPES, settle
 from .progress import progress_bar
@@ -253,9 +253,7 @@ def _check_finite_weights(model: nn.Module, plan: dict[str, Scheme]) -> None:
 
 
 def _check_common(calib_batches, inplace, calibrator_options) -> None:
-    if calibrator_options is not None and not isinstance(calibrator_options, Mapping):
-        raise ConfigError(f"calibrator_options={calibrator_options!r} is invalid: expected a dict such as "
-                          "{'percentile': 99.9}")
+    check_options_type(calibrator_options)
     if calib_batches is not None and (isinstance(calib_batches, bool) or not isinstance(calib_batches, int)
                                       or calib_batches < 1):
         raise ConfigError(f"calib_batches={calib_batches!r} is invalid: expected a whole number of batches >= 1, "

@@ -8,7 +8,7 @@ import torch
 
 from ..config import check_bits
 from ..errors import CalibrationError
-from .calibrators import CALIBRATOR_OPTIONS, CALIBRATORS, check_calibrator
+from .calibrators import CALIBRATOR_OPTIONS, CALIBRATORS, check_calibrator, check_options_type
 from .histogram import DEFAULT_NUM_BINS, HistogramCollector
 
 
@@ -46,4 +46,4 @@ def _iter(samples) -> Iterable:
 
 
 __all__ = ["CALIBRATORS", "CALIBRATOR_OPTIONS", "HistogramCollector", "amax_from_collector", "check_calibrator",
-           "compute_amax"]
+           "check_options_type", "compute_amax"]

@@ -129,13 +129,18 @@ CALIBRATORS = {
 CALIBRATOR_OPTIONS = {"max": (), "percentile": ("percentile",), "mse": ("start_bin",), "entropy": ("start_bin",)}
 
 
+def check_options_type(options) -> None:
+    """calibrator_options must be None or a mapping (checked before it is merged with a scheme's defaults)."""
+    if options is not None and not isinstance(options, Mapping):
+        raise ConfigError(f"calibrator_options={options!r} is invalid: expected a dict such as {{'percentile': 99.9}}")
+
+
 def check_calibrator(method: str, options: dict | None = None) -> None:
     """Raise ConfigError for an unknown calibrator, an option it does not take, or a value out of range
     (checked before calibration runs, not after it)."""
     if not isinstance(method, str) or method not in CALIBRATORS:
         raise ConfigError(f"unknown calibrator {method!r}: expected one of {', '.join(CALIBRATORS)}")
-    if options is not None and not isinstance(options, Mapping):
-        raise ConfigError(f"calibrator_options={options!r} is invalid: expected a dict such as {{'percentile': 99.9}}")
+    check_options_type(options)
     unknown = set(options or ()) - set(CALIBRATOR_OPTIONS[method]) - {"num_bins"}
     if unknown:
         valid = ", ".join(("num_bins",) + CALIBRATOR_OPTIONS[method])
