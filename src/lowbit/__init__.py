@@ -25,6 +25,6 @@ from .pipeline import calibrate, convert, prepare, quantizable_layers, quantize 
 from .schemes import SCHEMES  # noqa: E402
 from .sizes import model_size_bytes  # noqa: E402
 
-__all__ = ["CalibrationError", "CheckpointError", "ConfigError", "CudaGraphModule", "DataError", "InputError", "LowbitError",
-           "SCHEMES", "TrainingError", "calib", "calibrate", "compute_amax", "convert", "finetune", "fuse_resnet",
+__all__ = ["CalibrationError", "CheckpointError", "ConfigError", "CudaGraphModule", "DataError", "InputError",
+           "LowbitError", "SCHEMES", "TrainingError", "calib", "calibrate", "compute_amax", "convert", "finetune", "fuse_resnet",
            "load", "model_size_bytes", "numerics", "prepare", "quantizable_layers", "quantize", "save", "schemes", "set_bitlayers"]

@@ -153,7 +153,8 @@ def _quantize_options(p: argparse.ArgumentParser, default_scheme: str = "int8") 
                    help="percentile for the percentile calibrator (default: 99.99; int4's default calibrator: 99.999)")
     p.add_argument("--calib-data", metavar="SPEC",
                    help="module:function returning an iterable of input batches (required with MODEL)")
-    p.add_argument("--calib-batches", type=_positive_int, metavar="N", help="use at most N calibration batches (default: all)")
+    p.add_argument("--calib-batches", type=_positive_int, metavar="N",
+                   help="use at most N calibration batches (default: all)")
     p.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                    help="keep layers matching this name pattern (fnmatch) in float; repeatable")
     p.add_argument("--option", action="append", default=[], type=_option, metavar="KEY=VALUE",

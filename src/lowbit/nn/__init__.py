@@ -9,6 +9,7 @@ from .quantizer import ActivationQuantizer
 from .registry import LAYER_TYPES, fold_relus, link_layers, quantized_layers, register_layer, settle
 
 __all__ = ["ActivationQuantizer", "FakeQuantConv1d", "FakeQuantConv2d", "FakeQuantLinear", "Int8Conv2d",
-           "GateLSTM", "Int8ResNet", "Int8ResidualBlock", "IntegerLayer", "LAYER_TYPES", "LayerGeometry", "QUANTIZABLE_TYPES",
+           "GateLSTM", "Int8ResNet", "Int8ResidualBlock", "IntegerLayer", "LAYER_TYPES", "LayerGeometry",
+           "QUANTIZABLE_TYPES",
            "fake_quant_layer", "fold_relus", "fuse_resnet", "link_layers", "quantized_layers", "register_layer",
            "settle", "unroll_lstms"]

@@ -173,8 +173,8 @@ class W4A16Linear(Int4GroupLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._uses_kernel(x):
             return self._gpu_forward(self._rows(x)).reshape(*x.shape[:-1], self.geometry.out_channels)
-        xb = self._rows(x).to(torch.bfloat16).float()
-        return self._add_bias(F.linear(xb, self.weight_values())).to(x.dtype).reshape(*x.shape[:-1], self.geometry.out_channels)
+        y = self._add_bias(F.linear(self._rows(x).to(torch.bfloat16).float(), self.weight_values()))
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.geometry.out_channels)
 
 
 @register_layer

@@ -29,7 +29,8 @@ class Int8Scheme(Scheme):
         check_bits(o["weight_bits"], "weight_bits")
         check_bits(o["act_bits"], "act_bits")
         if o["weight_bits"] < 2:
-            raise ConfigError(f"weight_bits=1 is invalid for {self.name}: symmetric signed weights need at least 2 bits")
+            raise ConfigError(f"weight_bits=1 is invalid for {self.name}: symmetric signed weights need at least "
+                              "2 bits")
         for key in ("per_channel", "act_symmetric"):
             if not isinstance(o[key], bool):
                 raise ConfigError(f"{key}={o[key]!r} is invalid: expected True or False")
