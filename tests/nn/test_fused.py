@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 import lowbit
-from lowbit.errors import ConfigError
+from lowbit.errors import ConfigError, InputError
 from lowbit.models import ResNet, SmallResNet
 from lowbit.nn import Int8Conv2d, Int8ResNet, IntegerLayer
+from lowbit.nn.registry import CHECK_EVERY
 
 
 def _randomise_norms(model, seed=0):
@@ -120,6 +121,27 @@ def test_refuses_what_it_cannot_fuse():
     other.layer1[0].bn1 = nn.LayerNorm(8)
     with pytest.raises(ConfigError, match="layer1.0.conv1: cannot fold a LayerNorm"):
         lowbit.fuse_resnet(lowbit.quantize(other, "int8", _calib(), "max", progress=False))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_fused_model_checks_its_input(device):
+    """The images are the stem's input: a wrong shape or NaN pixels (which have no code: the reference
+    made them 0, the GPU quantizer qmin) are named errors, on the GPU within CHECK_EVERY calls."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    fused = lowbit.fuse_resnet(lowbit.quantize(_tiny_resnet(), "int8", _calib(), "max", progress=False).to(device))
+    with pytest.raises(InputError, match="'conv1'.*expects 3 input channels"):
+        fused(torch.randn(2, 1, 32, 32, device=device))
+    with pytest.raises(InputError, match="'conv1'.*expects inputs of shape"):
+        fused(torch.randn(3, 32, 32, device=device))
+    x = torch.randn(2, 3, 32, 32, device=device)
+    x[1, 2, 5, 7] = float("nan")
+    calls = CHECK_EVERY if device == "cuda" else 1  # one NaN a call, counted until read back
+    with torch.no_grad(), pytest.raises(InputError, match=f"layer 'conv1': {calls} NaN input value"):
+        for _ in range(calls):
+            fused(x)
+    with torch.no_grad():
+        assert torch.isfinite(fused(torch.randn(2, 3, 32, 32, device=device))).all()  # the count was reset
 
 
 @pytest.mark.gpu

@@ -34,6 +34,7 @@ from ..kernels.reference import epilogue, integer_conv_acc
 from ..numerics import pack_int4, quantize, unpack_int4
 from .geometry import LayerGeometry
 from .integer import IntegerLayer, codes_fit_int8
+from .registry import DeployedLayer
 
 
 def _on_gpu_kernels(x: torch.Tensor) -> bool:
@@ -150,8 +151,13 @@ class Int8ResidualBlock(nn.Module):
         return self.convs[-1](y, residual)
 
 
-class Int8ResNet(nn.Module):
-    """float images -> int8 codes -> stem -> int8 max pool -> int8 blocks -> average pool -> FC (logits)."""
+class Int8ResNet(DeployedLayer, nn.Module):
+    """float images -> int8 codes -> stem -> int8 max pool -> int8 blocks -> average pool -> FC (logits).
+
+    Its input is the stem's (``conv1``): checked as a deployed layer checks its own, NaN pixels included
+    (they have no code; the GPU quantizer counts them, read back every CHECK_EVERY calls)."""
+
+    layer_type = "int8"  # for messages only: the fused model is not a checkpoint layer type
 
     def __init__(self, stem: Int8Conv2d, input_spec: QuantSpec, maxpool: nn.MaxPool2d | None,
                  blocks: list[Int8ResidualBlock], fc: IntegerLayer):
@@ -161,14 +167,22 @@ class Int8ResNet(nn.Module):
         self.maxpool = maxpool
         self.blocks = nn.Sequential(*blocks)
         self.fc = fc
+        self.info = {"name": "conv1"}
+        self.register_buffer("nan_count", torch.zeros(1, dtype=torch.int32, device=stem.qweight.device),
+                             persistent=False)
+        self._calls = 0
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        self.stem.geometry.check_input(x, self.name)
         scale, spec = self.stem.input_scale, self.input_spec
         if _on_gpu_kernels(x):
             from ..kernels.triton import quantize_int8
 
-            codes = quantize_int8(x, scale, qmin=spec.fmt.qmin, qmax=spec.fmt.qmax)[0]
+            codes = quantize_int8(x, scale, qmin=spec.fmt.qmin, qmax=spec.fmt.qmax, nan_count=self.nan_count)[0]
+            if self._flags_due():
+                self._check_nan_count()
             return codes.contiguous(memory_format=torch.channels_last)
+        self._refuse_nan(x)
         return quantize(x, spec, scale, torch.zeros((), dtype=torch.int32)).to(torch.int8)
 
     def pool(self, q: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from ..config import IntFormat, QuantSpec
-from ..errors import InputError
 from ..kernels import triton_available
 from ..kernels.reference import integer_conv_acc, integer_linear_acc, rescale
 from ..numerics import pack_int4, qparams_for, quantize, unpack_int4
@@ -108,9 +107,7 @@ class IntegerLayer(DeployedLayer, nn.Module):
         self.geometry.check_input(x, self.name)
         if self._uses_gemm_kernel(x):
             return self._gemm_kernel_forward(x)
-        nans = int(torch.isnan(x).sum())
-        if nans:
-            raise InputError(f"layer {self.name!r}: {nans} NaN input value(s): they have no integer code")
+        self._refuse_nan(x)
         qx = quantize(x, self.input_spec, self.input_scale, self.input_zero_point)
         zx = int(self.input_zero_point)
         qw = self.weight_codes()

@@ -43,6 +43,12 @@ class DeployedLayer:
         self._calls += 1
         return self._calls % CHECK_EVERY == 0 and not torch.cuda.is_current_stream_capturing()
 
+    def _refuse_nan(self, x: torch.Tensor) -> None:
+        """The reference path's check of what the GPU kernels count: a clear error for NaN inputs."""
+        nans = int(torch.isnan(x).sum())
+        if nans:
+            raise InputError(f"layer {self.name!r}: {nans} NaN input value(s): they have no {self.layer_type} code")
+
     def _check_nan_count(self) -> None:
         """A clear error if the GPU kernel counted NaN inputs in ``nan_count`` (then reset)."""
         nans = int(self.nan_count)
