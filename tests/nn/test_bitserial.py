@@ -140,3 +140,19 @@ def test_bad_options_are_clear_errors():
     _, q = _quantized()
     with pytest.raises(ValueError, match="expects inputs of 77 features"):
         q(torch.randn(2, 76))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_the_output_keeps_a_half_precision_inputs_dtype(device):
+    """As the other schemes' layers: fp16 / bf16 in, the same dtype out (float32 inside, then rounded). On
+    the GPU the first layer then does not write the second's input planes: the second layer quantizes the
+    rounded values it is given, as on the CPU, so both devices give the same numbers."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    _, q = _quantized()
+    x = torch.randn(5, 77, generator=torch.Generator().manual_seed(7))
+    for dtype in (torch.float16, torch.bfloat16):
+        xh = x.to(dtype)
+        expected = q[2](q[0](xh.float()).to(dtype).float()).to(dtype)  # q[1], the ReLU, is folded into q[0]
+        got = copy.deepcopy(q).to(device)(xh.to(device))
+        assert got.dtype == dtype and torch.equal(got.cpu(), expected)

@@ -159,7 +159,9 @@ class BitSerialLinear(_CodedLinear):
         if self._uses_kernel(x):
             fmt = self.input_format
             following = self.__dict__["_next_layer"]
-            if following is not None and following.bitlayers.device != x.device:
+            # The kernel writes the next layer's input planes from its float32 output: only where that
+            # output is what the next layer gets (half-precision callers get a rounded copy).
+            if following is not None and (following.bitlayers.device != x.device or given.dtype != torch.float32):
                 following = None
             made_next = following.input_buffers(x.shape[0], x.device) if following is not None else None
             y = bitserial_linear(x.float().contiguous(), self.bitlayers, self.active, self.input_scale, fmt.bits,
@@ -167,7 +169,7 @@ class BitSerialLinear(_CodedLinear):
                                  made=self._take_handoff(given), next_input=made_next)
             if self._flags_due():
                 self._check_input_flags()
-            y = y.reshape(*lead, self.geometry.out_channels)
+            y = y.reshape(*lead, self.geometry.out_channels).to(given.dtype)
             if following is not None:
                 following._handoff = (weakref.ref(y), y._version, following.input_scale._version, made_next)
             return y
@@ -179,7 +181,7 @@ class BitSerialLinear(_CodedLinear):
         y = rescale(acc, self.input_scale, self.weight_scale, self.bias, channel_dim=1)
         if self.relu:
             y = torch.relu(y)
-        return y.reshape(*lead, self.geometry.out_channels)
+        return y.reshape(*lead, self.geometry.out_channels).to(given.dtype)
 
     def _runs_recurrence(self, gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> bool:
         """Whether this layer can run as an LSTM's hidden product on the GPU kernels: float32 CUDA
