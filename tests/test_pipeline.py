@@ -258,3 +258,14 @@ def test_weights_that_are_not_finite_are_refused(scheme, value):
 def test_an_input_that_was_zero_in_every_calibration_batch_is_reported(scheme):
     with pytest.warns(UserWarning, match="layer '0' input: every calibration value was 0"):
         lowbit.quantize(_mlp13(), scheme, calib_data=[torch.zeros(4, 13)])
+
+
+def test_a_calibrator_for_a_scheme_that_calibrates_nothing_is_reported():
+    with pytest.warns(UserWarning, match="calibrator 'entropy' and calibrator_options {} are not used: scheme 'w4a16'"):
+        lowbit.quantize(_mlp(), "w4a16", _batches(), "entropy", progress=False)
+    with pytest.warns(UserWarning, match="are not used: scheme 'w4a8'"):  # per-token FP8 activations
+        lowbit.quantize(_mlp(), "w4a8", _batches(), calibrator_options={"num_bins": 512}, activation="dynamic",
+                        group_size=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lowbit.quantize(_mlp(), "w4a8", _batches(), "max", group_size=0, progress=False)  # static: calibrated

@@ -429,8 +429,8 @@ def _model_and_calib(args, command: str, device, progress):
         if calib is None:
             raise ConfigError(f"--calib-data {args.calib_data} returned None, not an iterable of input batches")
         return model.to(device), calib
-    model = default_model(device=device, data_root=args.data_dir, progress=progress)
-    return model, default_calib_batches(args.calib_samples or DEFAULTS["calib_samples"], args.data_dir)
+    calib = default_calib_batches(args.calib_samples or DEFAULTS["calib_samples"], args.data_dir)  # checked first
+    return default_model(device=device, data_root=args.data_dir, progress=progress), calib
 
 
 def _prepare_options(args, progress) -> dict:

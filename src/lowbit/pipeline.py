@@ -252,6 +252,23 @@ def _check_finite_weights(model: nn.Module, plan: dict[str, Scheme]) -> None:
                                   "which no quantized format represents; fix the model (or skip the layer)")
 
 
+def _warn_float_recurrent_layers(model: nn.Module) -> None:
+    """nn.LSTM / GRU / RNN hold their weights as parameters, not Linear layers: no scheme reaches them."""
+    found = [(n or "(the model)", m) for n, m in model.named_modules() if isinstance(m, nn.RNNBase)]
+    if not found:
+        return
+    lstms = [n for n, m in found if isinstance(m, nn.LSTM)]
+    others = [n for n, m in found if not isinstance(m, nn.LSTM)]
+    said = []
+    if lstms:
+        said.append(f"nn.LSTM {', '.join(map(repr, lstms))} stay(s) in float: lowbit.nn.unroll_lstms(model) "
+                    "first turns an LSTM into Linear gate layers that every scheme quantizes")
+    if others:
+        said.append(f"{', '.join(map(repr, others))} (GRU / RNN) stay(s) in float: lowbit "
+                    "quantizes their Linear layers only")
+    warnings.warn("; ".join(said), stacklevel=4)
+
+
 def _check_common(calib_batches, inplace, calibrator_options) -> None:
     check_options_type(calibrator_options)
     if calib_batches is not None and (isinstance(calib_batches, bool) or not isinstance(calib_batches, int)
@@ -273,6 +290,11 @@ def prepare(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator:
     if calibrator is not None:
         check_calibrator(calibrator, calibrator_options)
     plan = plan_layers(model, scheme, scheme_options, skip, overrides)
+    _warn_float_recurrent_layers(model)
+    if (calibrator is not None or calibrator_options) and plan and not any(h.needs_calibration for h in plan.values()):
+        warnings.warn(f"calibrator {calibrator!r} and calibrator_options {calibrator_options or {}} are not used: "
+                      f"scheme {scheme!r} calibrates no activation range here (weight-only, or per-token "
+                      "activations scaled as they come)", stacklevel=3)
     _check_algorithm(plan, algorithm, gar, damp, calib_data)
     _check_finite_weights(model, plan)
     if algorithm != "rtn":

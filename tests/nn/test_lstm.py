@@ -21,6 +21,25 @@ def test_gate_lstm_computes_what_nn_lstm_computes(layers, batch_first):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_dropout_between_layers_is_kept_for_training():
+    """nn.LSTM's dropout acts on the outputs of all layers but the last, in training: p = 1 zeroes the
+    second layer's input in both, so the outputs agree whatever the random masks; eval mode has none."""
+    torch.manual_seed(0)
+    lstm = nn.LSTM(7, 5, 2, dropout=1.0)
+    gate = GateLSTM.from_lstm(lstm)
+    x = torch.randn(3, 4, 7)
+    torch.testing.assert_close(gate.train()(x)[0], lstm.train()(x)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gate.eval()(x)[0], lstm.eval()(x)[0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(gate.train()(x)[0], gate.eval()(x)[0])
+
+
+def test_an_lstm_left_as_it_is_gets_a_hint(first_output):
+    torch.manual_seed(0)
+    model = nn.Sequential(first_output(nn.LSTM(6, 8, batch_first=True)), nn.Flatten(), nn.Linear(24, 3))
+    with pytest.warns(UserWarning, match=r"nn.LSTM '0.inner' stay\(s\) in float: lowbit.nn.unroll_lstms\(model\)"):
+        lowbit.quantize(model, "int8", calib_data=[torch.randn(2, 3, 6)], progress=False)
+
+
 def test_unroll_lstms_makes_the_gates_quantizable(first_output):
     torch.manual_seed(0)
     model = nn.Sequential(nn.LSTM(6, 8, batch_first=True))

@@ -28,9 +28,12 @@ QAT_SCHEMES = ("int4",)  # the schemes whose rows get a fine-tuned twin when qat
 DEFAULT_QAT_EPOCHS, DEFAULT_QAT_LR = 3, 5e-3
 
 
-def scheme_calibrators(scheme: str, calibrators: Sequence[str] | None) -> list[tuple[str, dict]]:
+def scheme_calibrators(scheme: str, calibrators: Sequence[str] | None) -> list[tuple[str | None, dict]]:
     """The (calibrator, options) pairs a scheme is evaluated with: the given calibrators, or by default
-    every calibrator for int8 (the comparison users ask for) and the scheme's own default otherwise."""
+    every calibrator for int8 (the comparison users ask for) and the scheme's own default otherwise;
+    (None, {}) alone for a scheme that calibrates nothing (w4a16: one row, not one per calibrator)."""
+    if not get_scheme(scheme).needs_calibration:
+        return [(None, {})]
     if calibrators is not None:
         return [(c, {}) for c in calibrators]
     if scheme == "int8":
@@ -38,7 +41,9 @@ def scheme_calibrators(scheme: str, calibrators: Sequence[str] | None) -> list[t
     return [get_scheme(scheme).default_calibrator]
 
 
-def _label(calibrator: str, options: dict) -> str:
+def _label(calibrator: str | None, options: dict) -> str | None:
+    if calibrator is None:
+        return None
     return " ".join([calibrator, *(f"{v:g}" if isinstance(v, float) else str(v) for v in options.values())])
 
 
@@ -53,6 +58,9 @@ def tensor_batches(images: torch.Tensor, labels: torch.Tensor | None, batch_size
 def default_calib_batches(calib_samples: int = 2048, data_root=None, batch_size: int = 256) -> list:
     """Calibration batches for the default model: a fixed random subset of the training images."""
     images, _ = load_fashion_mnist("train", data_root)
+    if not 1 <= calib_samples <= len(images):
+        raise ConfigError(f"calib_samples={calib_samples}: the calibration images are drawn from the {len(images):,} "
+                          f"training images, so expected 1 to {len(images):,}")
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:calib_samples]
     return tensor_batches(normalize(images[pick]), None, batch_size)
 
@@ -82,7 +90,7 @@ def evaluate_classifier(name: str, model: nn.Module, calib_data: Iterable, test_
                     finetune(prepared.train(), train_data, epochs=epochs, lr=qat_lr, preset="cosine", progress=progress)
                 qmodel = convert(prepared, progress=progress)
                 value, _ = top1_accuracy(qmodel, test_batches, device=device, progress=progress,
-                                         desc=f"{scheme}/{label}" + (f" after {epochs} QAT epochs" if epochs else ""))
+                                         desc=f"{scheme}/{label or '-'}" + (f" after {epochs} QAT epochs" if epochs else ""))
                 rows.append(Row(name, scheme, label, "top1", value, fp32, samples, model_size_bytes(qmodel),
                                 {"qat_epochs": epochs}))
     return rows
@@ -96,8 +104,8 @@ def evaluate_default(*, schemes: Sequence[str] = DEFAULT_SCHEMES, calibrators: S
     training images (a fixed random subset) and tested on the 10k test set (or ``limit``);
     int4 is also fine-tuned for ``qat_epochs`` on the 60k training images (shifts and flips)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    calib = default_calib_batches(calib_samples, data_root)  # first: a bad count is refused before any training
     model = default_model(retrain=retrain, device=device, data_root=data_root, progress=progress)
-    calib = default_calib_batches(calib_samples, data_root)
     test = default_test_batches(data_root, limit, batch_size)
     train = default_train_batches(data_root) if qat_epochs else None
     return evaluate_classifier(DEFAULT_NAME, model, calib, test, schemes=schemes, calibrators=calibrators,

@@ -51,12 +51,15 @@ def _cell(gates_in: torch.Tensor, gates_hidden: torch.Tensor, c: torch.Tensor) -
 
 
 class GateLSTM(nn.Module):
-    """Inputs and outputs as nn.LSTM's (sequence first unless ``batch_first``; state (h0, c0) optional)."""
+    """Inputs and outputs as nn.LSTM's (sequence first unless ``batch_first``; state (h0, c0) optional;
+    ``dropout`` on the outputs of every layer but the last, in training only)."""
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
+                 dropout: float = 0.0):
         super().__init__()
         self.input_size, self.hidden_size, self.num_layers, self.batch_first = (input_size, hidden_size, num_layers,
                                                                                 batch_first)
+        self.dropout = dropout
         self.layers = nn.ModuleList(GateLSTMLayer(input_size if i == 0 else hidden_size, hidden_size)
                                     for i in range(num_layers))
 
@@ -71,6 +74,8 @@ class GateLSTM(nn.Module):
             state = (zeros, zeros)
         hs, cs = [], []
         for i, layer in enumerate(self.layers):
+            if i and self.dropout and self.training:
+                x = nn.functional.dropout(x, self.dropout, training=True)
             x, h, c = layer(x, state[0][i], state[1][i])
             hs.append(h)
             cs.append(c)
@@ -83,7 +88,7 @@ class GateLSTM(nn.Module):
         if lstm.bidirectional or lstm.proj_size:
             raise ConfigError("GateLSTM holds one-direction LSTMs without projections; this nn.LSTM is "
                               f"{'bidirectional' if lstm.bidirectional else f'projected to {lstm.proj_size}'}")
-        new = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.batch_first)
+        new = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.batch_first, lstm.dropout)
         new.to(lstm.weight_ih_l0.device)
         with torch.no_grad():
             for i, layer in enumerate(new.layers):
