@@ -23,8 +23,9 @@ def test_model_shapes_and_missing_sdist(tmp_path, monkeypatch):
     logits = TextgenRNN()(torch.randint(0, 465, (2, 40)))
     assert logits.shape == (2, 465)
     monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path))
-    with pytest.raises(DataError, match="pip download --no-deps --no-binary :all: textgenrnn"):
+    with pytest.raises(DataError, match="pip download --no-deps --no-binary :all: textgenrnn -d ") as err:
         find_sdist()
+    assert f"-d {tmp_path}`" in str(err.value)  # the cache folder in use, not ~/.cache/lowbit
 
 
 @pytest.mark.slow

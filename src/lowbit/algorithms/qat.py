@@ -81,8 +81,11 @@ def _settings(preset: str, epochs, lr, schedule) -> tuple[int, float, str]:
                                     if v is not None}}
     if isinstance(chosen["epochs"], bool) or not isinstance(chosen["epochs"], int) or chosen["epochs"] < 1:
         raise ConfigError(f"epochs={chosen['epochs']!r} is invalid: expected a positive integer")
-    if not (isinstance(chosen["lr"], (int, float)) and math.isfinite(chosen["lr"]) and chosen["lr"] > 0):
-        raise ConfigError(f"lr={chosen['lr']!r} is invalid: expected a positive number")
+    # The optimizer multiplies float32 weights' gradients by lr: it must be a float32 number itself.
+    if not (isinstance(chosen["lr"], (int, float)) and not isinstance(chosen["lr"], bool)
+            and 0 < chosen["lr"] <= torch.finfo(torch.float32).max):
+        raise ConfigError(f"lr={chosen['lr']!r} is invalid: expected a positive number (at most float32's largest, "
+                          "3.4e38; a few times 1e-3 suits fine-tuning)")
     learning_rate(chosen["schedule"], 1.0, 0, 0, None, 1)  # validates the name
     return chosen["epochs"], float(chosen["lr"]), chosen["schedule"]
 

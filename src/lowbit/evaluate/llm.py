@@ -89,7 +89,7 @@ def evaluate_smollm2(configs: Sequence[LMConfig] | None = None, *, eval_windows:
     Wikipedia excerpt; GPTQ / DPQ and activation ranges calibrated on ``calib_windows`` x 512 others."""
     from ..models.llm import load_smollm2
 
-    model, tokenizer = load_smollm2()
+    model, tokenizer = load_smollm2(progress=progress)
     windows, calib = wikipedia_windows(tokenizer, eval_windows, calib_windows)
     return evaluate_lm(SMOLLM2, model, calib, windows, default_lm_configs() if configs is None else configs,
                        device=device, progress=progress)

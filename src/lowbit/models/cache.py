@@ -7,6 +7,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -34,14 +35,16 @@ def _load(path: Path, build: Callable[[], nn.Module], name: str) -> nn.Module | 
         return None
 
 
-def cached_model(name: str, recipe: dict, build: Callable[[], nn.Module], train: Callable[[nn.Module], nn.Module],
-                 *, retrain: bool = False, device=None) -> nn.Module:
-    """``build()`` with the cached weights of ``recipe``; else ``train(build())``, cached atomically."""
+def cached_model(name: str, recipe: dict, build: Callable[[], nn.Module], data: Callable[[], Any],
+                 train: Callable[[nn.Module, Any], nn.Module], *, retrain: bool = False, device=None) -> nn.Module:
+    """``build()`` with the cached weights of ``recipe``; else ``train(build(), data())``, cached atomically
+    (the data is loaded first, so that missing data is reported before the training is announced)."""
     path = cache_path(name, recipe)
     model = None if retrain or not path.exists() else _load(path, build, name)
     if model is None:
+        training_data = data()
         print(f"lowbit: training {name} once; it will be cached at {path}", file=sys.stderr)
-        model = train(build())
+        model = train(build(), training_data)
         with atomic_path(path) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
                       metadata={"recipe": json.dumps(recipe)})

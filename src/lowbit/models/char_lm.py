@@ -73,9 +73,9 @@ def char_lstm(*, retrain: bool = False, device=None, progress: bool | None = Non
     def build() -> CharLSTM:
         return CharLSTM(len(vocab), r["embed"], r["hidden"], r["layers"])
 
-    def train(model: CharLSTM) -> CharLSTM:
+    def train(model: CharLSTM, text: str) -> CharLSTM:
         torch.manual_seed(r["seed"])
-        return _train(model, vocab.encode(wikipedia_text("train")), train_device, progress)
+        return _train(model, vocab.encode(text), train_device, progress)
 
-    model = cached_model(NAME, r, build, train, retrain=retrain, device=device)
+    model = cached_model(NAME, r, build, lambda: wikipedia_text("train"), train, retrain=retrain, device=device)
     return unroll_lstms(model), vocab

@@ -31,11 +31,12 @@ def cache_path():
 def default_model(*, retrain: bool = False, device=None, data_root=None, progress: bool | None = None) -> nn.Module:
     """The default Fashion-MNIST ResNet in FP32: loaded from the cache, or trained once
     (GPU when present, else a few minutes on the CPU) and cached atomically."""
-    def train(model: nn.Module) -> nn.Module:
-        images, labels = load_fashion_mnist("train", data_root)
+    def train(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
+        images, labels = data
         torch.manual_seed(RECIPE["seed"])
         return train_classifier(model, normalize(images), labels, epochs=RECIPE["epochs"], lr=RECIPE["lr"],
                                 batch_size=RECIPE["batch_size"], weight_decay=RECIPE["weight_decay"],
                                 seed=RECIPE["seed"], device=device, progress=progress)
 
-    return cached_model(NAME, RECIPE, _build, train, retrain=retrain, device=device)
+    return cached_model(NAME, RECIPE, _build, lambda: load_fashion_mnist("train", data_root), train, retrain=retrain,
+                        device=device)

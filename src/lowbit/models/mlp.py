@@ -32,12 +32,13 @@ class MLP(nn.Module):
 
 def mnist_mlp(*, retrain: bool = False, device=None, progress: bool | None = None) -> nn.Module:
     """The FP32 MNIST MLP: cached, or trained once (about 4 minutes on 2 CPU cores)."""
-    def train(model: nn.Module) -> nn.Module:
-        images, labels = load_mnist("train")
+    def train(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
+        images, labels = data
         torch.manual_seed(RECIPE["seed"])
         images = images.reshape(-1, 1, 28, 28)  # for the shifts; the MLP flattens them
         return train_classifier(model, images, labels, epochs=RECIPE["epochs"], lr=RECIPE["lr"],
                                 batch_size=RECIPE["batch_size"], weight_decay=RECIPE["weight_decay"],
                                 seed=RECIPE["seed"], device=device, flips=False, progress=progress)
 
-    return cached_model(NAME, RECIPE, lambda: MLP(tuple(RECIPE["sizes"])), train, retrain=retrain, device=device)
+    return cached_model(NAME, RECIPE, lambda: MLP(tuple(RECIPE["sizes"])), lambda: load_mnist("train"), train,
+                        retrain=retrain, device=device)

@@ -29,8 +29,12 @@ from ..nn.lstm import GateLSTM
 CONTEXT = 40
 WEIGHTS = "textgenrnn/textgenrnn_weights.hdf5"
 VOCAB = "textgenrnn/textgenrnn_vocab.json"
-HINT = ("get the sdist with `pip download --no-deps --no-binary :all: textgenrnn -d ~/.cache/lowbit` "
-        "(it is read, not installed: the package needs TensorFlow)")
+
+
+def _hint() -> str:
+    """How to get the sdist into the cache folder this process uses (LOWBIT_CACHE_DIR and the like)."""
+    return (f"get the sdist with `pip download --no-deps --no-binary :all: textgenrnn -d {cache_dir()}` "
+            "(it is read, not installed: the package needs TensorFlow)")
 
 
 class AttentionAverage(nn.Module):
@@ -69,11 +73,11 @@ def find_sdist(path=None) -> Path:
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
-            raise DataError(f"textgenrnn sdist {path} does not exist; {HINT}")
+            raise DataError(f"textgenrnn sdist {path} does not exist; {_hint()}")
         return path
     found = sorted(cache_dir().glob("textgenrnn-*.tar.gz"))
     if not found:
-        raise DataError(f"no textgenrnn sdist in {cache_dir()}; {HINT}")
+        raise DataError(f"no textgenrnn sdist in {cache_dir()}; {_hint()}")
     return found[-1]
 
 
