@@ -17,7 +17,7 @@ NAME = "fashion-resnet"
 # every calibrator (entropy included) sees spike-free histograms; see ScaleNorm2d.
 RECIPE = {"arch": "SmallResNet", "widths": [16, 32, 64], "blocks": [2, 2, 2], "norm": "scale", "epochs": 6,
           "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4, "seed": 0,
-          "data": "fashion-mnist train 60k, pixels/255, shift+flip"}
+          "data": "fashion-mnist train 60k, pixels/255, shift+flip", "memory_format": "channels_last"}
 
 
 def _build() -> nn.Module:
@@ -36,7 +36,8 @@ def default_model(*, retrain: bool = False, device=None, data_root=None, progres
         torch.manual_seed(RECIPE["seed"])
         return train_classifier(model, normalize(images), labels, epochs=RECIPE["epochs"], lr=RECIPE["lr"],
                                 batch_size=RECIPE["batch_size"], weight_decay=RECIPE["weight_decay"],
-                                seed=RECIPE["seed"], device=device, progress=progress)
+                                seed=RECIPE["seed"], device=device,
+                                channels_last=RECIPE["memory_format"] == "channels_last", progress=progress)
 
     return cached_model(NAME, RECIPE, _build, lambda: load_fashion_mnist("train", data_root), train, retrain=retrain,
                         device=device)
