@@ -3,7 +3,8 @@ import torch
 
 from lowbit.config import IntFormat, QuantSpec
 from lowbit.errors import ConfigError
-from lowbit.numerics import dequantize, fake_quantize, qparams_for, qparams_from_amax, quantize, tensor_range
+from lowbit.numerics import (count_nan, dequantize, fake_quantize, qparams_for, qparams_from_amax, quantize,
+                             tensor_range)
 
 
 @pytest.mark.parametrize("bits,signed,narrow,lo,hi", [
@@ -122,3 +123,11 @@ def test_spec_json_round_trip_and_validation():
         QuantSpec(IntFormat(8), granularity="row")
     with pytest.raises(ConfigError, match="group_size"):
         QuantSpec(IntFormat(8), granularity="group", group_size=0)
+
+
+def test_count_nan_counts_exactly_and_is_not_fooled_by_infinities():
+    inf = float("inf")
+    assert count_nan(torch.tensor([1.0, inf, -inf])) == 0  # the sum is NaN, the count says none
+    assert count_nan(torch.tensor([[float("nan"), 2.0], [inf, float("nan")]])) == 2
+    assert count_nan(torch.zeros(0, 3)) == 0 and count_nan(torch.randn(50, 7)) == 0
+    assert count_nan(torch.full((3,), float("nan"), dtype=torch.bfloat16)) == 3

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..numerics import count_nan
 
 LAYER_TYPES: dict[str, type] = {}
 
@@ -45,7 +46,7 @@ class DeployedLayer:
 
     def _refuse_nan(self, x: torch.Tensor) -> None:
         """The reference path's check of what the GPU kernels count: a clear error for NaN inputs."""
-        nans = int(torch.isnan(x).sum())
+        nans = count_nan(x)
         if nans:
             raise InputError(f"layer {self.name!r}: {nans} NaN input value(s): they have no {self.layer_type} code")
 

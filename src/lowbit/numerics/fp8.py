@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, InputError
+from .intquant import count_nan
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def e4m3_grid(x: torch.Tensor) -> torch.Tensor:
 def to_fp8(x: torch.Tensor, scale, fmt: str = "e4m3", name: str = "tensor") -> torch.Tensor:
     """Scale, saturate and cast to FP8. ``scale`` broadcasts against ``x``."""
     y = x.float() / torch.as_tensor(scale, dtype=torch.float32, device=x.device)
-    if torch.isnan(y).any():
+    if count_nan(y):
         raise ValueError(f"{name} has NaN values (or a zero/NaN scale): they have no FP8 code")
     return _saturating_cast(y, fp8_format(fmt))
 
@@ -81,6 +82,6 @@ def fp8_activation_grid(x: torch.Tensor, scale: torch.Tensor, fmt: str = "e4m3",
     reciprocal is taken once per scale, as the kernels do, instead of a division per element."""
     inv = 1.0 / torch.as_tensor(scale, dtype=torch.float32, device=x.device)
     y = x.float() * inv
-    if torch.isnan(y).any():
+    if count_nan(y):
         raise InputError(f"{name} has NaN values: they have no FP8 code")
     return _saturating_cast(y, fp8_format(fmt)).float()

@@ -100,6 +100,14 @@ def _apply(x: torch.Tensor, spec: QuantSpec, fn, *params: torch.Tensor) -> torch
     return fn(x, *(_broadcast(p, x, spec) for p in params))
 
 
+def count_nan(x: torch.Tensor) -> int:
+    """How many NaNs ``x`` holds, cheaply when none: a NaN makes the sum NaN, and a sum costs a fraction
+    of an element-wise count (5-50x less on the CPU). +inf with -inf also sums to NaN, hence the count."""
+    if not x.numel() or not bool(torch.isnan(x.sum())):
+        return 0
+    return int(torch.isnan(x).sum())
+
+
 def quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
     """Float -> integer codes (in the format's storage dtype)."""
     fmt = spec.fmt
