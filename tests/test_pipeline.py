@@ -269,3 +269,9 @@ def test_a_calibrator_for_a_scheme_that_calibrates_nothing_is_reported():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lowbit.quantize(_mlp(), "w4a8", _batches(), "max", group_size=0, progress=False)  # static: calibrated
+
+
+def test_a_gru_left_in_float_is_named(first_output):
+    model = nn.Sequential(first_output(nn.GRU(6, 8, batch_first=True)), nn.Flatten(), nn.Linear(24, 3))
+    with pytest.warns(UserWarning, match=r"'0.inner' \(GRU / RNN\) stay\(s\) in float: lowbit has no quantized GRU"):
+        lowbit.quantize(model, "int8", calib_data=[torch.randn(2, 3, 6)], progress=False)

@@ -264,8 +264,8 @@ def _warn_float_recurrent_layers(model: nn.Module) -> None:
         said.append(f"nn.LSTM {', '.join(map(repr, lstms))} stay(s) in float: lowbit.nn.unroll_lstms(model) "
                     "first turns an LSTM into Linear gate layers that every scheme quantizes")
     if others:
-        said.append(f"{', '.join(map(repr, others))} (GRU / RNN) stay(s) in float: lowbit "
-                    "quantizes their Linear layers only")
+        said.append(f"{', '.join(map(repr, others))} (GRU / RNN) stay(s) in float: lowbit has no quantized "
+                    "GRU or plain RNN")
     warnings.warn("; ".join(said), stacklevel=4)
 
 
