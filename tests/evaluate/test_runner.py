@@ -29,8 +29,8 @@ def test_a_scheme_that_calibrates_nothing_gets_one_row_without_a_calibrator():
 def test_more_calibration_images_than_the_training_set_is_refused_before_any_training(monkeypatch):
     from lowbit.evaluate import runner
 
-    monkeypatch.setattr(runner, "load_fashion_mnist", lambda split, root=None: (torch.zeros(7, 28, 28, dtype=torch.uint8),
-                                                                                 torch.zeros(7, dtype=torch.int64)))
+    seven = (torch.zeros(7, 28, 28, dtype=torch.uint8), torch.zeros(7, dtype=torch.int64))
+    monkeypatch.setattr(runner, "load_fashion_mnist", lambda split, root=None: seven)
     monkeypatch.setattr(runner, "default_model", lambda **kw: pytest.fail("trained before checking calib_samples"))
     assert len(runner.default_calib_batches(7)[0]) == 7
     with pytest.raises(ConfigError, match="calib_samples=8: the calibration images are drawn from the 7 training"):

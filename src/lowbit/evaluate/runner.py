@@ -89,8 +89,9 @@ def evaluate_classifier(name: str, model: nn.Module, calib_data: Iterable, test_
                 if epochs:
                     finetune(prepared.train(), train_data, epochs=epochs, lr=qat_lr, preset="cosine", progress=progress)
                 qmodel = convert(prepared, progress=progress)
+                after = f" after {epochs} QAT epochs" if epochs else ""
                 value, _ = top1_accuracy(qmodel, test_batches, device=device, progress=progress,
-                                         desc=f"{scheme}/{label or '-'}" + (f" after {epochs} QAT epochs" if epochs else ""))
+                                         desc=f"{scheme}/{label or '-'}{after}")
                 rows.append(Row(name, scheme, label, "top1", value, fp32, samples, model_size_bytes(qmodel),
                                 {"qat_epochs": epochs}))
     return rows

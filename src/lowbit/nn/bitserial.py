@@ -31,6 +31,7 @@ from ..errors import ConfigError, InputError
 from ..kernels.cuda.bitserial import (InputPlanes, binary_gemm, bitserial_linear, bitserial_supported,
                                       empty_input_planes, input_planes, layer_kernels, lstm_sequence)
 from ..kernels.reference import integer_matmul, rescale
+from ..numerics import count_nan
 from ..numerics.bitlayers import bitlayer_values, check_active, padded_words, to_bitlayers
 from .geometry import LayerGeometry
 from .mixed_linear import _CodedLinear
@@ -99,7 +100,7 @@ class BitSerialLinear(_CodedLinear):
         fmt = self.input_format
         q = torch.round(x.float() / self.input_scale)
         self.input_flags[0] += ((q < fmt.qmin) | (q > fmt.qmax)).sum()
-        self.input_flags[1] += torch.isnan(q).sum()
+        self.input_flags[1] += count_nan(q)
         self._check_input_flags()
         return torch.clamp(q, fmt.qmin, fmt.qmax).to(torch.int32)
 
