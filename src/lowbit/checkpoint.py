@@ -22,7 +22,7 @@ from . import __version__
 from .errors import CheckpointError, ConfigError, LowbitError
 from .fileio import atomic_path
 from .nn import LAYER_TYPES, QUANTIZABLE_TYPES, LayerGeometry, quantized_layers, settle
-from .nn.registry import module_after
+from .nn.registry import module_after, replace_module
 
 FORMAT = "lowbit-checkpoint"
 FORMAT_VERSION = 1
@@ -162,7 +162,7 @@ def load(path, model: nn.Module, *, device=None) -> nn.Module:
     meta, tensors = read_checkpoint(path)
     origin = meta.get("model_class", "?")
     modules = dict(model.named_modules())
-    swapped = []  # (parent, attribute, the model's own module): put back if loading fails
+    swapped = []  # (name, the model's own module): put back if loading fails
     try:
         for name, desc in meta["layers"].items():
             where = f"checkpoint {path} was saved from {origin}; layer {name!r}"
@@ -179,10 +179,8 @@ def load(path, model: nn.Module, *, device=None) -> nn.Module:
                 found = type(after).__name__ if after is not None else "no module of an nn.Sequential"
                 raise CheckpointError(f"{where} was saved with the nn.ReLU after it folded in, but in the given "
                                       f"{type(model).__name__} it is followed by {found}")
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            swapped.append((parent, child, target))
-            setattr(parent, child, layer)
+            swapped.append((name, target))
+            replace_module(model, name, layer)
         expected = model.state_dict()
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
@@ -196,8 +194,8 @@ def load(path, model: nn.Module, *, device=None) -> nn.Module:
                                       f"the model expects {tuple(expected[key].shape)}")
         model.load_state_dict(tensors, strict=True)
     except BaseException:
-        for parent, child, module in reversed(swapped):
-            setattr(parent, child, module)
+        for name, module in reversed(swapped):
+            replace_module(model, name, module)
         raise
     settle(model)  # as convert() left it: the layers saved with relu set lose their ReLU modules again
     if device is not None:

@@ -18,6 +18,7 @@ from .algorithms.gptq import ALGORITHMS, DEFAULT_DAMP, gptq_model
 from .calib import check_calibrator, check_options_type
 from .errors import CalibrationError, ConfigError, LowbitError
 from .nn import QUANTIZABLE_TYPES, settle
+from .nn.registry import replace_module
 from .progress import progress_bar
 from .schemes import Scheme, get_scheme
 
@@ -95,11 +96,6 @@ def plan_layers(model: nn.Module, scheme: str, scheme_options: dict, skip=(), ov
                               f"{type(modules[name]).__name__}; {handler.name!r} quantizes Linear layers only")
         plan[name] = handler
     return plan
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def _to_device(batch, device):
@@ -312,11 +308,11 @@ def prepare(model: nn.Module, scheme: str = "int8", calib_data=None, calibrator:
         for name, handler in plan.items():
             prepared[name] = handler.prepare(modules[name], name, *calibrators[name])
             prepared[name].scheme = handler
-            _replace(model, name, prepared[name])
+            replace_module(model, name, prepared[name])
         _calibrate_prepared(model, plan, prepared, calib_data, calib_batches, algorithm, gar, damp, progress)
     except BaseException:
         for name in prepared:  # inplace: the caller's model gets its own layers back (their weights are untouched)
-            _replace(model, name, modules[name])
+            replace_module(model, name, modules[name])
         raise
     return model
 
@@ -354,7 +350,7 @@ def convert(model: nn.Module, *, inplace: bool = False, progress: bool | None = 
         model = copy.deepcopy(model)
         layers = prepared_layers(model)
     for name, layer in progress_bar(layers, desc="converting", unit="layer", enable=progress):
-        _replace(model, name, layer.scheme.convert(layer, name))
+        replace_module(model, name, layer.scheme.convert(layer, name))
     settle(model)
     return model
 

@@ -93,10 +93,21 @@ def link_layers(model: nn.Module) -> list[str]:
     return linked
 
 
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module holding the submodule of dotted ``name``, and that submodule's attribute name in it."""
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the submodule of dotted ``name`` is."""
+    parent, child = _parent(model, name)
+    setattr(parent, child, new)
+
+
 def module_after(model: nn.Module, name: str) -> nn.Module | None:
     """The module that follows layer ``name`` in the nn.Sequential holding it, or None (last, or not in one)."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
+    parent, child = _parent(model, name)
     if not isinstance(parent, nn.Sequential):
         return None
     names = [n for n, _ in parent.named_children()]
