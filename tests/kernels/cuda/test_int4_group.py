@@ -16,11 +16,13 @@ from lowbit.nn.geometry import LayerGeometry
 from lowbit.nn.mixed_linear import FP8Linear, W4A8Linear, W4A16Linear
 from lowbit.nn.registry import CHECK_EVERY
 from lowbit.numerics import pack_int4
-from lowbit.numerics.groupwise import group_qparams, num_groups, protective_scale, quantize_groups, scales_on_grid
+from lowbit.numerics.groupwise import group_qparams, protective_scale, quantize_groups, scales_on_grid
 
 needs_nvrtc = pytest.mark.skipif(importlib.util.find_spec("cuda") is None, reason="needs cuda-bindings (NVRTC)")
-# (N, K, group): uneven N, K not a multiple of 64 or of the group, per channel (group = K), group 32
-SHAPES = [(37, 200, 32), (16, 576, 128), (130, 1000, 128), (24, 100, 100), (64, 4096, 64), (3, 64, 64)]
+# (N, K, group): uneven N, K not a multiple of 64 or of the group, per channel (group = K), group 32, an odd
+# count of chunks in units of two (576), a group that is no multiple of 64 (96)
+SHAPES = [(37, 200, 32), (16, 576, 128), (130, 1000, 128), (24, 100, 100), (64, 4096, 64), (3, 64, 64),
+          (40, 480, 96)]
 
 
 def _codes(n, k, group, seed):
@@ -30,17 +32,31 @@ def _codes(n, k, group, seed):
     return quantize_groups(w, scale, zero, group), scale.to(torch.float16), zero
 
 
+def _chunk_words(kw):
+    """The codes' words of the stream as [tile, chunk, lane, word] (padded chunks included)."""
+    return (kw.stream[:, :, :kw.unit * 128].long() & 0xFFFFFFFF).reshape(kw.tiles, -1, 32, 4)
+
+
+def _lane_constants(kw, tile, chunk, lane):
+    """(s, zb) bits of rows g and g + 8 for lane (g, t) in ``chunk``, read as int4_group.cu's lane_set does."""
+    g, t = divmod(lane, 4)
+    unit, offset = divmod(chunk, kw.unit)
+    sets = (kw.stream[tile, unit, kw.unit * 128:].long() & 0xFFFFFFFF).reshape(kw.sets, 8, 2)
+    which = (chunk * 64 + 16 * t) // kw.group - chunk * 64 // kw.group if kw.sets == 2 else 0
+    return [(int(word) & 0xFFFF, int(word) >> 16) for word in sets[which, g]]
+
+
 @pytest.mark.parametrize("mode", [W4A16, W4A8])
-@pytest.mark.parametrize("n,k,group", SHAPES[:3])
+@pytest.mark.parametrize("n,k,group", SHAPES[:3] + SHAPES[-1:])
 def test_layout_holds_each_lanes_fragment_codes(mode, n, k, group):
     codes, scale, zero = _codes(n, k, group, seed=n + k)
     kw = kernel_layout(codes, scale, zero, group, mode)
-    words = kw.qw.long() & 0xFFFFFFFF
-    k64 = kw.chunks * 64
-    padded = torch.zeros(kw.tiles * 16, k64, dtype=torch.long)
+    words = _chunk_words(kw)
+    assert kw.chunks == -(-k // 64) and words.shape[1] == kw.units * kw.unit >= kw.chunks
+    padded = torch.zeros(kw.tiles * 16, words.shape[1] * 64, dtype=torch.long)
     padded[:n, :k] = codes.long()
     for tile in range(kw.tiles):
-        for chunk in range(kw.chunks):
+        for chunk in range(words.shape[1]):
             for lane in (0, 6, 31):
                 g, t = divmod(lane, 4)
                 for word in range(4):
@@ -52,19 +68,35 @@ def test_layout_holds_each_lanes_fragment_codes(mode, n, k, group):
 
 
 @pytest.mark.parametrize("mode", [W4A16, W4A8])
-def test_layout_holds_each_rows_scale_and_zero_as_16_bit_pairs(mode):
-    n, k, group = 37, 200, 32
+@pytest.mark.parametrize("n,k,group,unit,sets", [(37, 200, 32, 1, 2), (20, 480, 96, 1, 2), (40, 448, 64, 1, 1),
+                                                 (20, 576, 128, 2, 1), (20, 100, 100, 2, 1), (40, 1024, 256, 2, 1)])
+def test_layout_gives_each_lane_the_scale_and_zero_of_its_columns(mode, n, k, group, unit, sets):
     codes, scale, zero = _codes(n, k, group, seed=1)
     kw = kernel_layout(codes, scale, zero, group, mode)
+    assert (kw.unit, kw.sets) == (unit, sets)
     half, base = (torch.bfloat16, 128) if mode == W4A16 else (torch.float16, 1024)
-    sz = kw.sz.long() & 0xFFFFFFFF
-    assert kw.sz.shape == (num_groups(k, group), kw.tiles, 8, 4)
-    assert torch.equal(sz >> 16, sz & 0xFFFF)  # the same value in both halves
-    low = (sz & 0xFFFF).to(torch.int16).view(half).float()  # [G, tile, g, (s, zb) of row g, then of g + 8]
-    rows = low.reshape(len(low), kw.tiles, 8, 2, 2).permute(0, 1, 3, 2, 4).reshape(len(low), -1, 2)
-    assert torch.equal(rows[:, :n, 0].t(), scale.float())
-    assert torch.equal(rows[:, :n, 1].t(), -(base + zero.float()))
-    assert not rows[:, n:, 0].any()
+
+    def value(bits):
+        return float(torch.tensor([bits], dtype=torch.int32).to(torch.int16).view(half))
+
+    for tile in range(kw.tiles):
+        for chunk in range(kw.chunks):
+            for lane in range(32):
+                g, t = divmod(lane, 4)
+                column = min(chunk * 64 + 16 * t, k - 1)
+                for r, (s_bits, zb_bits) in enumerate(_lane_constants(kw, tile, chunk, lane)):
+                    row = tile * 16 + g + 8 * r
+                    if row >= n:
+                        assert s_bits == 0  # padded rows: scale 0
+                        continue
+                    assert value(s_bits) == float(scale[row, column // group])
+                    assert value(zb_bits) == -(base + float(zero[row, column // group]))
+
+
+def test_layout_refuses_groups_the_kernel_cannot_take():
+    codes, scale, zero = _codes(8, 200, 48, seed=0)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        kernel_layout(codes, scale, zero, 48, W4A16)
 
 
 def test_scales_are_rounded_to_the_bits_the_kernel_converts_exactly():
@@ -78,10 +110,11 @@ def test_scales_are_rounded_to_the_bits_the_kernel_converts_exactly():
 @needs_nvrtc
 @pytest.mark.parametrize("arch,mode,xin", [("sm_80", W4A16, 0), ("sm_90", W4A16, 0), ("sm_89", W4A8, 0),
                                            ("sm_90", W4A8, 0), ("sm_90", W4A8, 1), ("sm_89", W4A8, 2)])
-@pytest.mark.parametrize("nt", [1, 2, 4])
-def test_kernels_compile_with_nvrtc(arch, mode, xin, nt):
+# each column-tile count with one unit shape (int4_group.cu: two chunks, one, one with two sets)
+@pytest.mark.parametrize("nt,unit,sets,group", [(1, 2, 1, 0), (2, 1, 1, 0), (4, 1, 2, 96)])
+def test_kernels_compile_with_nvrtc(arch, mode, xin, nt, unit, sets, group):
     source = (Path(SOURCE_DIR) / "int4_group.cu").read_text()
-    options = [f"-DMODE={mode}", f"-DNT={nt}", f"-DXIN={xin}"]
+    options = [f"-DMODE={mode}", f"-DNT={nt}", f"-DXIN={xin}", f"-DU={unit}", f"-DSETS={sets}", f"-DGROUP={group}"]
     assert len(compile_cubin(source, "int4_group.cu", options, arch)) > 0
 
 
@@ -154,7 +187,7 @@ def test_dequantized_weights_equal_the_reference_exactly(cls, n, k, group):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("n,k,group", SHAPES[:4])
+@pytest.mark.parametrize("n,k,group", SHAPES[:4] + SHAPES[-1:])
 def test_one_hot_inputs_give_each_weight_exactly(n, k, group):
     """x = the unit rows: y[i, n] = w[n, i] * s8 + bias (one product each, so no rounding freedom): the
     few-rows kernel puts every weight, scale and zero point where it belongs."""
@@ -243,7 +276,7 @@ def test_w4a8_gemm_quantizes_few_aligned_rows_itself():
 @pytest.mark.parametrize("m,n,k,group", [(m, *shape) for m in (1, 7, 16) for shape in
                                          [(37, 576, 32), (130, 896, 128), (24, 640, 640)]]
                          + [(32, 40, 320, 64), (32, 37, 576, 32), (1, 2200, 2048, 128), (3, 2200, 2048, 128),
-                            (4, 2200, 7936, 128)])
+                            (4, 2200, 7936, 128), (7, 24, 576, 128), (5, 40, 576, 96)])
 def test_w4a8_gemm_quantizing_its_input_equals_the_input_kernel_path(dtype, m, n, k, group):
     """The one-launch path (x quantized in the GEMM) gives the same bits as the input kernel followed by
     the GEMM, saturation and rows of every size included; (130, 896) splits K over blocks (8 chunks,

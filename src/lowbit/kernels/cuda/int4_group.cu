@@ -10,21 +10,28 @@
 // 4 + 7 significant bits) for the one rounding to E4M3. Every weight is rounded as the reference rounds it.
 //
 // Compile-time constants (-D): MODE, NT (column tiles of 8 input rows), KWARPS (warps of a block: one
-// 16-row weight tile, its chunks taken in turn), STAGES (64-column chunks of weights and scales in
-// flight per warp, through shared memory), XDEPTH (chunks of input fragments loaded ahead), XIN (MODE 1:
-// the input's format, below).
+// 16-row weight tile, its units taken in turn), STAGES (units of weights and constants in flight per
+// warp, through shared memory), U, SETS and GROUP (the units, below), XIN (MODE 1: the input's format).
 //
-// Layouts (kernels/cuda/int4_group.py builds them):
-//   qw  [N16 / 16, K64 / 64, 32 lanes, 4 words]  a warp's 16 x 64 tile, 16 bytes per lane. Lane (g, t)
-//       = (lane / 4, lane % 4) holds columns 16t..16t+15 of the chunk: word 2r + h the 8 columns 8h..8h+7
-//       of row g + 8r, column 2i in bits 4i..4i+3 and column 2i + 1 in bits 16 + 4i.. (i < 4), so that
-//       (word >> 4i) & 0x000f000f puts a column pair in the two halves of a register.
-//   sz  [G, N16 / 16, 8, 4] u32  per group, tile and g: (s, -(B + z)) for row g, then for row g + 8,
-//       each a 16-bit float (bf16 MODE 0, fp16 MODE 1) in both halves, B = 128 (bf16) or 1024 (fp16)
-//   x   [M, ldx]          MODE 0 bf16; MODE 1 E4M3 codes (XIN 0), or the layer's input itself in bf16 (XIN 1)
-//       or float32 (XIN 2), of which each block first quantizes its columns into shared memory (rows
-//       xs_stride bytes apart), as int4_group_prepare_input would (static scale; K == K64). Columns
-//       K..K64-1 are zero. A lane reads the same 16 columns of its input rows as of its weights.
+// Layout (kernels/cuda/int4_group.py builds it): per 16-row weight tile a stream of units, each U
+// consecutive 64-column chunks of codes followed by the constants of their groups, so that a warp takes
+// the codes and their constants in one go (H100, N = K = 8192, one row: W4A16 21.4 -> 17.2 us against a
+// separate array of constants fetched beside every chunk; RESULTS, session 22):
+//   stream [N16 / 16, units, UW] uint4, UW = 32 U + 4 SETS
+//   - uint4 32 u + lane (u < U): chunk U j + u of the tile, 16 bytes per lane. Lane (g, t) = (lane / 4,
+//     lane % 4) holds columns 16t..16t+15 of the chunk: word 2r + h the 8 columns 8h..8h+7 of row g + 8r,
+//     column 2i in bits 4i..4i+3 and column 2i + 1 in bits 16 + 4i.. (i < 4), so that
+//     (word >> 4i) & 0x000f000f puts a column pair in the two halves of a register.
+//   - then SETS sets of 64 bytes, one per group: u32 2g + r = s | (-(B + z)) << 16 of row g + 8r, each a
+//     16-bit float (bf16 MODE 0, fp16 MODE 1), B = 128 (bf16) or 1024 (fp16).
+//   U = 2 and one set for groups of a multiple of 128 columns or one group per row, U = 1 and one set for
+//   other multiples of 64, U = 1 and two sets (the chunk's first group and the next; lane t's is
+//   lane_set) for other multiples of 32 (GROUP columns): a unit never needs more. With U = 2 and an odd
+//   count of chunks the last unit ends in a chunk of zero codes, which meets x = 0.
+//   x [M, ldx] MODE 0 bf16; MODE 1 E4M3 codes (XIN 0), or the layer's input itself in bf16 (XIN 1) or
+//     float32 (XIN 2), of which each block first quantizes its columns into shared memory (rows
+//     xs_stride bytes apart), as int4_group_prepare_input would (static scale; K == K64). Columns
+//     K..K64-1 are zero. A lane reads the same 16 columns of its input rows as of its weights.
 // N16, K64: N and K rounded up to 16 and 64 (padded rows have scale 0; padded columns meet x = 0).
 //
 // K is split over the block's warps and, where the tiles alone would leave multiprocessors idle, over
@@ -42,14 +49,21 @@
 #define KWARPS 4
 #endif
 #ifndef STAGES
-#define STAGES 4
+#define STAGES 3
 #endif
-#ifndef XDEPTH
-#define XDEPTH 2
+#ifndef U
+#define U 2
+#endif
+#ifndef SETS
+#define SETS 1
+#endif
+#ifndef GROUP
+#define GROUP 0
 #endif
 #ifndef XIN
 #define XIN 0
 #endif
+#define UW (32 * U + 4 * SETS)
 // 16-byte input loads per lane, chunk and column tile: 16 columns of bf16 (2) or of E4M3 (1)
 #define XV (MODE == 1 ? 1 : 2)
 
@@ -161,29 +175,42 @@ __device__ __forceinline__ void chunk_step(float (&acc)[NT][4], const uint4& q, 
     }
 }
 
-// The group of lane t's 16 columns of chunk c (groups are multiples of 32 columns, or one of K).
-__device__ __forceinline__ int lane_group(int c, int t, int group, int G) { return min((c * 64 + 16 * t) / group, G - 1); }
+// The set of constants of lane t's 16 columns of chunk c in its unit.
+__device__ __forceinline__ int lane_set(int c, int t) {
+#if SETS == 2
+    return (c * 64 + 16 * t) / GROUP - c * 64 / GROUP;
+#else
+    return 0;
+#endif
+}
 
-// Block (tile, split): chunks [split * split_chunks, +split_chunks) of one weight tile, of which warp w
+// A lane's constants (s, zb) of row g then of row g + 8 from a unit's sets, each 16-bit value put in both
+// halves of a register as the packed arithmetic takes it.
+__device__ __forceinline__ uint4 lane_constants(const uint4* unit, int c, int g, int t) {
+    const uint2 p = *((const uint2*)(unit + 32 * U) + lane_set(c, t) * 8 + g);
+    return make_uint4(__byte_perm(p.x, 0, 0x1010), __byte_perm(p.x, 0, 0x3232), __byte_perm(p.y, 0, 0x1010),
+                      __byte_perm(p.y, 0, 0x3232));
+}
+
+// Block (tile, split): units [split * split_units, +split_units) of one weight tile, of which warp w
 // takes every KWARPS-th from the w-th. With XIN, NaN inputs add to nan_count (counted by tile 0's blocks).
 extern "C" __global__ void __launch_bounds__(32 * KWARPS)
-int4_group_gemm(const uint4* __restrict__ qw, const uint4* __restrict__ sz, const unsigned char* __restrict__ x,
-                const float* __restrict__ sx, const float* __restrict__ s8, const float* __restrict__ bias,
-                void* __restrict__ out, float* __restrict__ partial, int* __restrict__ arrivals,
-                int* __restrict__ nan_count, int M, int N, int tiles, int chunks, int split_chunks, int ldx, int xs_stride,
-                int group, int G, int per_token, int out_bf16) {
+int4_group_gemm(const uint4* __restrict__ stream, const unsigned char* __restrict__ x, const float* __restrict__ sx,
+                const float* __restrict__ s8, const float* __restrict__ bias, void* __restrict__ out,
+                float* __restrict__ partial, int* __restrict__ arrivals, int* __restrict__ nan_count, int M, int N,
+                int units, int chunks, int split_units, int ldx, int xs_stride, int per_token, int out_bf16) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int tile = blockIdx.x;
-    const int c_first = blockIdx.y * split_chunks + warp;
-    const int c_end = min(blockIdx.y * split_chunks + split_chunks, chunks);
-    const uint4* tile_w = qw + (size_t)tile * chunks * 32 + lane;
-    const uint4* tile_sz = sz + (size_t)tile * 8 + g;
+    const int j_first = blockIdx.y * split_units + warp;
+    const int j_end = min(blockIdx.y * split_units + split_units, units);
+    const int chunk_end = min(j_end * U, chunks);  // a last unit's zero chunk meets x = 0
+    const uint4* tile_stream = stream + (size_t)tile * units * UW;
 #if MODE == 1 && XIN
     // x staged in shared memory as E4M3 codes, from column 64 c0 (below); rows past M read row M - 1,
     // which only feeds accumulator columns never stored
     extern __shared__ uint4 staged[];
-    const int c0 = blockIdx.y * split_chunks;
+    const int c0 = blockIdx.y * split_units * U;
     const unsigned char* xrow[NT];
 #pragma unroll
     for (int j = 0; j < NT; ++j) xrow[j] = (const unsigned char*)staged + min(8 * j + g, M - 1) * xs_stride + 16 * t;
@@ -200,49 +227,33 @@ int4_group_gemm(const uint4* __restrict__ qw, const uint4* __restrict__ sz, cons
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
 
-    // The weights and scales stream through a ring of STAGES chunks in shared memory (cp.async), each lane
-    // copying and later reading its own 16 + 16 bytes, so the bytes in flight need no registers. The
-    // warp's i-th chunk is c_first + i * KWARPS.
-    __shared__ uint4 ring[KWARPS][STAGES][2][32];
-#if MODE == 1 && XIN
-    // Fetches come in order (i = 0, 1, ...): the lane's group (of its 16-column unit u = 4c + t, in groups
-    // of gu units; groups are whole multiples of 32 columns, or one) moves on by adding, not dividing.
-    // Measured faster with the staged input (H100, one row: 4096 10.1 -> 9.3 us, 8192 27.3 -> 25.6 us),
-    // slower with a prepared one, which keeps the division (RESULTS, W4A16 / W4A8 kernels, session 15).
-    const int gu = max(group / 16, 1), first_unit = 4 * c_first + t;
-    const int step_g = 4 * KWARPS / gu, step_r = 4 * KWARPS % gu;
-    int next_g = first_unit / gu, next_r = first_unit % gu;
-    auto group_of = [&](int) { return min(next_g, G - 1); };
-    auto fetched = [&]() {
-        next_g += step_g, next_r += step_r;
-        if (next_r >= gu) next_r -= gu, ++next_g;
-    };
-#else
-    auto group_of = [&](int c) { return lane_group(c, t, group, G); };
-    auto fetched = [&]() {};
-#endif
+    // The units stream through a ring of STAGES in shared memory (cp.async), so the bytes in flight need
+    // no registers: each lane copies 16 bytes of every chunk, lanes 0..4 SETS - 1 the constants, which
+    // every lane then reads (hence the __syncwarp after the wait). The warp's i-th unit is j_first + i KWARPS.
+    __shared__ uint4 ring[KWARPS][STAGES][UW];
     auto fetch = [&](int i) {
-        const int c = c_first + i * KWARPS;
-        if (c < c_end) {
-            const int grp = group_of(c);
-            cp_async16(&ring[warp][i % STAGES][0][lane], tile_w + (size_t)c * 32);
-            cp_async16(&ring[warp][i % STAGES][1][lane], tile_sz + (size_t)grp * tiles * 8);
+        const int j = j_first + i * KWARPS;
+        if (j < j_end) {
+            const uint4* unit = tile_stream + (size_t)j * UW;
+#pragma unroll
+            for (int u = 0; u < U; ++u) cp_async16(&ring[warp][i % STAGES][32 * u + lane], unit + 32 * u + lane);
+            if (lane < 4 * SETS) cp_async16(&ring[warp][i % STAGES][32 * U + lane], unit + 32 * U + lane);
         }
         cp_async_commit();  // empty groups too: the count of groups stays uniform
-        fetched();
     };
-    // The input fragments (from L2 or L1, or staged) come through registers, XDEPTH chunks ahead.
-    uint4 xv[XDEPTH][NT][XV];
+    // The input fragments (from L2 or L1, or staged) come through registers, two of the warp's chunks
+    // ahead: the chunk two after c is c + 2 KWARPS for U = 1 and 2 alike.
+    uint4 xv[2][NT][XV];
     auto load_x = [&](int d, int c) {
 #pragma unroll
         for (int j = 0; j < NT; ++j)
 #pragma unroll
             for (int v = 0; v < XV; ++v)
 #if MODE == 1 && XIN
-                if (c < c_end) xv[d][j][v] = *((const uint4*)(xrow[j] + (c - c0) * 64) + v);
+                xv[d][j][v] = c < chunk_end ? *((const uint4*)(xrow[j] + (c - c0) * 64) + v) : make_uint4(0, 0, 0, 0);
 #else
-                xv[d][j][v] = xrow[j] && c < c_end ? __ldg((const uint4*)(xrow[j] + (size_t)c * 64 * elem) + v)
-                                                   : make_uint4(0, 0, 0, 0);
+                xv[d][j][v] = xrow[j] && c < chunk_end ? __ldg((const uint4*)(xrow[j] + (size_t)c * 64 * elem) + v)
+                                                       : make_uint4(0, 0, 0, 0);
 #endif
     };
     for (int s = 0; s < STAGES - 1; ++s) fetch(s);
@@ -255,7 +266,7 @@ int4_group_gemm(const uint4* __restrict__ qw, const uint4* __restrict__ sz, cons
     {
         const float inv = __fdiv_rn(1.0f, sx[0]);
         // The block's columns of the input rows, 8 a thread at a time, into shared memory.
-        const int per_row = (c_end - c0) * 8;
+        const int per_row = (chunk_end - c0) * 8;
         unsigned char* const dst = (unsigned char*)staged;
         int nans = 0;
         auto stage = [&](int m, int item) {
@@ -285,17 +296,27 @@ int4_group_gemm(const uint4* __restrict__ qw, const uint4* __restrict__ sz, cons
     }
 #endif
 #pragma unroll
-    for (int d = 0; d < XDEPTH; ++d) load_x(d, c_first + d * KWARPS);
-    for (int i0 = 0; c_first + i0 * KWARPS < c_end; i0 += XDEPTH) {
+    for (int d = 0; d < 2; ++d) load_x(d, (j_first + d / U * KWARPS) * U + d % U);
+    // Units in pairs when U = 1, so that the input fragments' slot (the warp's chunk count mod 2) is known
+    // at compile time.
+    for (int i0 = 0; j_first + i0 * KWARPS < j_end; i0 += 2 / U) {
 #pragma unroll
-        for (int d = 0; d < XDEPTH; ++d) {
-            const int i = i0 + d, c = c_first + i * KWARPS;
-            if (c < c_end) {
-                cp_async_wait<STAGES - 2>();  // chunk i has landed
-                const uint4 q = ring[warp][i % STAGES][0][lane], sc = ring[warp][i % STAGES][1][lane];
-                fetch(i + STAGES - 1);  // into the slot chunk i - 1 left
-                chunk_step(acc, q, sc, xv[d]);
-                load_x(d, c + XDEPTH * KWARPS);
+        for (int d = 0; d < 2 / U; ++d) {
+            const int i = i0 + d, j = j_first + i * KWARPS;
+            if (j < j_end) {
+                cp_async_wait<STAGES - 2>();  // unit i has landed
+                __syncwarp();
+                const uint4* unit = ring[warp][i % STAGES];
+                const uint4 sc = lane_constants(unit, j, g, t);
+                uint4 q[U];
+#pragma unroll
+                for (int u = 0; u < U; ++u) q[u] = unit[32 * u + lane];
+                fetch(i + STAGES - 1);  // into the slot unit i - 1 left
+#pragma unroll
+                for (int u = 0; u < U; ++u) {
+                    chunk_step(acc, q[u], sc, xv[d + u]);
+                    load_x(d + u, j * U + u + 2 * KWARPS);
+                }
             }
         }
     }
@@ -368,19 +389,20 @@ int4_group_prepare_input(const void* __restrict__ xin, int in_bf16, int ldin, in
 #endif
 }
 
-// The plain weight matrix w [N, ldw] (MODE 0 bf16, MODE 1 e4m3 codes) from qw and sz, for inputs with
+// The plain weight matrix w [N, ldw] (MODE 0 bf16, MODE 1 e4m3 codes) from the stream, for inputs with
 // many rows, where a GEMM on the stored weights is bound by arithmetic rather than by their bytes:
 // one warp per 16 x 64 tile, each lane writing its 16 columns of rows g and g + 8.
 extern "C" __global__ void __launch_bounds__(256)
-int4_group_dequantize(const uint4* __restrict__ qw, const uint4* __restrict__ sz, unsigned char* __restrict__ w,
-                      int N, int tiles, int chunks, int ldw, int group, int G) {
+int4_group_dequantize(const uint4* __restrict__ stream, unsigned char* __restrict__ w, int N, int tiles, int units,
+                      int chunks, int ldw) {
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     const size_t item = (size_t)blockIdx.x * 8 + (threadIdx.x >> 5);
     const int tile = (int)(item / chunks), c = (int)(item % chunks);
     if (tile >= tiles) return;
-    const uint4 q = __ldg(qw + item * 32 + lane);
-    const uint4 sc = __ldg(sz + ((size_t)lane_group(c, t, group, G) * tiles + tile) * 8 + g);
+    const uint4* unit = stream + ((size_t)tile * units + c / U) * UW;
+    const uint4 q = __ldg(unit + 32 * (c % U) + lane);
+    const uint4 sc = lane_constants(unit, c, g, t);
     const u32 words[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
     for (int r = 0; r < 2; ++r) {

@@ -3,8 +3,9 @@ bf16 mma; W4A8: the weights turned into E4M3 in registers, FP8 mma), computing w
 lowbit.nn.mixed_linear's reference computes, up to the order of the float32 sums.
 
 Few input rows (M <= MAX_ROWS) are bound by the weight bytes: the weights stream once, through a ring
-of chunks in shared memory (cp.async), in a layout where each lane's 16 bytes hold exactly the codes of
-its mma fragments (:func:`kernel_layout`), and are converted two at a time in registers. A block's warps
+in shared memory (cp.async), in units of one or two 64-column chunks followed by their groups' scales
+and zero points, in a layout where each lane's 16 bytes of a chunk hold exactly the codes of its mma
+fragments (:func:`kernel_layout`), and are converted two at a time in registers. A block's warps
 share one weight tile and split its K, and K is split over blocks only where the tiles leave
 multiprocessors idle; the partial sums meet in a fixed order. W4A8 with a static input scale takes
 few rows of bf16 or float32 input as they are, each block quantizing its columns of them into shared
@@ -26,8 +27,12 @@ from . import launches_early, load_module, multiprocessors, nvrtc_available, par
 
 W4A16, W4A8 = 0, 1
 MAX_ROWS = 32  # up to 4 column tiles of 8 input rows per warp
-KWARPS = 4  # warps of a block, sharing one 16-row weight tile and taking its chunks in turn
-STAGES = 4  # chunks of weights and scales in flight per warp (1 KiB each, in shared memory)
+# Warps of a block, sharing one 16-row weight tile and taking its units in turn, and the units in flight
+# per warp, by chunks per unit (H100, W4A16 one row, units of 2 chunks, 8 warps x 2 against 4 x 3: N = K
+# = 8192 16.7 / 16.8 us, 4096 6.8 / 7.2, 2048 4.2 / 7.0, where 4 warps split K over blocks; RESULTS,
+# session 22)
+KWARPS = 8
+STAGES = {1: 3, 2: 2}
 # K is split over blocks too while the tiles give fewer blocks than this per multiprocessor: such a split
 # costs a round trip through global memory (W4A16, N = K = 4096, one row: 9.3 us unsplit, 10.9 split in two)
 BLOCKS_PER_SM = 1
@@ -49,29 +54,49 @@ def kernels_supported(device: torch.device, mode: int) -> bool:
 
 @dataclass
 class KernelWeights:
-    """The kernel's layout of one layer's weights (see int4_group.cu): ``qw`` int32 [N16/16, K64/64, 32, 4],
-    ``sz`` int32 [G, N16/16, 8, 4]; ``arrivals`` counts the blocks of a split K (reset by the kernel), so
-    one layer's calls must not run concurrently on two streams."""
+    """The kernel's layout of one layer's weights (see int4_group.cu): ``stream`` int32 [N16/16, units,
+    4 * (32 * unit + 4 * sets)], units of ``unit`` chunks of 64 columns (``chunks`` = K64 / 64 of them, the
+    last unit padded) and ``sets`` groups' constants; ``group`` is the group size (K for one per row).
+    ``arrivals`` counts the blocks of a split K (reset by the kernel), so one layer's calls must not run
+    concurrently on two streams."""
 
-    qw: torch.Tensor
-    sz: torch.Tensor
+    stream: torch.Tensor
     arrivals: torch.Tensor
     n: int
     group: int
+    chunks: int
+    unit: int
+    sets: int
 
     @property
     def tiles(self) -> int:
-        return self.qw.shape[0]
+        return self.stream.shape[0]
 
     @property
-    def chunks(self) -> int:
-        return self.qw.shape[1]
+    def units(self) -> int:
+        return self.stream.shape[1]
+
+    def defines(self) -> dict[str, int]:
+        """The unit shape as int4_group.cu's compile-time constants."""
+        return {"U": self.unit, "SETS": self.sets, "GROUP": self.group if self.sets == 2 else 0,
+                "STAGES": STAGES[self.unit]}
 
 
-def _dup16(v: torch.Tensor) -> torch.Tensor:
-    """16-bit floats -> int32 with the value in both halves."""
-    bits = v.contiguous().view(torch.int16).to(torch.int32) & 0xFFFF
-    return bits | (bits << 16)
+def _unit_shape(group: int, k: int) -> tuple[int, int]:
+    """(chunks per unit, constant sets per unit) for groups of ``group`` columns of K = ``k``: units that
+    never straddle a group where groups allow, else one chunk with the two groups it may touch."""
+    if group >= k or group % 128 == 0:
+        return 2, 1
+    if group % 64 == 0:
+        return 1, 1
+    if group % 32 == 0:
+        return 1, 2
+    raise ValueError(f"the INT4-group kernel takes groups of a multiple of 32 columns (or one per row), not {group}")
+
+
+def _bits16(v: torch.Tensor) -> torch.Tensor:
+    """16-bit floats -> their bits in int32 (0..65535)."""
+    return v.contiguous().view(torch.int16).to(torch.int32) & 0xFFFF
 
 
 def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
@@ -79,12 +104,15 @@ def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
     """Codes uint8 [N, K] (0..15), float16 scales (on numerics.groupwise's 7-bit grid) and uint8 zero
     points [N, G] -> the kernel's layout (on the codes' device)."""
     n, k = codes.shape
+    unit, sets = _unit_shape(group, k)
     n16, k64 = -(-n // 16) * 16, -(-k // 64) * 64
     tiles, chunks = n16 // 16, k64 // 64
-    c = torch.zeros(n16, k64, dtype=torch.int64, device=codes.device)
+    units = -(-chunks // unit)
+    c = torch.zeros(n16, units * unit * 64, dtype=torch.int64, device=codes.device)
     c[:n, :k] = codes.to(torch.int64)
+    chunks_padded = units * unit
     # [tile, r, g, chunk, t, h, 8 columns] -> word order -> [tile, chunk, g, t, r, h, code]
-    c = c.reshape(tiles, 2, 8, chunks, 4, 2, 8)[..., WORD_COLUMNS]
+    c = c.reshape(tiles, 2, 8, chunks_padded, 4, 2, 8)[..., WORD_COLUMNS]
     c = c.permute(0, 3, 2, 4, 1, 5, 6)
     words = (c << (4 * torch.arange(8, device=codes.device))).sum(-1)
     words = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
@@ -93,10 +121,15 @@ def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
     s = torch.zeros(n16, groups, dtype=torch.float32, device=codes.device)
     z = torch.zeros(n16, groups, dtype=torch.float32, device=codes.device)
     s[:n], z[:n] = scale.float(), zero.float()
-    pairs = torch.stack([_dup16(s.to(half)), _dup16((-(base + z)).to(half))], -1)  # [N16, G, 2]
-    sz = pairs.reshape(tiles, 2, 8, groups, 2).permute(3, 0, 2, 1, 4).reshape(groups, tiles, 8, 4)
-    return KernelWeights(words.reshape(tiles, chunks, 32, 4).contiguous(), sz.contiguous(),
-                         torch.zeros(tiles, dtype=torch.int32, device=codes.device), n, group)
+    pairs = _bits16(s.to(half)) | (_bits16((-(base + z)).to(half)) << 16)  # [N16, G]
+    constants = pairs.reshape(tiles, 2, 8, groups).permute(0, 3, 2, 1).reshape(tiles, groups, 16)  # u32 2g + r
+    # unit j's sets: the group of its first column and, with two sets, the next (clamped to the last)
+    first = torch.arange(units, device=codes.device)[:, None] * (unit * 64) // group
+    sets_of_unit = (first + torch.arange(sets, device=codes.device)).clamp(max=groups - 1)
+    stream = torch.cat([words.reshape(tiles, units, unit * 128), constants[:, sets_of_unit].reshape(tiles, units, -1)],
+                       -1)
+    return KernelWeights(stream.contiguous(), torch.zeros(tiles, dtype=torch.int32, device=codes.device), n, group,
+                         chunks, unit, sets)
 
 
 # W4A8's GEMM reads these inputs as they are, each block quantizing its columns of them into shared
@@ -106,13 +139,13 @@ _GEMM_INPUT = {torch.float8_e4m3fn: 0, torch.bfloat16: 1, torch.float32: 2}
 MAX_STAGED_BYTES = 32 * 1024
 
 
-def _config(mode: int, rows: int, xin: int = 0) -> dict[str, int]:
+def _config(mode: int, rows: int, xin: int = 0, weights: KernelWeights | None = None) -> dict[str, int]:
     nt = 1 if rows <= 8 else 2 if rows <= 16 else 4
-    return {"MODE": mode, "NT": nt, "KWARPS": KWARPS, "STAGES": STAGES, "XDEPTH": 2, "XIN": xin}
+    return {"MODE": mode, "NT": nt, "KWARPS": KWARPS, "XIN": xin, **(weights.defines() if weights else {})}
 
 
-def _module(mode: int, rows: int, device: torch.device, xin: int = 0):
-    return load_module("int4_group.cu", _config(mode, rows, xin), device)
+def _module(mode: int, rows: int, device: torch.device, xin: int = 0, weights: KernelWeights | None = None):
+    return load_module("int4_group.cu", _config(mode, rows, xin, weights), device)
 
 
 def _column_blocks(rows: int, k64: int, device: torch.device) -> int:
@@ -171,17 +204,16 @@ def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scal
         raise ValueError(f"the few-rows W4A8 kernel quantizes {m} x {xq.shape[1]} {xq.dtype} input itself only with a "
                          f"static scale, K = {weights.chunks * 64}, rows 16-byte aligned and within "
                          f"{MAX_STAGED_BYTES} bytes; prepare_input it first")
-    per_split, splits = split_k(weights.tiles, weights.chunks, KWARPS, xq.device, BLOCKS_PER_SM)
-    xs_stride = _staged_stride(min(per_split, weights.chunks) * 64, m) if xin else 0
+    per_split, splits = split_k(weights.tiles, weights.units, KWARPS, xq.device, BLOCKS_PER_SM)
+    xs_stride = _staged_stride(min(per_split * weights.unit, weights.chunks) * 64, m) if xin else 0
     out = torch.empty(m, weights.n, dtype=out_dtype, device=xq.device)
     partial = partial_sums(splits, weights.tiles, _config(mode, m)["NT"], torch.float32, xq.device)
-    _module(mode, m, xq.device, xin).launch(
+    _module(mode, m, xq.device, xin, weights).launch(
         "int4_group_gemm", (weights.tiles, splits, 1), 32 * KWARPS,
-        [pointer(weights.qw), pointer(weights.sz), pointer(xq), pointer(input_scale), pointer(tensor_scale), pointer(bias), pointer(out),
+        [pointer(weights.stream), pointer(xq), pointer(input_scale), pointer(tensor_scale), pointer(bias), pointer(out),
          pointer(partial), pointer(weights.arrivals), pointer(nan_count), ctypes.c_int(m), ctypes.c_int(weights.n),
-         ctypes.c_int(weights.tiles), ctypes.c_int(weights.chunks), ctypes.c_int(per_split), ctypes.c_int(xq.stride(0)),
-         ctypes.c_int(xs_stride), ctypes.c_int(weights.group), ctypes.c_int(weights.sz.shape[0]),
-         ctypes.c_int(int(per_token)), ctypes.c_int(int(out_dtype == torch.bfloat16))],
+         ctypes.c_int(weights.units), ctypes.c_int(weights.chunks), ctypes.c_int(per_split), ctypes.c_int(xq.stride(0)),
+         ctypes.c_int(xs_stride), ctypes.c_int(int(per_token)), ctypes.c_int(int(out_dtype == torch.bfloat16))],
         early=launches_early(xq.device), shared=m * xs_stride)
     return out
 
@@ -190,14 +222,13 @@ def dequantize(weights: KernelWeights, mode: int) -> torch.Tensor:
     """The plain weights [N, K64]: bf16((c - z) s) (W4A16) or E4M3 codes of (c - z) s (W4A8)."""
     k64 = weights.chunks * 64
     dtype = torch.bfloat16 if mode == W4A16 else torch.float8_e4m3fn
-    w = torch.empty(weights.n, k64, dtype=dtype, device=weights.qw.device)
+    w = torch.empty(weights.n, k64, dtype=dtype, device=weights.stream.device)
     items = weights.tiles * weights.chunks
     if items:
-        _module(mode, 1, w.device).launch(
+        _module(mode, 1, w.device, weights=weights).launch(
             "int4_group_dequantize", (-(-items // 8), 1, 1), 256,
-            [pointer(weights.qw), pointer(weights.sz), pointer(w), ctypes.c_int(weights.n), ctypes.c_int(weights.tiles),
-             ctypes.c_int(weights.chunks), ctypes.c_int(k64), ctypes.c_int(weights.group),
-             ctypes.c_int(weights.sz.shape[0])])
+            [pointer(weights.stream), pointer(w), ctypes.c_int(weights.n), ctypes.c_int(weights.tiles),
+             ctypes.c_int(weights.units), ctypes.c_int(weights.chunks), ctypes.c_int(k64)])
     return w
 
 
