@@ -61,7 +61,8 @@ def compile_cubin(source: str, name: str, options: list[str], arch: str,
 
 
 # The few-rows kernels (int4_group.cu, int4_small_m.cu) run one block per 16-row weight tile, whose warps
-# take its chunks of K in turn; K is split over blocks too while the tiles leave multiprocessors idle.
+# take its chunks (int4_group.cu: units of chunks) of K in turn; K is split over blocks too while the tiles
+# leave multiprocessors idle.
 MIN_SPLIT_ROUNDS = 2  # a split of K over blocks has at least this many rounds of the block's warps
 
 
