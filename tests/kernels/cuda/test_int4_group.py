@@ -110,11 +110,13 @@ def test_scales_are_rounded_to_the_bits_the_kernel_converts_exactly():
 @needs_nvrtc
 @pytest.mark.parametrize("arch,mode,xin", [("sm_80", W4A16, 0), ("sm_90", W4A16, 0), ("sm_89", W4A8, 0),
                                            ("sm_90", W4A8, 0), ("sm_90", W4A8, 1), ("sm_89", W4A8, 2)])
-# each column-tile count with one unit shape (int4_group.cu: two chunks, one, one with two sets)
-@pytest.mark.parametrize("nt,unit,sets,group", [(1, 2, 1, 0), (2, 1, 1, 0), (4, 1, 2, 96)])
-def test_kernels_compile_with_nvrtc(arch, mode, xin, nt, unit, sets, group):
+# each column-tile count with one unit shape (int4_group.cu: two chunks, one, one with two sets) and
+# weight tiles per block
+@pytest.mark.parametrize("nt,unit,sets,group,tb", [(1, 2, 1, 0, 1), (2, 1, 1, 0, 2), (4, 1, 2, 96, 2)])
+def test_kernels_compile_with_nvrtc(arch, mode, xin, nt, unit, sets, group, tb):
     source = (Path(SOURCE_DIR) / "int4_group.cu").read_text()
-    options = [f"-DMODE={mode}", f"-DNT={nt}", f"-DXIN={xin}", f"-DU={unit}", f"-DSETS={sets}", f"-DGROUP={group}"]
+    options = [f"-DMODE={mode}", f"-DNT={nt}", f"-DXIN={xin}", f"-DU={unit}", f"-DSETS={sets}", f"-DGROUP={group}",
+               f"-DTB={tb}", f"-DKWARPS={8 if tb == 1 else 6}"]
     assert len(compile_cubin(source, "int4_group.cu", options, arch)) > 0
 
 
@@ -214,6 +216,24 @@ def test_layer_on_gpu_matches_the_reference(cls, m, n, k, group):
     fp8_tensor_cores = cls is FP8Linear or (cls is W4A8Linear and m > MAX_ROWS)
     _close(out, ref, FP8_TENSOR_CORES if fp8_tensor_cores else FLOAT32_SUMS)
     _close(cpu, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [17, 32])
+@pytest.mark.parametrize("n,k,group", [(37, 576, 32), (40, 4096, 128), (24, 640, 640), (4240, 320, 64)])
+def test_two_weight_tiles_per_block_match_the_reference(m, n, k, group, monkeypatch):
+    """W4A16 past 16 rows gives each block of a wide layer two weight tiles (int4_group.py
+    TWO_TILES_PER_SM), forced here on narrow ones too: an odd count of tiles (the last block's second
+    tile past N), K split over blocks (40 x 4096), one group per row; 4240 x 320 takes two tiles a block
+    on any GPU of up to 132 multiprocessors."""
+    from lowbit.kernels.cuda import int4_group
+
+    if n < 4096:
+        monkeypatch.setattr(int4_group, "TWO_TILES_PER_SM", 0)
+    layer = _layer(W4A16Linear, n, k, group, seed=m + n)
+    x = torch.randn(m, k) * 0.5
+    ref = _float64_reference(layer, x)
+    _close(layer.cuda()(x.cuda()), ref)
 
 
 @pytest.mark.gpu

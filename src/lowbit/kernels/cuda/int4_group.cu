@@ -9,9 +9,10 @@
 // exactly, and one packed fma by s rounds (c - z) * s once (bf16), or leaves it exact (fp16, at most
 // 4 + 7 significant bits) for the one rounding to E4M3. Every weight is rounded as the reference rounds it.
 //
-// Compile-time constants (-D): MODE, NT (column tiles of 8 input rows), KWARPS (warps of a block: one
-// 16-row weight tile, its units taken in turn), STAGES (units of weights and constants in flight per
-// warp, through shared memory), U, SETS and GROUP (the units, below), XIN (MODE 1: the input's format).
+// Compile-time constants (-D): MODE, NT (column tiles of 8 input rows), TB (16-row weight tiles of a
+// block, 1 or 2: with 2 each input fragment serves both), KWARPS (warps of a block, taking the units of
+// its tiles in turn), STAGES (units in flight per warp, through shared memory), U, SETS and GROUP (the
+// units, below), XIN (MODE 1: the input's format).
 //
 // Layout (kernels/cuda/int4_group.py builds it): per 16-row weight tile a stream of units, each U
 // consecutive 64-column chunks of codes followed by the constants of their groups, so that a warp takes
@@ -62,6 +63,9 @@
 #endif
 #ifndef XIN
 #define XIN 0
+#endif
+#ifndef TB
+#define TB 1
 #endif
 #define UW (32 * U + 4 * SETS)
 // 16-byte input loads per lane, chunk and column tile: 16 columns of bf16 (2) or of E4M3 (1)
@@ -192,8 +196,9 @@ __device__ __forceinline__ uint4 lane_constants(const uint4* unit, int c, int g,
                       __byte_perm(p.y, 0, 0x3232));
 }
 
-// Block (tile, split): units [split * split_units, +split_units) of one weight tile, of which warp w
-// takes every KWARPS-th from the w-th. With XIN, NaN inputs add to nan_count (counted by tile 0's blocks).
+// Block (tiles TB b.. TB b + TB - 1, split): units [split * split_units, +split_units) of those weight
+// tiles, of which warp w takes every KWARPS-th from the w-th. With XIN, NaN inputs add to nan_count
+// (counted by the first tiles' blocks).
 extern "C" __global__ void __launch_bounds__(32 * KWARPS)
 int4_group_gemm(const uint4* __restrict__ stream, const unsigned char* __restrict__ x, const float* __restrict__ sx,
                 const float* __restrict__ s8, const float* __restrict__ bias, void* __restrict__ out,
@@ -201,11 +206,11 @@ int4_group_gemm(const uint4* __restrict__ stream, const unsigned char* __restric
                 int units, int chunks, int split_units, int ldx, int xs_stride, int per_token, int out_bf16) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int tile = blockIdx.x;
+    const int tile = blockIdx.x * TB, tiles = (N + 15) / 16;
     const int j_first = blockIdx.y * split_units + warp;
     const int j_end = min(blockIdx.y * split_units + split_units, units);
     const int chunk_end = min(j_end * U, chunks);  // a last unit's zero chunk meets x = 0
-    const uint4* tile_stream = stream + (size_t)tile * units * UW;
+    const uint4* tile_stream = stream + (size_t)tile * units * UW;  // the block's tile b at + b units UW
 #if MODE == 1 && XIN
     // x staged in shared memory as E4M3 codes, from column 64 c0 (below); rows past M read row M - 1,
     // which only feeds accumulator columns never stored
@@ -221,23 +226,27 @@ int4_group_gemm(const uint4* __restrict__ stream, const unsigned char* __restric
     for (int j = 0; j < NT; ++j) xrow[j] = 8 * j + g < M ? x + ((size_t)(8 * j + g) * ldx + 16 * t) * elem : nullptr;
 #endif
 
-    float acc[NT][4];
+    float acc[TB * NT][4];  // tile b's column tile j at b NT + j
 #pragma unroll
-    for (int j = 0; j < NT; ++j)
+    for (int j = 0; j < TB * NT; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
 
     // The units stream through a ring of STAGES in shared memory (cp.async), so the bytes in flight need
     // no registers: each lane copies 16 bytes of every chunk, lanes 0..4 SETS - 1 the constants, which
     // every lane then reads (hence the __syncwarp after the wait). The warp's i-th unit is j_first + i KWARPS.
-    __shared__ uint4 ring[KWARPS][STAGES][UW];
+    __shared__ uint4 ring[KWARPS][STAGES][TB][UW];
     auto fetch = [&](int i) {
         const int j = j_first + i * KWARPS;
         if (j < j_end) {
-            const uint4* unit = tile_stream + (size_t)j * UW;
 #pragma unroll
-            for (int u = 0; u < U; ++u) cp_async16(&ring[warp][i % STAGES][32 * u + lane], unit + 32 * u + lane);
-            if (lane < 4 * SETS) cp_async16(&ring[warp][i % STAGES][32 * U + lane], unit + 32 * U + lane);
+            for (int b = 0; b < TB; ++b) {
+                if (tile + b >= tiles) break;  // an odd count of tiles: the last block's second is never stored
+                const uint4* unit = tile_stream + ((size_t)b * units + j) * UW;
+#pragma unroll
+                for (int u = 0; u < U; ++u) cp_async16(&ring[warp][i % STAGES][b][32 * u + lane], unit + 32 * u + lane);
+                if (lane < 4 * SETS) cp_async16(&ring[warp][i % STAGES][b][32 * U + lane], unit + 32 * U + lane);
+            }
         }
         cp_async_commit();  // empty groups too: the count of groups stays uniform
     };
@@ -306,15 +315,20 @@ int4_group_gemm(const uint4* __restrict__ stream, const unsigned char* __restric
             if (j < j_end) {
                 cp_async_wait<STAGES - 2>();  // unit i has landed
                 __syncwarp();
-                const uint4* unit = ring[warp][i % STAGES];
-                const uint4 sc = lane_constants(unit, j, g, t);
-                uint4 q[U];
+                uint4 sc[TB], q[TB][U];
 #pragma unroll
-                for (int u = 0; u < U; ++u) q[u] = unit[32 * u + lane];
+                for (int b = 0; b < TB; ++b) {
+                    const uint4* unit = ring[warp][i % STAGES][b];
+                    sc[b] = lane_constants(unit, j, g, t);
+#pragma unroll
+                    for (int u = 0; u < U; ++u) q[b][u] = unit[32 * u + lane];
+                }
                 fetch(i + STAGES - 1);  // into the slot unit i - 1 left
 #pragma unroll
                 for (int u = 0; u < U; ++u) {
-                    chunk_step(acc, q[u], sc, xv[d + u]);
+#pragma unroll
+                    for (int b = 0; b < TB; ++b)
+                        chunk_step(*reinterpret_cast<float(*)[NT][4]>(&acc[b * NT]), q[b][u], sc[b], xv[d + u]);
                     load_x(d + u, j * U + u + 2 * KWARPS);
                 }
             }
@@ -323,14 +337,15 @@ int4_group_gemm(const uint4* __restrict__ stream, const unsigned char* __restric
     cp_async_wait<0>();
     if (!sum_warps<KWARPS>(acc) || !sum_splits(acc, partial, arrivals)) return;
 
-    // Accumulator (j, e) of lane (g, t): weight row g + 8 (e >= 2), input row 8j + 2t + (e & 1).
+    // Accumulator (b NT + j, e) of lane (g, t): row g + 8 (e >= 2) of tile b, input row 8j + 2t + (e & 1).
 #pragma unroll
-    for (int j = 0; j < NT; ++j)
+    for (int bj = 0; bj < TB * NT; ++bj)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            const int n = tile * 16 + g + (e >= 2 ? 8 : 0), m = 8 * j + 2 * t + (e & 1);
+            const int j = bj % NT;
+            const int n = (tile + bj / NT) * 16 + g + (e >= 2 ? 8 : 0), m = 8 * j + 2 * t + (e & 1);
             if (n >= N || m >= M) continue;
-            float y = acc[j][e];
+            float y = acc[bj][e];
 #if MODE == 1
             y = y * (sx[per_token ? m : 0] * s8[0]);
 #endif

@@ -27,12 +27,20 @@ from . import launches_early, load_module, multiprocessors, nvrtc_available, par
 
 W4A16, W4A8 = 0, 1
 MAX_ROWS = 32  # up to 4 column tiles of 8 input rows per warp
-# Warps of a block, sharing one 16-row weight tile and taking its units in turn, and the units in flight
-# per warp, by chunks per unit (H100, W4A16 one row, units of 2 chunks, 8 warps x 2 against 4 x 3: N = K
-# = 8192 16.7 / 16.8 us, 4096 6.8 / 7.2, 2048 4.2 / 7.0, where 4 warps split K over blocks; RESULTS,
-# session 22)
-KWARPS = 8
+# Units in flight per warp, by chunks per unit (H100, W4A16 one row, units of 2 chunks, 8 warps x 2
+# against 4 x 3: N = K = 8192 16.7 / 16.8 us, 4096 6.8 / 7.2, 2048 4.2 / 7.0, where 4 warps split K over
+# blocks; RESULTS, session 22)
 STAGES = {1: 3, 2: 2}
+# W4A16 past 16 rows, on layers of at least this many 16-row tiles per multiprocessor: two tiles per
+# block, whose warps read each input fragment once for both (half the reads of the input, which every
+# block reads whole). H100, 32 rows: faster at every width measured (4352 x 4096 14.7 -> 13.0 us, 8192 x
+# 8192 29.9 -> 24.0, 14336 x 4096 32.8 -> 25.8); at 16 rows, and for W4A8, at some widths only (8192 x
+# 8192, 16 rows: 21.5 -> 19.2 us; 11008 x 4096: 16.5 -> 19.3), so one tile there; fewer tiles leave
+# multiprocessors idle (4096 x 4096: 7.5 -> 16.2 us). RESULTS, session 22.
+TWO_TILES_PER_SM = 2
+# Warps of a block, which share its tiles and take their units in turn, by tiles per block: 6 with two,
+# so that the ring and the warps' sums stay within the 48 KiB of static shared memory at 32 rows
+KWARPS = {1: 8, 2: 6}
 # K is split over blocks too while the tiles give fewer blocks than this per multiprocessor: such a split
 # costs a round trip through global memory (W4A16, N = K = 4096, one row: 9.3 us unsplit, 10.9 split in two)
 BLOCKS_PER_SM = 1
@@ -139,13 +147,20 @@ _GEMM_INPUT = {torch.float8_e4m3fn: 0, torch.bfloat16: 1, torch.float32: 2}
 MAX_STAGED_BYTES = 32 * 1024
 
 
-def _config(mode: int, rows: int, xin: int = 0, weights: KernelWeights | None = None) -> dict[str, int]:
-    nt = 1 if rows <= 8 else 2 if rows <= 16 else 4
-    return {"MODE": mode, "NT": nt, "KWARPS": KWARPS, "XIN": xin, **(weights.defines() if weights else {})}
+def _column_tiles(rows: int) -> int:
+    return 1 if rows <= 8 else 2 if rows <= 16 else 4
 
 
-def _module(mode: int, rows: int, device: torch.device, xin: int = 0, weights: KernelWeights | None = None):
-    return load_module("int4_group.cu", _config(mode, rows, xin, weights), device)
+def _tiles_per_block(mode: int, rows: int, weights: KernelWeights, device: torch.device) -> int:
+    wide = weights.tiles >= TWO_TILES_PER_SM * multiprocessors(device)
+    return 2 if mode == W4A16 and rows > 16 and wide else 1
+
+
+def _module(mode: int, rows: int, device: torch.device, xin: int = 0, weights: KernelWeights | None = None,
+            tiles_per_block: int = 1):
+    defines = {"MODE": mode, "NT": _column_tiles(rows), "TB": tiles_per_block, "KWARPS": KWARPS[tiles_per_block],
+               "XIN": xin, **(weights.defines() if weights else {})}
+    return load_module("int4_group.cu", defines, device)
 
 
 def _column_blocks(rows: int, k64: int, device: torch.device) -> int:
@@ -204,12 +219,14 @@ def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scal
         raise ValueError(f"the few-rows W4A8 kernel quantizes {m} x {xq.shape[1]} {xq.dtype} input itself only with a "
                          f"static scale, K = {weights.chunks * 64}, rows 16-byte aligned and within "
                          f"{MAX_STAGED_BYTES} bytes; prepare_input it first")
-    per_split, splits = split_k(weights.tiles, weights.units, KWARPS, xq.device, BLOCKS_PER_SM)
+    tb = _tiles_per_block(mode, m, weights, xq.device)
+    blocks, warps = -(-weights.tiles // tb), KWARPS[tb]
+    per_split, splits = split_k(blocks, weights.units, warps, xq.device, BLOCKS_PER_SM)
     xs_stride = _staged_stride(min(per_split * weights.unit, weights.chunks) * 64, m) if xin else 0
     out = torch.empty(m, weights.n, dtype=out_dtype, device=xq.device)
-    partial = partial_sums(splits, weights.tiles, _config(mode, m)["NT"], torch.float32, xq.device)
-    _module(mode, m, xq.device, xin, weights).launch(
-        "int4_group_gemm", (weights.tiles, splits, 1), 32 * KWARPS,
+    partial = partial_sums(splits, blocks, tb * _column_tiles(m), torch.float32, xq.device)
+    _module(mode, m, xq.device, xin, weights, tb).launch(
+        "int4_group_gemm", (blocks, splits, 1), 32 * warps,
         [pointer(weights.stream), pointer(xq), pointer(input_scale), pointer(tensor_scale), pointer(bias), pointer(out),
          pointer(partial), pointer(weights.arrivals), pointer(nan_count), ctypes.c_int(m), ctypes.c_int(weights.n),
          ctypes.c_int(weights.units), ctypes.c_int(weights.chunks), ctypes.c_int(per_split), ctypes.c_int(xq.stride(0)),
