@@ -130,14 +130,13 @@ class Int4GroupLinear(_CodedLinear):
                                  self.options["group_size"])
 
     def _kernel_unavailable(self, device: torch.device) -> str | None:
-        from ..kernels.cuda.int4_group import kernels_supported
+        from ..kernels.cuda.int4_group import group_unsupported, kernels_supported
 
         if not kernels_supported(device, self.kernel_mode):
             cc = "8.9" if self.kernel_mode == W4A8 else "8.0"
             return f"the kernel needs compute capability {cc} or newer and cuda-bindings (NVRTC)"
-        group, k = self.options["group_size"], self.geometry.in_channels
-        if group % 32 and group < k:
-            return f"the kernel takes groups of a multiple of 32 columns (or one per row), not {group}"
+        if reason := group_unsupported(self.options["group_size"], self.geometry.in_channels):
+            return reason
         if not self._cached("scales_fit", (self.group_scale._version, self.group_scale.data_ptr()),
                             lambda: scales_on_grid(self.group_scale)):
             return (f"the kernel converts scales of at most {SCALE_BITS} significant bits exactly (a checkpoint "

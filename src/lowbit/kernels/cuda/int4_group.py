@@ -85,21 +85,29 @@ class KernelWeights:
         return self.stream.shape[1]
 
     def defines(self) -> dict[str, int]:
-        """The unit shape as int4_group.cu's compile-time constants."""
-        return {"U": self.unit, "SETS": self.sets, "GROUP": self.group if self.sets == 2 else 0,
-                "STAGES": STAGES[self.unit]}
+        return _unit_defines(self.unit, self.sets, self.group)
+
+
+def _unit_defines(unit: int, sets: int, group: int) -> dict[str, int]:
+    """A unit shape as int4_group.cu's compile-time constants (GROUP only where two sets need it)."""
+    return {"U": unit, "SETS": sets, "GROUP": group if sets == 2 else 0, "STAGES": STAGES[unit]}
+
+
+def group_unsupported(group: int, k: int) -> str | None:
+    """Why the kernel cannot take groups of ``group`` columns of K = ``k``, or None where it can."""
+    if group < k and group % 32:
+        return f"the kernel takes groups of a multiple of 32 columns (or one per row), not {group}"
+    return None
 
 
 def _unit_shape(group: int, k: int) -> tuple[int, int]:
     """(chunks per unit, constant sets per unit) for groups of ``group`` columns of K = ``k``: units that
     never straddle a group where groups allow, else one chunk with the two groups it may touch."""
+    if reason := group_unsupported(group, k):
+        raise ValueError(reason)
     if group >= k or group % 128 == 0:
         return 2, 1
-    if group % 64 == 0:
-        return 1, 1
-    if group % 32 == 0:
-        return 1, 2
-    raise ValueError(f"the INT4-group kernel takes groups of a multiple of 32 columns (or one per row), not {group}")
+    return (1, 1) if group % 64 == 0 else (1, 2)
 
 
 def _bits16(v: torch.Tensor) -> torch.Tensor:
@@ -116,9 +124,9 @@ def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
     n16, k64 = -(-n // 16) * 16, -(-k // 64) * 64
     tiles, chunks = n16 // 16, k64 // 64
     units = -(-chunks // unit)
-    c = torch.zeros(n16, units * unit * 64, dtype=torch.int64, device=codes.device)
-    c[:n, :k] = codes.to(torch.int64)
     chunks_padded = units * unit
+    c = torch.zeros(n16, chunks_padded * 64, dtype=torch.int64, device=codes.device)
+    c[:n, :k] = codes.to(torch.int64)
     # [tile, r, g, chunk, t, h, 8 columns] -> word order -> [tile, chunk, g, t, r, h, code]
     c = c.reshape(tiles, 2, 8, chunks_padded, 4, 2, 8)[..., WORD_COLUMNS]
     c = c.permute(0, 3, 2, 4, 1, 5, 6)
@@ -158,8 +166,10 @@ def _tiles_per_block(mode: int, rows: int, weights: KernelWeights, device: torch
 
 def _module(mode: int, rows: int, device: torch.device, xin: int = 0, weights: KernelWeights | None = None,
             tiles_per_block: int = 1):
+    # without weights (the input kernel) the group-128 shape's constants, so that it shares their module
+    unit_defines = weights.defines() if weights else _unit_defines(2, 1, 128)
     defines = {"MODE": mode, "NT": _column_tiles(rows), "TB": tiles_per_block, "KWARPS": KWARPS[tiles_per_block],
-               "XIN": xin, **(weights.defines() if weights else {})}
+               "XIN": xin, **unit_defines}
     return load_module("int4_group.cu", defines, device)
 
 
