@@ -188,18 +188,50 @@ def test_dequantized_weights_equal_the_reference_exactly(cls, n, k, group):
     assert torch.equal(w[:, :k].float().cpu(), ref)
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("n,k,group", SHAPES[:4] + SHAPES[-1:])
-def test_one_hot_inputs_give_each_weight_exactly(n, k, group):
-    """x = the unit rows: y[i, n] = w[n, i] * s8 + bias (one product each, so no rounding freedom): the
-    few-rows kernel puts every weight, scale and zero point where it belongs."""
-    layer = _layer(W4A8Linear, n, k, group, seed=3)
+def _one_hot_outputs_equal_the_reference(layer):
+    """x = the unit rows: y[i, n] = w[n, i] * s8 + bias (one product each, so no rounding freedom)."""
+    k = layer.geometry.in_channels
     layer.input_scale.fill_(1.0)
     ref = layer(torch.eye(k))
     gpu = layer.cuda()
     for start in range(0, k, 32):
         out = gpu(torch.eye(k, device="cuda")[start:start + 32])
         assert torch.equal(out.cpu(), ref[start:start + 32]), start
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,k,group", SHAPES[:4] + SHAPES[-1:])
+def test_one_hot_inputs_give_each_weight_exactly(n, k, group):
+    """The few-rows kernel puts every weight, scale and zero point where it belongs."""
+    _one_hot_outputs_equal_the_reference(_layer(W4A8Linear, n, k, group, seed=3))
+
+
+def _w4a8_layer_of(scale, zero, codes, group):
+    n, k = codes.shape
+    layer = W4A8Linear(LayerGeometry.of(torch.nn.Linear(k, n, bias=False)),
+                       {"group_size": group, "symmetric": False, "activation": "static"})
+    layer.qweight.copy_(pack_int4(codes, signed=False))
+    layer.group_scale.copy_(scale.to(torch.float16))
+    layer.group_zero.copy_(zero)
+    return layer
+
+
+@pytest.mark.gpu
+def test_w4a8_rounds_every_weight_to_e4m3_exactly():
+    """Every weight (c - z) s of every scale of 7 significant bits from 2^-14 up to 64: a row for each
+    scale, its first group's codes 0..15 at z = 0 and its second's at z = 15 (every |c - z| of 0..15 of
+    both signs), so that the weights cover E4M3's subnormals, its normal range and saturation past 448."""
+    from lowbit.kernels.cuda.int4_group import dequantize
+
+    scales = torch.tensor([(1 + m / 64) * 2.0 ** e for e in range(-14, 6) for m in range(64)])
+    n = len(scales)
+    codes = torch.arange(16, dtype=torch.uint8).repeat(n, 4)  # [n, 64]: 0..15 four times
+    zero = torch.tensor([0, 15], dtype=torch.uint8).repeat(n, 1)
+    layer = _w4a8_layer_of(scales[:, None].expand(n, 2), zero, codes, 32)
+    ref = layer.weight_values()
+    assert (ref.abs() == 448).any() and ((ref != 0) & (ref.abs() < 2 ** -6)).any()
+    assert torch.equal(dequantize(layer.cuda().kernel_weights(), W4A8)[:, :64].float().cpu(), ref)
+    _one_hot_outputs_equal_the_reference(layer.cpu())
 
 
 @pytest.mark.gpu
@@ -259,8 +291,11 @@ def test_input_codes_and_scales_equal_the_reference():
     nan_count = torch.zeros(1, dtype=torch.int32, device="cuda")
     for source in (x, x.to(torch.bfloat16)):
         xq, _ = prepare_input(source.cuda(), W4A8, 192, scale.cuda(), False, nan_count)
+        assert xq.dtype == torch.float8_e4m3fn
         assert torch.equal(xq[:, :131].float().cpu(), fp8_activation_grid(source, scale))
         assert not xq[:, 131:].float().any()
+        xh, _ = prepare_input(source.cuda(), W4A8, 192, scale.cuda(), False, nan_count, half_out=True)
+        assert xh.dtype == torch.float16 and torch.equal(xh.float(), xq.float())
         xq, sx = prepare_input(source.cuda(), W4A8, 192, None, True, nan_count)
         ref_scale = per_token_fp8_scale(source)
         assert torch.equal(sx.cpu(), ref_scale[:, 0])
@@ -286,7 +321,7 @@ def test_w4a8_gemm_quantizes_few_aligned_rows_itself():
     odd_k = kernel_layout(*_codes(40, 600, 128, seed=0), 128, W4A8)
     assert not quantizes_input(x[:1, :600], odd_k, W4A8, per_token=False)  # K not a multiple of 64
     wide = kernel_layout(*_codes(16, 4096, 128, seed=0), 128, W4A8)
-    rows = MAX_STAGED_BYTES // 4096
+    rows = MAX_STAGED_BYTES // (4096 * 2)  # staged as fp16
     assert quantizes_input(torch.randn(rows - 1, 4096), wide, W4A8, per_token=False)
     assert not quantizes_input(torch.randn(rows, 4096), wide, W4A8, per_token=False)  # past the shared memory
 
@@ -300,8 +335,8 @@ def test_w4a8_gemm_quantizes_few_aligned_rows_itself():
 def test_w4a8_gemm_quantizing_its_input_equals_the_input_kernel_path(dtype, m, n, k, group):
     """The one-launch path (x quantized in the GEMM) gives the same bits as the input kernel followed by
     the GEMM, saturation and rows of every size included; (130, 896) splits K over blocks (8 chunks,
-    then 6); (2200, 2048) has rows long enough to be staged one after the other; 4 x 7936 stages 32000
-    bytes, past the 48 KiB a block gets by default with the kernel's own shared memory."""
+    then 6); (2200, 2048) has rows long enough to be staged one after the other; 4 x 7936 stages 63,552
+    bytes, past the 48 KiB a block gets by default."""
     from lowbit.kernels.cuda.int4_group import prepare_input, quantizes_input, small_m_gemm
 
     layer = _layer(W4A8Linear, n, k, group, seed=m + n).cuda()
@@ -311,7 +346,7 @@ def test_w4a8_gemm_quantizing_its_input_equals_the_input_kernel_path(dtype, m, n
     sx, s8, bias = layer.input_scale, layer.weight_scale, layer.bias.float()
     assert quantizes_input(x, kw, W4A8, per_token=False)
     nans = torch.zeros(1, dtype=torch.int32, device="cuda")
-    xq, _ = prepare_input(x, W4A8, k, sx, False, nans)
+    xq, _ = prepare_input(x, W4A8, k, sx, False, nans, half_out=True)
     two_kernels = small_m_gemm(xq, kw, W4A8, sx, False, s8, bias, torch.float32)
     one_kernel = small_m_gemm(x, kw, W4A8, sx, False, s8, bias, torch.float32, nans)
     assert torch.equal(one_kernel, two_kernels)
@@ -326,6 +361,9 @@ def test_w4a8_gemm_refuses_an_input_it_cannot_quantize_itself():
     x = torch.randn(2, 640, device="cuda")
     with pytest.raises(ValueError, match="static scale"):
         small_m_gemm(x, layer.kernel_weights(), W4A8, None, True, layer.weight_scale, None, torch.float32)
+    with pytest.raises(ValueError, match="float16 .E4M3 values from prepare_input"):  # codes, not values
+        small_m_gemm(x.to(torch.float8_e4m3fn), layer.kernel_weights(), W4A8, layer.input_scale, False,
+                     layer.weight_scale, None, torch.float32)
 
 
 @pytest.mark.gpu

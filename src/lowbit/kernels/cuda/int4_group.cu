@@ -1,13 +1,18 @@
 // INT4-group weights on the float tensor cores for few input rows (W4A16 and W4A8, design.md 2.3),
 // compiled at run time with NVRTC. The arithmetic is nn/mixed_linear.py's:
 //   MODE 0 (W4A16): w = bf16((c - z) * s)   y = bf16(x) @ w^T + bias                 (mma m16n8k16 bf16)
-//   MODE 1 (W4A8):  w = e4m3((c - z) * s)   y = (e4m3(x / sx) @ w^T) * (sx * s8) + bias (mma m16n8k32 e4m3)
+//   MODE 1 (W4A8):  w = e4m3((c - z) * s)   y = (e4m3(x / sx) @ w^T) * (sx * s8) + bias (mma m16n8k16 fp16)
 // with float32 accumulation: the products are exact, so only the order of the float32 sums differs
 // from the reference. The scales s have at most 7 significant bits (numerics/groupwise.py), so that two
 // weights convert at once in packed 16-bit arithmetic, exactly: the code goes into the mantissa of a
 // 16-bit float (128 + c in bf16, 1024 + c in fp16), one packed fma subtracts 128 + z (or 1024 + z)
 // exactly, and one packed fma by s rounds (c - z) * s once (bf16), or leaves it exact (fp16, at most
 // 4 + 7 significant bits) for the one rounding to E4M3. Every weight is rounded as the reference rounds it.
+//
+// W4A8 multiplies its E4M3 values as fp16, which holds every one of them exactly, so the products and
+// sums are those of an E4M3 mma: Hopper's mma.sync has no E4M3 units (ptxas turns m16n8k32 e4m3 into
+// conversions of both operands to fp16 and two fp16 steps). The inputs come as fp16 values
+// (int4_group_prepare_input, or staged so by the GEMM itself), so that only the weights are converted.
 //
 // Compile-time constants (-D): MODE, NT (column tiles of 8 input rows), TB (16-row weight tiles of a
 // block, 1 or 2: with 2 each input fragment serves both), KWARPS (warps of a block, taking the units of
@@ -29,10 +34,10 @@
 //   other multiples of 64, U = 1 and two sets (the chunk's first group and the next; lane t's is
 //   lane_set) for other multiples of 32 (GROUP columns): a unit never needs more. With U = 2 and an odd
 //   count of chunks the last unit ends in a chunk of zero codes, which meets x = 0.
-//   x [M, ldx] MODE 0 bf16; MODE 1 E4M3 codes (XIN 0), or the layer's input itself in bf16 (XIN 1) or
-//     float32 (XIN 2), of which each block first quantizes its columns into shared memory (rows
-//     xs_stride bytes apart), as int4_group_prepare_input would (static scale; K == K64). Columns
-//     K..K64-1 are zero. A lane reads the same 16 columns of its input rows as of its weights.
+//   x [M, ldx] MODE 0 bf16; MODE 1 the fp16 values of E4M3 codes (XIN 0), or the layer's input itself in
+//     bf16 (XIN 1) or float32 (XIN 2), of which each block first quantizes its columns into shared memory
+//     as fp16 values (rows xs_stride bytes apart), as int4_group_prepare_input would (static scale; K ==
+//     K64). Columns K..K64-1 are zero. A lane reads the same 16 columns of its input rows as of its weights.
 // N16, K64: N and K rounded up to 16 and 64 (padded rows have scale 0; padded columns meet x = 0).
 //
 // K is split over the block's warps and, where the tiles alone would leave multiprocessors idle, over
@@ -68,8 +73,6 @@
 #define TB 1
 #endif
 #define UW (32 * U + 4 * SETS)
-// 16-byte input loads per lane, chunk and column tile: 16 columns of bf16 (2) or of E4M3 (1)
-#define XV (MODE == 1 ? 1 : 2)
 
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
     u32 r;
@@ -77,15 +80,16 @@ __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
     return r;
 }
 
-// A column pair (c - z) * s from a word shifted so that its codes sit in bits 0..3 and 16..19.
-__device__ __forceinline__ u32 dequant_pair(u32 shifted, u32 s2, u32 zb2) {
+// A column pair (c - z) * s from a word shifted so that its codes sit in bits 0..3 and 16..19; mask =
+// 0x000f000f, a register (see int4_group_gemm).
+__device__ __forceinline__ u32 dequant_pair(u32 shifted, u32 s2, u32 zb2, u32 mask) {
     u32 r;
 #if MODE == 1
-    const u32 v = (shifted & 0x000f000fu) | 0x64006400u;  // fp16 1024 + c
+    const u32 v = (shifted & mask) | 0x64006400u;  // fp16 1024 + c
     asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(v), "r"(0x3c003c00u), "r"(zb2));  // c - z, exact
     asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(r), "r"(s2), "r"(0x80008000u));   // (c - z) s, exact
 #else
-    const u32 v = (shifted & 0x000f000fu) | 0x43004300u;  // bf16 128 + c
+    const u32 v = (shifted & mask) | 0x43004300u;  // bf16 128 + c
     asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(v), "r"(0x3f803f80u), "r"(zb2));  // c - z, exact
     asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(r), "r"(s2), "r"(0x80008000u));   // bf16((c - z) s)
 #endif
@@ -93,14 +97,23 @@ __device__ __forceinline__ u32 dequant_pair(u32 shifted, u32 s2, u32 zb2) {
 }
 
 #if MODE == 1
-// Two column pairs of fp16 values -> 4 E4M3 bytes in column order (satfinite: beyond +-448 saturates,
-// as the reference's clamp before the cast).
-__device__ __forceinline__ u32 e4m3x4(u32 pair01, u32 pair23) {
-    u16 lo, hi;
-    asm("cvt.rn.satfinite.e4m3x2.f16x2 %0, %1;" : "=h"(lo) : "r"(pair01));
-    asm("cvt.rn.satfinite.e4m3x2.f16x2 %0, %1;" : "=h"(hi) : "r"(pair23));
-    return (u32)lo | ((u32)hi << 16);
+// A pair of fp16 values -> their E4M3 codes (satfinite: beyond +-448 saturates, as the reference's clamp
+// before the cast), and two E4M3 codes -> their fp16 values (exact).
+__device__ __forceinline__ u16 e4m3x2_of_f16x2(u32 pair) {
+    u16 q;
+    asm("cvt.rn.satfinite.e4m3x2.f16x2 %0, %1;" : "=h"(q) : "r"(pair));
+    return q;
 }
+__device__ __forceinline__ u32 f16x2_of_e4m3x2(u16 q) {
+    u32 r;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(r) : "h"(q));
+    return r;
+}
+
+// A pair of fp16 values rounded to E4M3 and back: their E4M3 values as fp16. (Rounding in packed fp16
+// arithmetic instead, by Veltkamp's splitting of weights scaled into fp16's range, takes three packed
+// ops and was slower on the H100: N = K = 8192, one row, 19.3 against 17.2 us; RESULTS, session 23.)
+__device__ __forceinline__ u32 e4m3_grid(u32 v) { return f16x2_of_e4m3x2(e4m3x2_of_f16x2(v)); }
 
 // Two float32 values -> their E4M3 codes, lo in the low byte (satfinite, as above).
 __device__ __forceinline__ u16 e4m3x2(float lo, float hi) {
@@ -113,7 +126,7 @@ __device__ __forceinline__ u16 e4m3x2(float lo, float hi) {
 #if MODE == 1 && XIN
 #define X_BYTES (XIN == 1 ? 2 : 4)
 // Eight consecutive input values, bf16 (XIN 1) or float32 (XIN 2) -> their E4M3 codes e4m3(x * inv),
-// saturating: int4_group_prepare_input's arithmetic.
+// saturating: int4_group_prepare_input's arithmetic (its fp16 values are staged).
 __device__ __forceinline__ uint2 quantize8(const unsigned char* __restrict__ src, float inv) {
     float v[8];
 #if XIN == 1
@@ -136,36 +149,28 @@ __device__ __forceinline__ uint2 quantize8(const unsigned char* __restrict__ src
 __device__ __forceinline__ int nan_codes(u32 q) { return __popc(__vcmpeq4(q & 0x7f7f7f7fu, 0x7f7f7f7fu)) >> 3; }
 #endif
 
-// The 8 columns of one word as the mma takes them: bf16 pairs (columns 0-1, 2-3, 4-5, 6-7) or E4M3
-// quadruples (columns 0-3, 4-7) in v[0..1].
-__device__ __forceinline__ void dequant_word(u32 w, u32 s2, u32 zb2, u32 (&v)[4]) {
-#if MODE == 1
-    v[0] = e4m3x4(dequant_pair(w, s2, zb2), dequant_pair(w >> 4, s2, zb2));
-    v[1] = e4m3x4(dequant_pair(w >> 8, s2, zb2), dequant_pair(w >> 12, s2, zb2));
-#else
+// The 8 columns of one word as the mma takes them: 16-bit pairs (columns 0-1, 2-3, 4-5, 6-7), bf16
+// (MODE 0) or the fp16 values of E4M3 (MODE 1).
+__device__ __forceinline__ void dequant_word(u32 w, u32 s2, u32 zb2, u32 mask, u32 (&v)[4]) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) v[i] = dequant_pair(w >> (4 * i), s2, zb2);
+    for (int i = 0; i < 4; ++i) {
+        v[i] = dequant_pair(w >> (4 * i), s2, zb2, mask);
+#if MODE == 1
+        v[i] = e4m3_grid(v[i]);
 #endif
+    }
 }
 
 // One 64-column chunk of a warp's tile: the lane's weight words q, its rows' constants sc = (s, zb) of
 // row g then of row g + 8, and its input fragments xv (16 columns of each input row 8j + g).
 __device__ __forceinline__ void chunk_step(float (&acc)[NT][4], const uint4& q, const uint4& sc,
-                                           const uint4 (&xv)[NT][XV]) {
+                                           const uint4 (&xv)[NT][2], u32 mask) {
     const u32 words[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         u32 lo[4], hi[4];  // columns 8h.. of rows g and g + 8
-        dequant_word(words[h], sc.x, sc.y, lo);
-        dequant_word(words[2 + h], sc.z, sc.w, hi);
-#if MODE == 1
-        // m16n8k32: a0/a1 rows g/g+8 at k 4t.. = columns 8h..8h+3, a2/a3 at k 16 + 4t.. = 8h+4..8h+7
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-            const u32 b0 = h ? xv[j][0].z : xv[j][0].x, b1 = h ? xv[j][0].w : xv[j][0].y;
-            mma_e4m3(acc[j], lo[0], hi[0], lo[1], hi[1], b0, b1);
-        }
-#else
+        dequant_word(words[h], sc.x, sc.y, mask, lo);
+        dequant_word(words[2 + h], sc.z, sc.w, mask, hi);
         // two m16n8k16 steps: a0/a1 at k 2t, 2t+1 = columns 8h + 4s, +1; a2/a3 at k 2t+8.. = 8h + 4s + 2, +3
 #pragma unroll
         for (int s = 0; s < 2; ++s)
@@ -173,9 +178,12 @@ __device__ __forceinline__ void chunk_step(float (&acc)[NT][4], const uint4& q, 
             for (int j = 0; j < NT; ++j) {
                 const uint4& xb = xv[j][h];
                 const u32 b0 = s ? xb.z : xb.x, b1 = s ? xb.w : xb.y;
+#if MODE == 1
+                mma_f16(acc[j], lo[2 * s], hi[2 * s], lo[2 * s + 1], hi[2 * s + 1], b0, b1);
+#else
                 mma_bf16(acc[j], lo[2 * s], hi[2 * s], lo[2 * s + 1], hi[2 * s + 1], b0, b1);
-            }
 #endif
+            }
     }
 }
 
@@ -206,24 +214,28 @@ int4_group_gemm(const uint4* __restrict__ stream, const unsigned char* __restric
                 int units, int chunks, int split_units, int ldx, int xs_stride, int per_token, int out_bf16) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
+    // 0x000f000f, which ptxas would otherwise put in a register anew before each of its uses, an
+    // instruction per column pair (H100, N = K = 8192, W4A8 one row 18.4 -> 17.2 us, 16 rows 23.8 -> 22.8;
+    // W4A16 one row 15.2 -> 14.8, but 16 rows 20.8 -> 22.1, so not there): M >= 0
+    const u32 mask = MODE == 1 || NT == 1 ? 0x000f000fu | ((u32)M & 0x80000000u) : 0x000f000fu;
     const int tile = blockIdx.x * TB, tiles = (N + 15) / 16;
     const int j_first = blockIdx.y * split_units + warp;
     const int j_end = min(blockIdx.y * split_units + split_units, units);
     const int chunk_end = min(j_end * U, chunks);  // a last unit's zero chunk meets x = 0
     const uint4* tile_stream = stream + (size_t)tile * units * UW;  // the block's tile b at + b units UW
+    // the lane's 16 columns of each of its input rows, 16-bit values
 #if MODE == 1 && XIN
-    // x staged in shared memory as E4M3 codes, from column 64 c0 (below); rows past M read row M - 1,
+    // x staged in shared memory as fp16 values, from column 64 c0 (below); rows past M read row M - 1,
     // which only feeds accumulator columns never stored
     extern __shared__ uint4 staged[];
     const int c0 = blockIdx.y * split_units * U;
     const unsigned char* xrow[NT];
 #pragma unroll
-    for (int j = 0; j < NT; ++j) xrow[j] = (const unsigned char*)staged + min(8 * j + g, M - 1) * xs_stride + 16 * t;
+    for (int j = 0; j < NT; ++j) xrow[j] = (const unsigned char*)staged + min(8 * j + g, M - 1) * xs_stride + 32 * t;
 #else
-    const int elem = MODE == 1 ? 1 : 2;
     const unsigned char* xrow[NT];
 #pragma unroll
-    for (int j = 0; j < NT; ++j) xrow[j] = 8 * j + g < M ? x + ((size_t)(8 * j + g) * ldx + 16 * t) * elem : nullptr;
+    for (int j = 0; j < NT; ++j) xrow[j] = 8 * j + g < M ? x + ((size_t)(8 * j + g) * ldx + 16 * t) * 2 : nullptr;
 #endif
 
     float acc[TB * NT][4];  // tile b's column tile j at b NT + j
@@ -252,16 +264,16 @@ int4_group_gemm(const uint4* __restrict__ stream, const unsigned char* __restric
     };
     // The input fragments (from L2 or L1, or staged) come through registers, two of the warp's chunks
     // ahead: the chunk two after c is c + 2 KWARPS for U = 1 and 2 alike.
-    uint4 xv[2][NT][XV];
+    uint4 xv[2][NT][2];
     auto load_x = [&](int d, int c) {
 #pragma unroll
         for (int j = 0; j < NT; ++j)
 #pragma unroll
-            for (int v = 0; v < XV; ++v)
+            for (int v = 0; v < 2; ++v)
 #if MODE == 1 && XIN
-                xv[d][j][v] = c < chunk_end ? *((const uint4*)(xrow[j] + (c - c0) * 64) + v) : make_uint4(0, 0, 0, 0);
+                xv[d][j][v] = c < chunk_end ? *((const uint4*)(xrow[j] + (c - c0) * 128) + v) : make_uint4(0, 0, 0, 0);
 #else
-                xv[d][j][v] = xrow[j] && c < chunk_end ? __ldg((const uint4*)(xrow[j] + (size_t)c * 64 * elem) + v)
+                xv[d][j][v] = xrow[j] && c < chunk_end ? __ldg((const uint4*)(xrow[j] + (size_t)c * 128) + v)
                                                        : make_uint4(0, 0, 0, 0);
 #endif
     };
@@ -283,7 +295,9 @@ int4_group_gemm(const uint4* __restrict__ stream, const unsigned char* __restric
         auto stage = [&](int m, int item) {
             const uint2 q = quantize8(x + ((size_t)m * ldx + c0 * 64 + item * 8) * X_BYTES, inv);
             if (tile == 0) nans += nan_codes(q.x) + nan_codes(q.y);
-            *(uint2*)(dst + m * xs_stride + item * 8) = q;
+            *(uint4*)(dst + m * xs_stride + item * 16) =
+                make_uint4(f16x2_of_e4m3x2((u16)q.x), f16x2_of_e4m3x2((u16)(q.x >> 16)), f16x2_of_e4m3x2((u16)q.y),
+                           f16x2_of_e4m3x2((u16)(q.y >> 16)));
         };
         if (per_row >= 32 * KWARPS) {  // rows that keep every thread busy: one after the other
             for (int m = 0; m < M; ++m)
@@ -330,7 +344,7 @@ int4_group_gemm(const uint4* __restrict__ stream, const unsigned char* __restric
                 for (int u = 0; u < U; ++u) {
 #pragma unroll
                     for (int b = 0; b < TB; ++b)
-                        chunk_step(*reinterpret_cast<float(*)[NT][4]>(&acc[b * NT]), q[b][u], sc[b], xv[d + u]);
+                        chunk_step(*reinterpret_cast<float(*)[NT][4]>(&acc[b * NT]), q[b][u], sc[b], xv[d + u], mask);
                     load_x(d + u, j * U + u + 2 * KWARPS);
                 }
             }
@@ -359,13 +373,14 @@ int4_group_gemm(const uint4* __restrict__ stream, const unsigned char* __restric
 // The input as the GEMM reads it, blocks (m, j) for the rows m of x [M, K] (float32 or bf16, row stride
 // ldin), each taking every gridDim.y-th span of 512 columns (one block per row with per_token):
 //   MODE 0: bf16(x)                                     -> xq [M, ldx] bf16
-//   MODE 1: e4m3(x * (1 / sx)), saturating at +-448     -> xq [M, ldx] e4m3 codes
+//   MODE 1: e4m3(x * (1 / sx)), saturating at +-448     -> xq [M, ldx] e4m3 codes, or with half_out their
+//                                                          fp16 values (the few-rows GEMM's input)
 // with columns K..ldx-1 zero. With per_token, sx[m] = max|x[m]| / 448 (1 for a zero row) is computed and
 // stored first; otherwise sx[0] is the calibrated scale. NaN inputs (MODE 1) are counted in nan_count.
 extern "C" __global__ void __launch_bounds__(256)
 int4_group_prepare_input(const void* __restrict__ xin, int in_bf16, int ldin, int K, int ldx,
                          float* __restrict__ sx, int per_token, unsigned char* __restrict__ xq,
-                         int* __restrict__ nan_count) {
+                         int* __restrict__ nan_count, int half_out) {
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");  // the GEMM may start loading its weights now
 #endif
@@ -395,7 +410,11 @@ int4_group_prepare_input(const void* __restrict__ xin, int in_bf16, int ldin, in
     for (int k = 2 * (blockIdx.y * 256 + threadIdx.x); k < ldx; k += 512 * gridDim.y) {
         const float y0 = k < K ? load(k) * inv : 0.0f, y1 = k + 1 < K ? load(k + 1) * inv : 0.0f;
         nans += (y0 != y0) + (y1 != y1);
-        *(u16*)(xq + (size_t)m * ldx + k) = e4m3x2(y0, y1);
+        const u16 q = e4m3x2(y0, y1);
+        if (half_out)
+            *(u32*)(xq + ((size_t)m * ldx + k) * 2) = f16x2_of_e4m3x2(q);
+        else
+            *(u16*)(xq + (size_t)m * ldx + k) = q;
     }
     if (nans) atomicAdd(nan_count, nans);
 #else
@@ -425,12 +444,20 @@ int4_group_dequantize(const uint4* __restrict__ stream, unsigned char* __restric
     for (int r = 0; r < 2; ++r) {
         const int n = tile * 16 + g + 8 * r;
         if (n >= N) continue;
-        u32 v0[4], v1[4];
-        dequant_word(words[2 * r], r ? sc.z : sc.x, r ? sc.w : sc.y, v0);
-        dequant_word(words[2 * r + 1], r ? sc.z : sc.x, r ? sc.w : sc.y, v1);
+        const u32 s2 = r ? sc.z : sc.x, zb2 = r ? sc.w : sc.y;
 #if MODE == 1
-        *(uint4*)(w + (size_t)n * ldw + c * 64 + 16 * t) = make_uint4(v0[0], v0[1], v1[0], v1[1]);
+        u32 q8[4];  // E4M3 codes of columns 4i..4i+3: pairs 2i, 2i + 1 (at shifts 4 (2i % 4) of word i / 2)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const u32 word = words[2 * r + i / 2] >> (8 * (i % 2));
+            q8[i] = (u32)e4m3x2_of_f16x2(dequant_pair(word, s2, zb2, 0x000f000fu)) |
+                    ((u32)e4m3x2_of_f16x2(dequant_pair(word >> 4, s2, zb2, 0x000f000fu)) << 16);
+        }
+        *(uint4*)(w + (size_t)n * ldw + c * 64 + 16 * t) = make_uint4(q8[0], q8[1], q8[2], q8[3]);
 #else
+        u32 v0[4], v1[4];
+        dequant_word(words[2 * r], s2, zb2, 0x000f000fu, v0);
+        dequant_word(words[2 * r + 1], s2, zb2, 0x000f000fu, v1);
         uint4* row = (uint4*)(w + ((size_t)n * ldw + c * 64 + 16 * t) * 2);
         row[0] = make_uint4(v0[0], v0[1], v0[2], v0[3]);
         row[1] = make_uint4(v1[0], v1[1], v1[2], v1[3]);

@@ -1,6 +1,7 @@
 """Launchers of int4_group.cu: Linear layers with INT4-group weights on the float tensor cores (W4A16:
-bf16 mma; W4A8: the weights turned into E4M3 in registers, FP8 mma), computing what
-lowbit.nn.mixed_linear's reference computes, up to the order of the float32 sums.
+bf16 mma; W4A8: the weights rounded to E4M3 in registers, multiplied with the E4M3 inputs as the fp16
+values that hold them exactly), computing what lowbit.nn.mixed_linear's reference computes, up to the
+order of the float32 sums.
 
 Few input rows (M <= MAX_ROWS) are bound by the weight bytes: the weights stream once, through a ring
 in shared memory (cp.async), in units of one or two 64-column chunks followed by their groups' scales
@@ -54,7 +55,7 @@ _HALF = {W4A16: (torch.bfloat16, 128), W4A8: (torch.float16, 1024)}
 
 
 def kernels_supported(device: torch.device, mode: int) -> bool:
-    """bf16 mma needs compute capability 8.0, E4M3 mma 8.9; both need NVRTC."""
+    """bf16 mma needs compute capability 8.0, the conversions to E4M3 8.9; both need NVRTC."""
     if device.type != "cuda" or not nvrtc_available():
         return False
     return torch.cuda.get_device_capability(device) >= ((8, 9) if mode == W4A8 else (8, 0))
@@ -148,11 +149,11 @@ def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
                          chunks, unit, sets)
 
 
-# W4A8's GEMM reads these inputs as they are, each block quantizing its columns of them into shared
-# memory (static scale; int4_group.cu XIN) ...
-_GEMM_INPUT = {torch.float8_e4m3fn: 0, torch.bfloat16: 1, torch.float32: 2}
-# ... where they take at most this many bytes there (one row of up to 32k columns)
-MAX_STAGED_BYTES = 32 * 1024
+# W4A8's GEMM reads the fp16 values of E4M3 codes, or these inputs as they are, each block quantizing its
+# columns of them into shared memory (static scale; int4_group.cu XIN) ...
+_GEMM_INPUT = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
+# ... where they take at most this many bytes there, as fp16 values (one row of up to 32k columns)
+MAX_STAGED_BYTES = 64 * 1024
 
 
 def _column_tiles(rows: int) -> int:
@@ -179,16 +180,19 @@ def _column_blocks(rows: int, k64: int, device: torch.device) -> int:
 
 
 def prepare_input(x: torch.Tensor, mode: int, k64: int, input_scale: torch.Tensor | None = None,
-                  per_token: bool = False, nan_count: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  per_token: bool = False, nan_count: torch.Tensor | None = None,
+                  half_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] float32 or bf16 (rows of unit stride) -> (the GEMM's input [M, k64], its scale):
-    W4A16 bf16(x); W4A8 the E4M3 codes of x / scale, the scale being ``input_scale`` or with
-    ``per_token`` each row's max|x| / 448 (float32 [M], returned). NaN inputs (W4A8) add to ``nan_count``."""
+    W4A16 bf16(x); W4A8 the E4M3 codes of x / scale (with ``half_out`` their float16 values, the
+    few-rows GEMM's input), the scale being ``input_scale`` or with ``per_token`` each row's max|x| / 448
+    (float32 [M], returned). NaN inputs (W4A8) add to ``nan_count``."""
     m, k = x.shape
     if x.dtype not in (torch.float32, torch.bfloat16):
         x = x.float()
     if x.stride(1) != 1:
         x = x.contiguous()
-    xq = torch.empty(m, k64, dtype=torch.bfloat16 if mode == W4A16 else torch.float8_e4m3fn, device=x.device)
+    dtype = torch.bfloat16 if mode == W4A16 else torch.float16 if half_out else torch.float8_e4m3fn
+    xq = torch.empty(m, k64, dtype=dtype, device=x.device)
     scale = input_scale
     if mode == W4A8 and per_token:
         scale = torch.empty(m, dtype=torch.float32, device=x.device)
@@ -196,14 +200,16 @@ def prepare_input(x: torch.Tensor, mode: int, k64: int, input_scale: torch.Tenso
         _module(mode, m, x.device).launch(
             "int4_group_prepare_input", (m, 1 if per_token else _column_blocks(m, k64, x.device), 1), 256,
             [pointer(x), ctypes.c_int(int(x.dtype == torch.bfloat16)), ctypes.c_int(x.stride(0)), ctypes.c_int(k),
-             ctypes.c_int(k64), pointer(scale), ctypes.c_int(int(per_token)), pointer(xq), pointer(nan_count)])
+             ctypes.c_int(k64), pointer(scale), ctypes.c_int(int(per_token)), pointer(xq), pointer(nan_count),
+             ctypes.c_int(int(half_out))])
     return xq, scale
 
 
 def _staged_stride(columns: int, rows: int) -> int:
-    """Bytes between the E4M3 rows a block stages: with several rows, an odd multiple of 64, so that
-    the two rows of each phase of the mma's 16-byte loads fall in different shared-memory banks."""
-    return columns + 64 if rows > 1 and columns % 128 == 0 else columns
+    """Bytes between the fp16 rows a block stages (a multiple of 64 columns): with several rows, an odd
+    multiple of 16, so that the two rows of each phase of the mma's 16-byte loads (a lane's at 32 t + 16 v)
+    fall in different shared-memory banks."""
+    return 2 * columns + (16 if rows > 1 else 0)
 
 
 def quantizes_input(x: torch.Tensor, weights: KernelWeights, mode: int, per_token: bool) -> bool:
@@ -218,12 +224,16 @@ def quantizes_input(x: torch.Tensor, weights: KernelWeights, mode: int, per_toke
 def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scale: torch.Tensor | None,
                  per_token: bool, tensor_scale: torch.Tensor | None, bias: torch.Tensor | None,
                  out_dtype: torch.dtype, nan_count: torch.Tensor | None = None) -> torch.Tensor:
-    """y [M, N] (float32 or bf16) for the prepared input xq [M, K64], M <= MAX_ROWS, or for W4A8 the
-    layer's input itself where :func:`quantizes_input` (its NaNs add to ``nan_count``). Launched early
-    behind the kernel before it on Hopper (programmatic dependent launch)."""
+    """y [M, N] (float32 or bf16) for the prepared input xq [M, K64], M <= MAX_ROWS (W4A8: float16, from
+    prepare_input with half_out), or for W4A8 the layer's input itself (bf16 or float32) where
+    :func:`quantizes_input` (its NaNs add to ``nan_count``). Launched early behind the kernel before it on
+    Hopper (programmatic dependent launch)."""
     m = xq.shape[0]
     if not 0 < m <= MAX_ROWS:
         raise ValueError(f"the few-rows INT4 kernel takes 1..{MAX_ROWS} input rows, got {m}")
+    if mode == W4A8 and xq.dtype not in _GEMM_INPUT:
+        raise ValueError(f"the few-rows W4A8 kernel takes float16 (E4M3 values from prepare_input with half_out), "
+                         f"bf16 or float32 input, not {xq.dtype}")
     xin = _GEMM_INPUT[xq.dtype] if mode == W4A8 else 0
     if xin and not quantizes_input(xq, weights, mode, per_token):
         raise ValueError(f"the few-rows W4A8 kernel quantizes {m} x {xq.shape[1]} {xq.dtype} input itself only with a "
@@ -246,7 +256,8 @@ def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scal
 
 
 def dequantize(weights: KernelWeights, mode: int) -> torch.Tensor:
-    """The plain weights [N, K64]: bf16((c - z) s) (W4A16) or E4M3 codes of (c - z) s (W4A8)."""
+    """The plain weights [N, K64]: bf16((c - z) s) (W4A16) or E4M3 codes of (c - z) s (W4A8), for the
+    tensor-core GEMM of many rows."""
     k64 = weights.chunks * 64
     dtype = torch.bfloat16 if mode == W4A16 else torch.float8_e4m3fn
     w = torch.empty(weights.n, k64, dtype=dtype, device=weights.stream.device)
@@ -278,7 +289,7 @@ def int4_group_linear(x: torch.Tensor, weights: KernelWeights, mode: int, *, inp
     elif quantizes_input(x, weights, mode, per_token):
         return small_m_gemm(x, weights, mode, input_scale, False, tensor_scale, bias, out_dtype, nan_count)
     else:
-        xq, scale = prepare_input(x, mode, k64, input_scale, per_token, nan_count)
+        xq, scale = prepare_input(x, mode, k64, input_scale, per_token, nan_count, half_out=m <= MAX_ROWS)
     if m == 0:
         return torch.empty(0, weights.n, dtype=out_dtype, device=x.device)
     if m <= MAX_ROWS:
