@@ -307,8 +307,8 @@ int4_group_gemm(const uint4* __restrict__ stream, const unsigned char* __restric
             // Short rows: all rows' items i in one loop (row i / per_row), so that their loads overlap
             // (H100, 16 rows of 576 columns: 8.7 -> 4.8 us; long rows lose 3-9% this way). The row comes
             // from a float product: (i + 0.5) / per_row lies 0.5 / per_row or more from an integer, its
-            // rounding error (under 33 * 2^-23) far less, as the host keeps M * per_row * 8 within
-            // MAX_STAGED_BYTES.
+            // rounding error (under 33 * 2^-23) far less, as the host keeps the staged bytes, M * per_row *
+            // 16, within MAX_STAGED_BYTES (64 KiB).
             const float per_row_inv = 1.0f / (float)per_row;
 #pragma unroll 4
             for (int i = threadIdx.x; i < M * per_row; i += 32 * KWARPS) {
