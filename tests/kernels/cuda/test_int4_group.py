@@ -15,7 +15,7 @@ from lowbit.kernels.cuda.int4_group import MAX_ROWS, W4A8, W4A16, WORD_COLUMNS, 
 from lowbit.nn.geometry import LayerGeometry
 from lowbit.nn.mixed_linear import FP8Linear, W4A8Linear, W4A16Linear
 from lowbit.nn.registry import CHECK_EVERY
-from lowbit.numerics import pack_int4
+from lowbit.nn.weight_quantizer import Int4GroupCodes
 from lowbit.numerics.groupwise import group_qparams, protective_scale, quantize_groups, scales_on_grid
 
 needs_nvrtc = pytest.mark.skipif(importlib.util.find_spec("cuda") is None, reason="needs cuda-bindings (NVRTC)")
@@ -136,11 +136,7 @@ def _layer(cls, n, k, group, seed, activation="static", bias=True):
         layer = cls(geometry, options)
         s8 = protective_scale(w) if cls is W4A8Linear else torch.tensor(1.0)
         scale, zero = group_qparams(w / s8, group, symmetric=False)
-        layer.qweight.copy_(pack_int4(quantize_groups(w / s8, scale, zero, group), signed=False))
-        layer.group_scale.copy_(scale.to(torch.float16))
-        layer.group_zero.copy_(zero)
-        if cls is W4A8Linear:
-            layer.weight_scale.copy_(s8)
+        layer.set_codes(Int4GroupCodes(quantize_groups(w / s8, scale, zero, group), scale, zero, s8, group))
     if hasattr(layer, "input_scale"):
         layer.input_scale.fill_(0.02)
     if bias:
@@ -210,9 +206,7 @@ def _w4a8_layer_of(scale, zero, codes, group):
     n, k = codes.shape
     layer = W4A8Linear(LayerGeometry.of(torch.nn.Linear(k, n, bias=False)),
                        {"group_size": group, "symmetric": False, "activation": "static"})
-    layer.qweight.copy_(pack_int4(codes, signed=False))
-    layer.group_scale.copy_(scale.to(torch.float16))
-    layer.group_zero.copy_(zero)
+    layer.set_codes(Int4GroupCodes(codes, scale, zero, torch.tensor(1.0), group))
     return layer
 
 
