@@ -230,7 +230,7 @@ def test_w4a8_rounds_every_weight_to_e4m3_exactly():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("cls", [W4A16Linear, W4A8Linear, FP8Linear])
-@pytest.mark.parametrize("m", [1, 5, 16, 17, 32, 33, 300])
+@pytest.mark.parametrize("m", [1, 5, 16, 17, 32, 33, 100, 300])
 @pytest.mark.parametrize("n,k,group", SHAPES[:3])
 def test_layer_on_gpu_matches_the_reference(cls, m, n, k, group):
     layer = _layer(cls, n, k, group, seed=m + n)

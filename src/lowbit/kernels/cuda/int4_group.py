@@ -10,10 +10,10 @@ fragments (:func:`kernel_layout`), and are converted two at a time in registers.
 share one weight tile and split its K, and K is split over blocks only where the tiles leave
 multiprocessors idle; the partial sums meet in a fixed order. W4A8 with a static input scale takes
 few rows of bf16 or float32 input as they are, each block quantizing its columns of them into shared
-memory first: one launch instead of two. Many rows are bound
-by arithmetic: the weights are then expanded once per call into a plain bf16 / E4M3 matrix (a pass
-over N * K bytes) for a tensor-core GEMM (kernels/triton float_gemm), which costs far less than
-converting every weight tile again in every row tile.
+memory first: one launch instead of two. W4A16 runs the kernel over slices of MAX_ROWS rows up to
+SLICED_MAX_ROWS rows. More rows are bound by arithmetic: the weights are then expanded once per call
+into a plain bf16 / E4M3 matrix (a pass over N * K bytes) for a tensor-core GEMM (kernels/triton
+float_gemm), which costs far less than converting every weight tile again in every row tile.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ from . import launches_early, load_module, multiprocessors, nvrtc_available, par
 
 W4A16, W4A8 = 0, 1
 MAX_ROWS = 32  # up to 4 column tiles of 8 input rows per warp
+# W4A16 up to this many rows: the few-rows kernel over slices of MAX_ROWS rows, each streaming the weights
+# again, rather than expanding them into a bf16 matrix (H100, 33 rows: 22.9 + 14.7 us against 145 for
+# the expansion and GEMM at N = K = 8192; four slices 92 against 147). W4A8's slices cost more (33.7 us
+# for 32 rows of 8192) against a cheaper expansion (E4M3, 68 us): not there.
+SLICED_MAX_ROWS = 128
 # Units in flight per warp, by chunks per unit (H100, W4A16 one row, units of 2 chunks, 8 warps x 2
 # against 4 x 3: N = K = 8192 16.7 / 16.8 us, 4096 6.8 / 7.2, 2048 4.2 / 7.0, where 4 warps split K over
 # blocks; RESULTS, session 22)
@@ -223,8 +228,10 @@ def quantizes_input(x: torch.Tensor, weights: KernelWeights, mode: int, per_toke
 
 def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scale: torch.Tensor | None,
                  per_token: bool, tensor_scale: torch.Tensor | None, bias: torch.Tensor | None,
-                 out_dtype: torch.dtype, nan_count: torch.Tensor | None = None) -> torch.Tensor:
-    """y [M, N] (float32 or bf16) for the prepared input xq [M, K64], M <= MAX_ROWS (W4A8: float16, from
+                 out_dtype: torch.dtype, nan_count: torch.Tensor | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """y [M, N] (float32 or bf16; into ``out``'s rows where given) for the prepared input xq [M, K64],
+    M <= MAX_ROWS (W4A8: float16, from
     prepare_input with half_out), or for W4A8 the layer's input itself (bf16 or float32) where
     :func:`quantizes_input` (its NaNs add to ``nan_count``). Launched early behind the kernel before it on
     Hopper (programmatic dependent launch)."""
@@ -243,7 +250,8 @@ def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scal
     blocks, warps = -(-weights.tiles // tb), KWARPS[tb]
     per_split, splits = split_k(blocks, weights.units, warps, xq.device, BLOCKS_PER_SM)
     xs_stride = _staged_stride(min(per_split * weights.unit, weights.chunks) * 64, m) if xin else 0
-    out = torch.empty(m, weights.n, dtype=out_dtype, device=xq.device)
+    if out is None:
+        out = torch.empty(m, weights.n, dtype=out_dtype, device=xq.device)
     partial = partial_sums(splits, blocks, tb * _column_tiles(m), torch.float32, xq.device)
     _module(mode, m, xq.device, xin, weights, tb).launch(
         "int4_group_gemm", (blocks, splits, 1), 32 * warps,
@@ -294,6 +302,12 @@ def int4_group_linear(x: torch.Tensor, weights: KernelWeights, mode: int, *, inp
         return torch.empty(0, weights.n, dtype=out_dtype, device=x.device)
     if m <= MAX_ROWS:
         return small_m_gemm(xq, weights, mode, scale, per_token, tensor_scale, bias, out_dtype)
+    if mode == W4A16 and m <= SLICED_MAX_ROWS:
+        out = torch.empty(m, weights.n, dtype=out_dtype, device=x.device)
+        for r in range(0, m, MAX_ROWS):  # each row's sums are its own: slices give the same results
+            small_m_gemm(xq[r:r + MAX_ROWS], weights, mode, None, False, None, bias, out_dtype,
+                         out=out[r:r + MAX_ROWS])
+        return out
     from ..triton import float_gemm
 
     w = dequantize(weights, mode)
