@@ -387,6 +387,17 @@ def test_bf16_inputs_give_bf16_outputs(cls):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("cls", [W4A16Linear, W4A8Linear])
+def test_no_input_rows_give_no_output_rows(cls):
+    from lowbit.kernels.cuda.int4_group import int4_group_linear
+
+    layer = _layer(cls, 37, 200, 32, seed=0).cuda()
+    scales = {"input_scale": layer.input_scale, "tensor_scale": layer.weight_scale} if cls is W4A8Linear else {}
+    out = int4_group_linear(torch.empty(0, 200, device="cuda"), layer.kernel_weights(), layer.kernel_mode, **scales)
+    assert out.shape == (0, 37) and out.dtype == torch.float32
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("cls", [W4A8Linear, FP8Linear])
 def test_nan_input_is_an_error_within_the_check_interval(cls):
     layer = _layer(cls, 16, 64, 64, seed=0).cuda()

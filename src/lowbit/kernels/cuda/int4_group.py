@@ -29,9 +29,9 @@ from . import launches_early, load_module, multiprocessors, nvrtc_available, par
 W4A16, W4A8 = 0, 1
 MAX_ROWS = 32  # up to 4 column tiles of 8 input rows per warp
 # W4A16 up to this many rows: the few-rows kernel over slices of MAX_ROWS rows, each streaming the weights
-# again, rather than expanding them into a bf16 matrix (H100, 33 rows: 22.9 + 14.7 us against 145 for
-# the expansion and GEMM at N = K = 8192; four slices 92 against 147). W4A8's slices cost more (33.7 us
-# for 32 rows of 8192) against a cheaper expansion (E4M3, 68 us): not there.
+# again, rather than expanding them into a bf16 matrix (H100, N = K = 8192: 33 rows 35.0 us against 144.6
+# for the expansion and GEMM, 128 rows 86.7 against 147.3; RESULTS, session 24). W4A8's slices cost more
+# (33.7 us for 32 rows of 8192) against a cheaper expansion (E4M3: 68.3 us at 33 rows): one slice only.
 SLICED_MAX_ROWS = 128
 # Units in flight per warp, by chunks per unit (H100, W4A16 one row, units of 2 chunks, 8 warps x 2
 # against 4 x 3: N = K = 8192 16.7 / 16.8 us, 4096 6.8 / 7.2, 2048 4.2 / 7.0, where 4 warps split K over
@@ -231,8 +231,7 @@ def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scal
                  out_dtype: torch.dtype, nan_count: torch.Tensor | None = None,
                  out: torch.Tensor | None = None) -> torch.Tensor:
     """y [M, N] (float32 or bf16; into ``out``'s rows where given) for the prepared input xq [M, K64],
-    M <= MAX_ROWS (W4A8: float16, from
-    prepare_input with half_out), or for W4A8 the layer's input itself (bf16 or float32) where
+    M <= MAX_ROWS (W4A8: float16, from prepare_input with half_out), or for W4A8 the layer's input itself (bf16 or float32) where
     :func:`quantizes_input` (its NaNs add to ``nan_count``). Launched early behind the kernel before it on
     Hopper (programmatic dependent launch)."""
     m = xq.shape[0]
@@ -298,14 +297,12 @@ def int4_group_linear(x: torch.Tensor, weights: KernelWeights, mode: int, *, inp
         return small_m_gemm(x, weights, mode, input_scale, False, tensor_scale, bias, out_dtype, nan_count)
     else:
         xq, scale = prepare_input(x, mode, k64, input_scale, per_token, nan_count, half_out=m <= MAX_ROWS)
-    if m == 0:
-        return torch.empty(0, weights.n, dtype=out_dtype, device=x.device)
-    if m <= MAX_ROWS:
-        return small_m_gemm(xq, weights, mode, scale, per_token, tensor_scale, bias, out_dtype)
-    if mode == W4A16 and m <= SLICED_MAX_ROWS:
+    if m <= (SLICED_MAX_ROWS if mode == W4A16 else MAX_ROWS):
+        # slices of MAX_ROWS rows (none for no rows; W4A8, whose per-token scales would need slicing too,
+        # takes one): each row's sums are its own, so slices give the same results
         out = torch.empty(m, weights.n, dtype=out_dtype, device=x.device)
-        for r in range(0, m, MAX_ROWS):  # each row's sums are its own: slices give the same results
-            small_m_gemm(xq[r:r + MAX_ROWS], weights, mode, None, False, None, bias, out_dtype,
+        for r in range(0, m, MAX_ROWS):
+            small_m_gemm(xq[r:r + MAX_ROWS], weights, mode, scale, per_token, tensor_scale, bias, out_dtype,
                          out=out[r:r + MAX_ROWS])
         return out
     from ..triton import float_gemm
