@@ -231,9 +231,9 @@ def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scal
                  out_dtype: torch.dtype, nan_count: torch.Tensor | None = None,
                  out: torch.Tensor | None = None) -> torch.Tensor:
     """y [M, N] (float32 or bf16; into ``out``'s rows where given) for the prepared input xq [M, K64],
-    M <= MAX_ROWS (W4A8: float16, from prepare_input with half_out), or for W4A8 the layer's input itself (bf16 or float32) where
-    :func:`quantizes_input` (its NaNs add to ``nan_count``). Launched early behind the kernel before it on
-    Hopper (programmatic dependent launch)."""
+    M <= MAX_ROWS (W4A8: float16, from prepare_input with half_out), or for W4A8 the layer's input itself
+    (bf16 or float32) where :func:`quantizes_input` (its NaNs add to ``nan_count``). Launched early behind
+    the kernel before it on Hopper (programmatic dependent launch)."""
     m = xq.shape[0]
     if not 0 < m <= MAX_ROWS:
         raise ValueError(f"the few-rows INT4 kernel takes 1..{MAX_ROWS} input rows, got {m}")
