@@ -300,7 +300,7 @@ def test_input_codes_and_scales_equal_the_reference():
 
 
 def test_w4a8_gemm_quantizes_few_aligned_rows_itself():
-    from lowbit.kernels.cuda.int4_group import MAX_STAGED_BYTES, quantizes_input
+    from lowbit.kernels.cuda.int4_group import MAX_QUANTIZED_COLUMNS, MAX_STAGED_BYTES, quantizes_input
 
     kw = kernel_layout(*_codes(40, 640, 128, seed=0), 128, W4A8)
     x = torch.randn(MAX_ROWS + 1, 648)
@@ -318,6 +318,9 @@ def test_w4a8_gemm_quantizes_few_aligned_rows_itself():
     rows = MAX_STAGED_BYTES // (4096 * 2)  # staged as fp16
     assert quantizes_input(torch.randn(rows - 1, 4096), wide, W4A8, per_token=False)
     assert not quantizes_input(torch.randn(rows, 4096), wide, W4A8, per_token=False)  # past the shared memory
+    for k, itself in ((MAX_QUANTIZED_COLUMNS, True), (MAX_QUANTIZED_COLUMNS + 64, False)):  # longer: two kernels
+        long = kernel_layout(*_codes(16, k, 128, seed=0), 128, W4A8)
+        assert quantizes_input(torch.randn(1, k), long, W4A8, per_token=False) == itself
 
 
 @pytest.mark.gpu

@@ -157,8 +157,14 @@ def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
 # W4A8's GEMM reads the fp16 values of E4M3 codes, or these inputs as they are, each block quantizing its
 # columns of them into shared memory (static scale; int4_group.cu XIN) ...
 _GEMM_INPUT = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
-# ... where they take at most this many bytes there, as fp16 values (one row of up to 32k columns)
+# ... where they take at most this many bytes there, as fp16 values ...
 MAX_STAGED_BYTES = 64 * 1024
+# ... in rows of at most this many columns: each block quantizes every column it reads before its first
+# chunk, a prologue that grows with K, where the input kernel runs once and the GEMM overlaps it (H100,
+# one row: 4096 x 11008 18.1 us in one launch against 15.3 in two, 4096 x 14336 22.5 against 18.2;
+# 8192 x 8192 18.7 either way; 11008 x 4096 14.9 against 16.1, 576 x 1536 3.2 against 4.9; RESULTS,
+# session 25)
+MAX_QUANTIZED_COLUMNS = 8192
 
 
 def _column_tiles(rows: int) -> int:
@@ -219,11 +225,12 @@ def _staged_stride(columns: int, rows: int) -> int:
 
 def quantizes_input(x: torch.Tensor, weights: KernelWeights, mode: int, per_token: bool) -> bool:
     """Whether :func:`small_m_gemm` takes x itself (W4A8 with a static scale, bf16 or float32 rows of
-    16-byte alignment, K a multiple of 64, rows that fit MAX_STAGED_BYTES): one kernel instead of two."""
+    16-byte alignment, K a multiple of 64 up to MAX_QUANTIZED_COLUMNS, rows that fit MAX_STAGED_BYTES):
+    one kernel instead of two."""
     m, k = x.shape
     return (mode == W4A8 and not per_token and 0 < m <= MAX_ROWS and k == weights.chunks * 64
-            and m * _staged_stride(k, m) <= MAX_STAGED_BYTES and x.dtype in (torch.bfloat16, torch.float32)
-            and rows_16_byte_aligned(x))
+            and k <= MAX_QUANTIZED_COLUMNS and m * _staged_stride(k, m) <= MAX_STAGED_BYTES
+            and x.dtype in (torch.bfloat16, torch.float32) and rows_16_byte_aligned(x))
 
 
 def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scale: torch.Tensor | None,
@@ -243,8 +250,8 @@ def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scal
     xin = _GEMM_INPUT[xq.dtype] if mode == W4A8 else 0
     if xin and not quantizes_input(xq, weights, mode, per_token):
         raise ValueError(f"the few-rows W4A8 kernel quantizes {m} x {xq.shape[1]} {xq.dtype} input itself only with a "
-                         f"static scale, K = {weights.chunks * 64}, rows 16-byte aligned and within "
-                         f"{MAX_STAGED_BYTES} bytes; prepare_input it first")
+                         f"static scale, K = {weights.chunks * 64} (at most {MAX_QUANTIZED_COLUMNS}), rows "
+                         f"16-byte aligned and within {MAX_STAGED_BYTES} bytes; prepare_input it first")
     tb = _tiles_per_block(mode, m, weights, xq.device)
     blocks, warps = -(-weights.tiles // tb), KWARPS[tb]
     per_split, splits = split_k(blocks, weights.units, warps, xq.device, BLOCKS_PER_SM)
