@@ -4,8 +4,8 @@
 
 For each M in {1, 16, 128, 4096, 8192} and N = K in {4096, 8192}, median time per call replayed from a
 CUDA graph (benchmarks/timing.py), from bf16 input to bf16 output, so each lowbit time includes its
-input's quantization (bf16 -> E4M3 for W4A8 and FP8: a kernel of its own, except for W4A8 at up to 16
-rows, whose GEMM quantizes them; none for W4A16):
+input's quantization (bf16 -> E4M3 for W4A8 and FP8: a kernel of its own, except for W4A8 at one row,
+whose GEMM quantizes it (int4_group.quantizes_input); none for W4A16):
   w4a16, w4a8   kernels/cuda/int4_group (group 128, asymmetric): few rows stream the INT4 codes once;
                 more rows expand the weights to bf16 / E4M3 once per call, then the Triton float GEMM
   fp8           E4M3 per-channel weights, the Triton float GEMM
