@@ -7,7 +7,9 @@ CUDA graph (benchmarks/timing.py), from bf16 input to bf16 output, so each lowbi
 input's quantization (bf16 -> E4M3 for W4A8 and FP8: a kernel of its own, except for W4A8 at one row,
 whose GEMM quantizes it (int4_group.quantizes_input); none for W4A16):
   w4a16, w4a8   kernels/cuda/int4_group (group 128, asymmetric): few rows stream the INT4 codes once;
-                more rows expand the weights to bf16 / E4M3 once per call, then the Triton float GEMM
+                W4A8 from 33 to 256 rows runs the Triton GEMM that converts the packed codes in registers
+                (kernels/triton/w4a8_gemm); more rows expand the weights to bf16 / E4M3 once per call, then
+                the Triton float GEMM (W4A16 up to 128 rows: the few-rows kernel over slices of 32)
   fp8           E4M3 per-channel weights, the Triton float GEMM
   scaled_mm     torch._scaled_mm on pre-quantized E4M3 input (cuBLASLt FP8, no input kernel): the
                 vendor's FP8 speed, for scale
@@ -25,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from lowbit.kernels.cuda.int4_group import W4A8, W4A16, int4_group_linear, kernel_layout, prepare_input  # noqa: E402
 from lowbit.kernels.triton import float_gemm  # noqa: E402
+from lowbit.numerics import pack_int4  # noqa: E402
 from lowbit.numerics.groupwise import round_scale  # noqa: E402
 from timing import bench, copies, gemm_sizes, write_result  # noqa: E402
 
@@ -37,7 +40,7 @@ def _int4_weights(n, k, mode):
     codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, device="cuda")
     scale = round_scale(torch.rand(n, k // GROUP, device="cuda") * 0.01 + 0.001).to(torch.float16)
     zero = torch.randint(0, 16, (n, k // GROUP), dtype=torch.uint8, device="cuda")
-    return kernel_layout(codes, scale, zero, GROUP, mode)
+    return kernel_layout(codes, scale, zero, GROUP, mode, pack_int4(codes, signed=False))
 
 
 def rows_for(m, nk):

@@ -48,7 +48,7 @@ def main():
             kernel = g._gemm_splitk_kernel
             configs = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_stages=st, num_warps=4)
                        for bn in (32, 64, 128) for bk in (128, 256) for sk in (2, 4, 8, 16) for st in (3, 5)]
-            extra = g._splitk_workspace(torch.device("cuda"), n, torch.int32)
+            extra = g.splitk_workspace(torch.device("cuda"), n, torch.int32)
         else:
             kernel, configs = g._gemm_kernel, g._tile_configs()
             extra = ()

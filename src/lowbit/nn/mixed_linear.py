@@ -150,7 +150,7 @@ class Int4GroupLinear(_CodedLinear):
 
         key = tuple((t._version, t.data_ptr(), t.device) for t in (self.qweight, self.group_scale, self.group_zero))
         return self._cached("kernel_weights", key, lambda: kernel_layout(self.weight_codes(), self.group_scale, self.group_zero,
-                                                       self.options["group_size"], self.kernel_mode))
+                                                       self.options["group_size"], self.kernel_mode, self.qweight))
 
     def _gpu_forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         from ..kernels.cuda.int4_group import int4_group_linear

@@ -377,10 +377,12 @@ int4_group_gemm(const uint4* __restrict__ stream, const unsigned char* __restric
 //                                                          fp16 values (the few-rows GEMM's input)
 // with columns K..ldx-1 zero. With per_token, sx[m] = max|x[m]| / 448 (1 for a zero row) is computed and
 // stored first; otherwise sx[0] is the calibrated scale. NaN inputs (MODE 1) are counted in nan_count.
+// MODE 1 with deinterleave (ldx a multiple of 128): each 128-column tile's even columns, then its odd ones
+// (the order of the Triton W4A8 GEMM's two dots, kernels/triton/w4a8_gemm.py).
 extern "C" __global__ void __launch_bounds__(256)
 int4_group_prepare_input(const void* __restrict__ xin, int in_bf16, int ldin, int K, int ldx,
                          float* __restrict__ sx, int per_token, unsigned char* __restrict__ xq,
-                         int* __restrict__ nan_count, int half_out) {
+                         int* __restrict__ nan_count, int half_out, int deinterleave) {
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");  // the GEMM may start loading its weights now
 #endif
@@ -411,10 +413,15 @@ int4_group_prepare_input(const void* __restrict__ xin, int in_bf16, int ldin, in
         const float y0 = k < K ? load(k) * inv : 0.0f, y1 = k + 1 < K ? load(k + 1) * inv : 0.0f;
         nans += (y0 != y0) + (y1 != y1);
         const u16 q = e4m3x2(y0, y1);
-        if (half_out)
+        if (half_out) {
             *(u32*)(xq + ((size_t)m * ldx + k) * 2) = f16x2_of_e4m3x2(q);
-        else
+        } else if (deinterleave) {
+            unsigned char* tile = xq + (size_t)m * ldx + (k & ~127);
+            tile[(k & 127) >> 1] = (unsigned char)q;
+            tile[64 + ((k & 127) >> 1)] = (unsigned char)(q >> 8);
+        } else {
             *(u16*)(xq + (size_t)m * ldx + k) = q;
+        }
     }
     if (nans) atomicAdd(nan_count, nans);
 #else

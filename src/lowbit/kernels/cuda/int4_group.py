@@ -11,8 +11,9 @@ share one weight tile and split its K, and K is split over blocks only where the
 multiprocessors idle; the partial sums meet in a fixed order. W4A8 with a static input scale takes
 few rows of bf16 or float32 input as they are, each block quantizing its columns of them into shared
 memory first: one launch instead of two. W4A16 runs the kernel over slices of MAX_ROWS rows up to
-SLICED_MAX_ROWS rows. More rows are bound by arithmetic: the weights are then expanded once per call
-into a plain bf16 / E4M3 matrix (a pass over N * K bytes) for a tensor-core GEMM (kernels/triton
+SLICED_MAX_ROWS rows; W4A8 on large layers up to W4A8_GEMM_MAX_ROWS rows runs a Triton GEMM that converts
+the layer's packed codes in registers (kernels/triton/w4a8_gemm.py). More rows are bound by arithmetic:
+the weights are then expanded once per call into a plain bf16 / E4M3 matrix (a pass over N * K bytes) for a tensor-core GEMM (kernels/triton
 float_gemm), which costs far less than converting every weight tile again in every row tile.
 """
 
@@ -33,6 +34,16 @@ MAX_ROWS = 32  # up to 4 column tiles of 8 input rows per warp
 # for the expansion and GEMM, 128 rows 86.7 against 147.3; RESULTS, session 24). W4A8's slices cost more
 # (33.7 us for 32 rows of 8192) against a cheaper expansion (E4M3: 68.3 us at 33 rows): one slice only.
 SLICED_MAX_ROWS = 128
+# W4A8 from MAX_ROWS + 1 to W4A8_GEMM_MAX_ROWS rows of layers of at least W4A8_GEMM_MIN_WEIGHTS weights:
+# the Triton GEMM that converts the layer's packed codes in registers for the FP8 tensor cores
+# (kernels/triton/w4a8_gemm.py), on Hopper, where K is whole steps of W4A8_GEMM_TILE_K columns within
+# groups. H100, bf16 in and out, against expanding the weights to E4M3 for the float GEMM: 8192 x 8192,
+# 33 rows 40.0 us against 66.9 (bf16 49.5), 128 rows 49.7 against 78.5, 256 rows 76.5 against 81.5; on
+# 4096 x 4096 it was slower (33 rows 21.5 against 20.6, 256 rows 32.0 against 26.3); past 256 rows the
+# expansion wins (RESULTS, session 26).
+W4A8_GEMM_MAX_ROWS = 256
+W4A8_GEMM_MIN_WEIGHTS = 4096 * 8192
+W4A8_GEMM_TILE_K = 128
 # Units in flight per warp, by chunks per unit (H100, W4A16 one row, units of 2 chunks, 8 warps x 2
 # against 4 x 3: N = K = 8192 16.7 / 16.8 us, 4096 6.8 / 7.2, 2048 4.2 / 7.0, where 4 warps split K over
 # blocks; RESULTS, session 22)
@@ -72,7 +83,8 @@ class KernelWeights:
     4 * (32 * unit + 4 * sets)], units of ``unit`` chunks of 64 columns (``chunks`` = K64 / 64 of them, the
     last unit padded) and ``sets`` groups' constants; ``group`` is the group size (K for one per row).
     ``arrivals`` counts the blocks of a split K (reset by the kernel), so one layer's calls must not run
-    concurrently on two streams."""
+    concurrently on two streams. ``packed``, ``scale`` and ``zero``: the layer's own tensors (codes two per
+    byte, as Int4GroupLinear stores them), which the Triton W4A8 GEMM reads as they are; None without them."""
 
     stream: torch.Tensor
     arrivals: torch.Tensor
@@ -81,6 +93,9 @@ class KernelWeights:
     chunks: int
     unit: int
     sets: int
+    packed: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+    zero: torch.Tensor | None = None
 
     @property
     def tiles(self) -> int:
@@ -122,9 +137,10 @@ def _bits16(v: torch.Tensor) -> torch.Tensor:
 
 
 def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
-                  mode: int) -> KernelWeights:
+                  mode: int, packed: torch.Tensor | None = None) -> KernelWeights:
     """Codes uint8 [N, K] (0..15), float16 scales (on numerics.groupwise's 7-bit grid) and uint8 zero
-    points [N, G] -> the kernel's layout (on the codes' device)."""
+    points [N, G] -> the kernel's layout (on the codes' device); ``packed``, the same codes two per byte
+    (numerics.pack_int4), is kept with the scales and zero points for the Triton W4A8 GEMM."""
     n, k = codes.shape
     unit, sets = _unit_shape(group, k)
     n16, k64 = -(-n // 16) * 16, -(-k // 64) * 64
@@ -150,8 +166,9 @@ def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
     sets_of_unit = (first + torch.arange(sets, device=codes.device)).clamp(max=groups - 1)
     stream = torch.cat([words.reshape(tiles, units, unit * 128), constants[:, sets_of_unit].reshape(tiles, units, -1)],
                        -1)
+    keep = packed is not None and mode == W4A8 and w4a8_gemm_takes(k, group)
     return KernelWeights(stream.contiguous(), torch.zeros(tiles, dtype=torch.int32, device=codes.device), n, group,
-                         chunks, unit, sets)
+                         chunks, unit, sets, *((packed, scale.contiguous(), zero.contiguous()) if keep else ()))
 
 
 # W4A8's GEMM reads the fp16 values of E4M3 codes, or these inputs as they are, each block quantizing its
@@ -192,11 +209,14 @@ def _column_blocks(rows: int, k64: int, device: torch.device) -> int:
 
 def prepare_input(x: torch.Tensor, mode: int, k64: int, input_scale: torch.Tensor | None = None,
                   per_token: bool = False, nan_count: torch.Tensor | None = None,
-                  half_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                  half_out: bool = False, deinterleave: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] float32 or bf16 (rows of unit stride) -> (the GEMM's input [M, k64], its scale):
     W4A16 bf16(x); W4A8 the E4M3 codes of x / scale (with ``half_out`` their float16 values, the
-    few-rows GEMM's input), the scale being ``input_scale`` or with ``per_token`` each row's max|x| / 448
-    (float32 [M], returned). NaN inputs (W4A8) add to ``nan_count``."""
+    few-rows GEMM's input; with ``deinterleave``, k64 a multiple of 128, each 128 columns' even ones then
+    their odd ones, the Triton W4A8 GEMM's input), the scale being ``input_scale`` or with ``per_token``
+    each row's max|x| / 448 (float32 [M], returned). NaN inputs (W4A8) add to ``nan_count``."""
+    if deinterleave and (mode != W4A8 or half_out or k64 % 128):
+        raise ValueError(f"deinterleaving takes W4A8 E4M3 codes of a multiple of 128 columns, not {k64}")
     m, k = x.shape
     if x.dtype not in (torch.float32, torch.bfloat16):
         x = x.float()
@@ -212,8 +232,21 @@ def prepare_input(x: torch.Tensor, mode: int, k64: int, input_scale: torch.Tenso
             "int4_group_prepare_input", (m, 1 if per_token else _column_blocks(m, k64, x.device), 1), 256,
             [pointer(x), ctypes.c_int(int(x.dtype == torch.bfloat16)), ctypes.c_int(x.stride(0)), ctypes.c_int(k),
              ctypes.c_int(k64), pointer(scale), ctypes.c_int(int(per_token)), pointer(xq), pointer(nan_count),
-             ctypes.c_int(int(half_out))])
+             ctypes.c_int(int(half_out)), ctypes.c_int(int(deinterleave))])
     return xq, scale
+
+
+def w4a8_gemm_takes(k: int, group: int) -> bool:
+    """Whether the Triton W4A8 GEMM takes K = ``k`` with groups of ``group`` columns: whole steps of
+    W4A8_GEMM_TILE_K columns, each within one group."""
+    return k % W4A8_GEMM_TILE_K == 0 and (group >= k or group % W4A8_GEMM_TILE_K == 0)
+
+
+def uses_w4a8_gemm(m: int, weights: KernelWeights, mode: int) -> bool:
+    """Whether ``m`` rows go to the Triton W4A8 GEMM (weights that keep their packed codes: see
+    :func:`kernel_layout`)."""
+    return (mode == W4A8 and MAX_ROWS < m <= W4A8_GEMM_MAX_ROWS and weights.packed is not None
+            and weights.n * weights.chunks * 64 >= W4A8_GEMM_MIN_WEIGHTS)
 
 
 def _staged_stride(columns: int, rows: int) -> int:
@@ -303,7 +336,14 @@ def int4_group_linear(x: torch.Tensor, weights: KernelWeights, mode: int, *, inp
     elif quantizes_input(x, weights, mode, per_token):
         return small_m_gemm(x, weights, mode, input_scale, False, tensor_scale, bias, out_dtype, nan_count)
     else:
-        xq, scale = prepare_input(x, mode, k64, input_scale, per_token, nan_count, half_out=m <= MAX_ROWS)
+        fused = uses_w4a8_gemm(m, weights, mode) and torch.cuda.get_device_capability(x.device) >= (9, 0)
+        xq, scale = prepare_input(x, mode, k64, input_scale, per_token, nan_count, half_out=m <= MAX_ROWS,
+                                  deinterleave=fused)
+        if fused:
+            from ..triton.w4a8_gemm import w4a8_gemm
+
+            return w4a8_gemm(xq, weights.packed, weights.scale, weights.zero, weights.group, scale,
+                             tensor_scale.float().expand(weights.n).contiguous(), bias, out_dtype)
     if m <= (SLICED_MAX_ROWS if mode == W4A16 else MAX_ROWS):
         # slices of MAX_ROWS rows (none for no rows; W4A8, whose per-token scales would need slicing too,
         # takes one): each row's sums are its own, so slices give the same results

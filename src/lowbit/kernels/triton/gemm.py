@@ -212,10 +212,9 @@ def _gemm_splitk_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_sca
                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
                              EARLY: tl.constexpr):
     """Few rows: the weights dominate, so K is split over SPLIT_K programs per column tile
-    to put every SM to streaming them. Partial sums meet in a workspace by atomic adds (int32:
-    exact and order-free; float32: in arrival order); the last program of a tile applies the epilogue and
-    zeroes the workspace and its counter again, so one launch does all and stays
-    capturable in a CUDA graph. With SPLIT_K 1 (tiles enough to fill the GPU) there is no workspace.
+    to put every SM to streaming them. Partial sums meet in a workspace (:func:`sum_over_splits`); the
+    last program of a tile applies the epilogue. With SPLIT_K 1 (tiles enough to fill the GPU) there is no
+    workspace.
 
     EARLY (Hopper): launched while the kernel before it runs; it waits for that one before any load, then
     lets the next be launched, so its launch and the first loads overlap this kernel's end. Triggering
@@ -243,18 +242,27 @@ def _gemm_splitk_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_sca
         _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr,
                   out_scale_ptr, out_ptr, 0, 0, out_scale_ptr, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, 0, QMIN, QMAX)
     else:
-        ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
-        tile_mask = mask_m & mask_n
-        tl.atomic_add(ws_ptrs, acc, mask=tile_mask, sem="relaxed")
-        tl.debug_barrier()  # every thread's partial sums before the release below
-        arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
-        if arrived == SPLIT_K - 1:
-            tl.debug_barrier()
-            total = tl.load(ws_ptrs, mask=tile_mask, other=0, cache_modifier=".cg")
-            tl.store(ws_ptrs, tl.zeros((BLOCK_M, BLOCK_N), dtype=total.dtype), mask=tile_mask)
-            tl.atomic_xchg(count_ptr + pid_n, 0)
+        last, total = sum_over_splits(acc, ws_ptr + offs_m[:, None] * N + offs_n[None, :], mask_m & mask_n,
+                                      count_ptr + pid_n, SPLIT_K)
+        if last:
             _epilogue(total, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr,
                       out_scale_ptr, out_ptr, 0, 0, out_scale_ptr, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, 0, QMIN, QMAX)
+
+
+@triton.jit
+def sum_over_splits(acc, ws_ptrs, tile_mask, counter_ptr, SPLIT_K: tl.constexpr):
+    """A split-K program's partial sums into the tile's workspace (atomic adds: int32 exact and order-free,
+    float32 in arrival order) -> (whether it arrived last, the tile's total for that one). The last one
+    zeroes the workspace and its counter again, so one launch does all and stays capturable in a CUDA graph."""
+    tl.atomic_add(ws_ptrs, acc, mask=tile_mask, sem="relaxed")
+    tl.debug_barrier()  # every thread's partial sums before the release below
+    last = tl.atomic_add(counter_ptr, 1, sem="acq_rel") == SPLIT_K - 1
+    tl.debug_barrier()
+    total = tl.load(ws_ptrs, mask=tile_mask & last, other=0, cache_modifier=".cg")
+    tl.store(ws_ptrs, tl.zeros_like(total), mask=tile_mask & last)
+    if last:
+        tl.atomic_xchg(counter_ptr, 0)
+    return last, total
 
 
 _KEY = ["M_BUCKET", "N", "K", "OUT_KIND", "W_PACKED", "FLOAT_ACC"]
@@ -289,13 +297,16 @@ _TMA_KERNEL = triton.autotune(configs=candidate_configs(_tma_configs()), key=_KE
 _WORKSPACES: dict = {}
 
 
-def _splitk_workspace(device: torch.device, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zeroed partial sums [SMALL_M, N] (int32 or float32) and per-tile counters, one pair per device,
-    stream, N and type; the kernel leaves them zeroed after each call."""
-    key = (device, torch.cuda.current_stream(device).cuda_stream, n, dtype)
+def splitk_workspace(device: torch.device, n: int, dtype: torch.dtype,
+                     rows: int = SMALL_M) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed partial sums [rows, N] (int32 or float32) and counters (one per 16 columns of each 32 rows:
+    enough for tiles of at least that size), one pair per device, stream, N, type and rows; the
+    kernels leave them zeroed after each call (:func:`sum_over_splits`)."""
+    key = (device, torch.cuda.current_stream(device).cuda_stream, n, dtype, rows)
     if key not in _WORKSPACES:
-        _WORKSPACES[key] = (torch.zeros(SMALL_M, n, dtype=dtype, device=device),
-                            torch.zeros(triton.cdiv(n, 16), dtype=torch.int32, device=device))
+        _WORKSPACES[key] = (torch.zeros(rows, n, dtype=dtype, device=device),
+                            torch.zeros(triton.cdiv(n, 16) * triton.cdiv(rows, SMALL_M), dtype=torch.int32,
+                                        device=device))
     return _WORKSPACES[key]
 
 
@@ -433,7 +444,7 @@ def _launch(a, w, out, a_scale, w_scale, bias, out_scale, flags: dict) -> None:
     bias_arg = bias if bias is not None else w_scale  # never read without HAS_BIAS
     out_scale_arg = out_scale if out_scale is not None else w_scale  # read only for int8 output
     if m <= SMALL_M:
-        ws, counts = _splitk_workspace(a.device, n, torch.float32 if flags["FLOAT_ACC"] else torch.int32)
+        ws, counts = splitk_workspace(a.device, n, torch.float32 if flags["FLOAT_ACC"] else torch.int32)
         early = launches_early(a.device)
         _SPLITK_KERNEL[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
             a, w, out, a_scale, w_scale, bias_arg, out_scale_arg, ws, counts, *common,

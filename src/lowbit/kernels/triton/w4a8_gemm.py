@@ -1,0 +1,161 @@
+"""W4A8 for medium row counts: a GEMM that reads the layer's packed INT4 codes as it stores them, converts
+them to E4M3 in registers and multiplies them on the FP8 tensor cores (wgmma on Hopper), with the scaling
+and bias in the epilogue. It computes what lowbit.nn.mixed_linear's W4A8 reference computes:
+  w = e4m3((c - z) * s)      y = (xq @ w^T) * (sx[m or 0] * s8) + bias      xq = e4m3(x / sx)
+up to the order of the float32 sums (and the tensor cores' ~14 bits inside a tile, as in float_gemm).
+
+Why this shape (H100, 2026-11-24, RESULTS "Session 26"):
+- The weights are the dot's first operand and the input its second: out^T = w @ xq^T. Hopper's wgmma takes
+  its first operand from registers, so the codes go from shared memory (cp.async, pipelined) into
+  registers, are converted there and feed the tensor cores without a trip back through shared memory,
+  which a converted second operand would need.
+- The conversion is inline PTX, two weights per packed fp16 instruction as in kernels/cuda/int4_group.cu:
+  the code goes into the mantissa of 1024 + c, one fma subtracts 1024 + z, one multiplies by s (exact:
+  at most 4 + 7 significant bits), one cvt rounds the pair to E4M3 (saturating, as the reference's clamp).
+  Triton's own int -> float conversions ran at a quarter of the rate.
+- The codes stay as the layer stores them (byte i: column 2i low nibble, 2i + 1 high), so a 128-column
+  step holds the even columns in its low nibbles and the odd ones in its high nibbles: two dots of 64.
+  The input comes deinterleaved to match (int4_group.prepare_input with ``deinterleave``): each
+  128-column tile's even columns, then its odd ones, so both input tiles are plain loads.
+- Triton waits for each register-operand wgmma before converting the next codes, so a program's
+  tensor cores idle while it converts. K is split over programs (SPLIT_K) so that several share each
+  multiprocessor and fill those gaps.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..cuda.int4_group import W4A8_GEMM_MAX_ROWS as MAX_ROWS
+from ..cuda.int4_group import W4A8_GEMM_TILE_K as TILE_K  # columns per step, and the input's deinterleaving
+from ..cuda.int4_group import w4a8_gemm_takes
+from .autotune import candidate_configs
+from .gemm import _epilogue, _grouped_tile, splitk_workspace, sum_over_splits
+
+_TILE_K = tl.constexpr(TILE_K)
+
+
+def _conversion_ptx() -> str:
+    """Four bytes of codes (8 weights) -> their E4M3 codes, as ``inline_asm_elementwise`` with pack=4:
+    $2 the bytes, $3..$6 each byte's scale pair s|s (fp16 bits), $7..$10 its -(1024 + z) pair; out $0 the
+    low nibbles' codes, $1 the high nibbles'. Bytes (0, 1) and (2, 3) each take their first byte's
+    constants: a pair is one row's two neighbours in K (Triton's operand layouts hold at least two)."""
+    lines = ["{", ".reg .b32 a, b, t, one, nz;", ".reg .b16 h<4>;", "mov.b32 one, 0x3c003c00;",
+             "mov.b32 nz, 0x80008000;", "prmt.b32 a, $2, 0, 0x4140;", "prmt.b32 b, $2, 0, 0x4342;"]
+    for h, (src, s, zb, shift) in enumerate([("a", "$3", "$7", False), ("b", "$5", "$9", False),
+                                             ("a", "$3", "$7", True), ("b", "$5", "$9", True)]):
+        if shift:
+            lines.append(f"shr.b32 {src}, {src}, 4;")
+        lines += [f"lop3.b32 t, {src}, 0x000f000f, 0x64006400, 0xea;",  # fp16 1024 + c in each half
+                  f"fma.rn.f16x2 t, t, one, {zb};",  # c - z, exact
+                  f"fma.rn.f16x2 t, t, {s}, nz;",  # (c - z) s, exact
+                  f"cvt.rn.satfinite.e4m3x2.f16x2 h{h}, t;"]
+    return "\n".join(lines + ["mov.b32 $0, {h0, h1};", "mov.b32 $1, {h2, h3};", "}"])
+
+
+_CONVERSION = tl.constexpr(_conversion_ptx())
+_CONSTRAINTS = tl.constexpr(",".join(["=r"] * 2 + ["r"] * 9))
+
+
+@triton.jit
+def _fp16_pair(v):
+    """float16 values -> their bits in both halves of an int32."""
+    bits = v.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return bits | (bits << 16)
+
+
+@triton.jit
+def _w4a8_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, ws_ptr, count_ptr,
+                 M, N, K, M_BUCKET, stride_xm, stride_qn, stride_sn, stride_om,
+                 GROUP_TILES: tl.constexpr, PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program (tile, split): a BLOCK_N x BLOCK_M tile of out^T over one K range. GROUP_TILES: 128-column
+    tiles per group, 0 for one group per row."""
+    tile = tl.program_id(0)
+    pid_m, pid_n = _grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    steps = tl.cdiv(tl.cdiv(K, _TILE_K), SPLIT_K)
+    k_begin = tl.program_id(1) * steps * _TILE_K
+    k_end = tl.minimum(K, k_begin + steps * _TILE_K)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_h = tl.arange(0, _TILE_K // 2)
+    n_ok = offs_n < N
+    m_ok = offs_m[None, :] < M
+    last_group = tl.cdiv(K, _TILE_K * GROUP_TILES) - 1 if GROUP_TILES else 0
+    # each step's group constants are fetched a step ahead: the loop would otherwise wait on them
+    g = tl.minimum(k_begin // (_TILE_K * GROUP_TILES), last_group) if GROUP_TILES else 0
+    s_next = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_ok, other=0.0)
+    z_next = tl.load(z_ptr + offs_n * stride_sn + g, mask=n_ok, other=0)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for k0 in range(k_begin, k_end, _TILE_K):
+        codes = tl.load(q_ptr + offs_n[:, None] * stride_qn + (k0 // 2 + offs_h)[None, :], mask=n_ok[:, None],
+                        other=0)
+        s2 = tl.broadcast_to(_fp16_pair(s_next)[:, None], (BLOCK_N, _TILE_K // 2))
+        zb2 = tl.broadcast_to(_fp16_pair((-(1024.0 + z_next.to(tl.float32))).to(tl.float16))[:, None],
+                              (BLOCK_N, _TILE_K // 2))
+        if GROUP_TILES:
+            g = tl.minimum((k0 + _TILE_K) // (_TILE_K * GROUP_TILES), last_group)
+            s_next = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_ok, other=0.0)
+            z_next = tl.load(z_ptr + offs_n * stride_sn + g, mask=n_ok, other=0)
+        w_even, w_odd = tl.inline_asm_elementwise(_CONVERSION, _CONSTRAINTS, [codes, s2, zb2],
+                                                  dtype=(tl.float8e4nv, tl.float8e4nv), is_pure=True, pack=4)
+        x_even = tl.load(x_ptr + offs_m[None, :] * stride_xm + (k0 + offs_h)[:, None], mask=m_ok, other=0.0)
+        x_odd = tl.load(x_ptr + offs_m[None, :] * stride_xm + (k0 + _TILE_K // 2 + offs_h)[:, None], mask=m_ok,
+                        other=0.0)
+        acc = tl.dot(w_even, x_even, acc)
+        acc = tl.dot(w_odd, x_odd, acc)
+    acc = tl.trans(acc)
+    tile_mask = (offs_m[:, None] < M) & n_ok[None, :]
+    if SPLIT_K == 1:
+        _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, 1, sa_ptr, sw_ptr, bias_ptr, sa_ptr, out_ptr,
+                  0, 0, sa_ptr, PER_TOKEN, HAS_BIAS, 0, 2, 0, 0, 0)
+    else:
+        last, total = sum_over_splits(acc, ws_ptr + offs_m[:, None] * N + offs_n[None, :], tile_mask,
+                                      count_ptr + tile, SPLIT_K)
+        if last:
+            _epilogue(total, offs_m, offs_n, M, N, out_ptr, stride_om, 1, sa_ptr, sw_ptr, bias_ptr, sa_ptr,
+                      out_ptr, 0, 0, sa_ptr, PER_TOKEN, HAS_BIAS, 0, 2, 0, 0, 0)
+
+
+def _configs():
+    # H100 sweep (RESULTS, session 26): K split 4 or 2 ways at 33-128 rows, unsplit from 256 rows. 64-row
+    # tiles of the input (BLOCK_M 64) with K split gave wrong sums at some shapes (up to a tenth of their
+    # size, 4096 x 2048 at 256 rows; not understood), so every tile here takes 128 input rows.
+    return [triton.Config({"BLOCK_N": bn, "BLOCK_M": 128, "SPLIT_K": sk, "GROUP_M": 8}, num_stages=3, num_warps=w)
+            for bn, sk, w in [(64, 4, 4), (64, 2, 4), (64, 1, 4), (128, 1, 8)]]
+
+
+def _splits_within_k(configs, nargs, **kwargs):
+    """Autotune pruning: no more splits than K has steps."""
+    steps = triton.cdiv(nargs["K"], TILE_K)
+    return [c for c in configs if c.kwargs["SPLIT_K"] <= steps] or configs[-1:]
+
+
+_KERNEL = triton.autotune(configs=candidate_configs(_configs()), key=["M_BUCKET", "N", "K", "GROUP_TILES"],
+                          prune_configs_by={"early_config_prune": _splits_within_k})(_w4a8_kernel)
+
+
+def w4a8_gemm(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
+              a_scale: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+              out_dtype: torch.dtype) -> torch.Tensor:
+    """y [M, N] = (xq @ w^T) * (a_scale[m or 0] * w_scale[n]) + bias[n], w = e4m3((c - z) s), for ``x`` the
+    E4M3 codes [M, K] (float8_e4m3fn, rows of unit column stride) deinterleaved per 128 columns
+    (int4_group.prepare_input), ``codes`` uint8 [N, K/2] (column 2i in the low nibble of byte i), float16
+    ``scale`` (on numerics.groupwise's 7-bit grid) and uint8 ``zero`` [N, groups] of ``group`` columns
+    (int4_group.w4a8_gemm_takes), a_scale float32 scalar or [M], w_scale float32 [N], bias float32 [N] or None;
+    M <= MAX_ROWS (workspace rows of split K). kernels/cuda/int4_group.py checks the layer's tensors."""
+    m, k = x.shape
+    n = codes.shape[0]
+    if not (w4a8_gemm_takes(k, group) and 0 < m <= MAX_ROWS and x.dtype == torch.float8_e4m3fn and x.stride(1) == 1):
+        raise ValueError(f"w4a8_gemm takes 1..{MAX_ROWS} rows of E4M3 codes and K a multiple of {TILE_K} within "
+                         f"groups of whole steps, got {m} x {k} {x.dtype} with groups of {group}")
+    out = torch.empty(m, n, dtype=out_dtype, device=x.device)
+    ws, counts = splitk_workspace(x.device, n, torch.float32, MAX_ROWS)
+    _KERNEL[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
+        x, codes, scale, zero, out, a_scale, w_scale, bias if bias is not None else w_scale, ws, counts,
+        m, n, k, triton.next_power_of_2(m), x.stride(0), codes.stride(0), scale.stride(0), out.stride(0),
+        GROUP_TILES=0 if group >= k else group // TILE_K, PER_TOKEN=a_scale.dim() == 1, HAS_BIAS=bias is not None,
+        enable_fp_fusion=False)
+    return out
