@@ -13,8 +13,9 @@ few rows of bf16 or float32 input as they are, each block quantizing its columns
 memory first: one launch instead of two. W4A16 runs the kernel over slices of MAX_ROWS rows up to
 SLICED_MAX_ROWS rows; W4A8 on large layers up to W4A8_GEMM_MAX_ROWS rows runs a Triton GEMM that converts
 the layer's packed codes in registers (kernels/triton/w4a8_gemm.py). More rows are bound by arithmetic:
-the weights are then expanded once per call into a plain bf16 / E4M3 matrix (a pass over N * K bytes) for a tensor-core GEMM (kernels/triton
-float_gemm), which costs far less than converting every weight tile again in every row tile.
+the weights are then expanded once per call into a plain bf16 / E4M3 matrix (a pass over N * K bytes)
+for a tensor-core GEMM (kernels/triton float_gemm), which costs far less than converting every weight
+tile again in every row tile.
 """
 
 from __future__ import annotations
@@ -212,11 +213,13 @@ def prepare_input(x: torch.Tensor, mode: int, k64: int, input_scale: torch.Tenso
                   half_out: bool = False, deinterleave: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] float32 or bf16 (rows of unit stride) -> (the GEMM's input [M, k64], its scale):
     W4A16 bf16(x); W4A8 the E4M3 codes of x / scale (with ``half_out`` their float16 values, the
-    few-rows GEMM's input; with ``deinterleave``, k64 a multiple of 128, each 128 columns' even ones then
-    their odd ones, the Triton W4A8 GEMM's input), the scale being ``input_scale`` or with ``per_token``
-    each row's max|x| / 448 (float32 [M], returned). NaN inputs (W4A8) add to ``nan_count``."""
-    if deinterleave and (mode != W4A8 or half_out or k64 % 128):
-        raise ValueError(f"deinterleaving takes W4A8 E4M3 codes of a multiple of 128 columns, not {k64}")
+    few-rows GEMM's input; with ``deinterleave``, k64 a multiple of W4A8_GEMM_TILE_K, each 128 columns'
+    even ones then their odd ones, the Triton W4A8 GEMM's input; int4_group.cu has the 128), the scale
+    being ``input_scale`` or with ``per_token`` each row's max|x| / 448 (float32 [M], returned). NaN
+    inputs (W4A8) add to ``nan_count``."""
+    if deinterleave and (mode != W4A8 or half_out or k64 % W4A8_GEMM_TILE_K):
+        raise ValueError(f"deinterleaving takes W4A8 E4M3 codes of a multiple of {W4A8_GEMM_TILE_K} columns, "
+                         f"not {k64}")
     m, k = x.shape
     if x.dtype not in (torch.float32, torch.bfloat16):
         x = x.float()

@@ -238,30 +238,31 @@ def _gemm_splitk_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_sca
         acc = _dot_weights(acc, a, w_ptr, offs_n, k_start + kk, N, K, stride_wn, stride_wk, BLOCK_M, BLOCK_K,
                            BLOCK_N, W_PACKED, True)
         a_ptrs += BLOCK_K * stride_ak
-    if SPLIT_K == 1:  # the program holds its tile's whole sums: no round trip through the workspace
-        _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr,
+    last, total = sum_over_splits(acc, ws_ptr + offs_m[:, None] * N + offs_n[None, :], mask_m & mask_n,
+                                  count_ptr + pid_n, SPLIT_K)
+    if last:
+        _epilogue(total, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr,
                   out_scale_ptr, out_ptr, 0, 0, out_scale_ptr, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, 0, QMIN, QMAX)
-    else:
-        last, total = sum_over_splits(acc, ws_ptr + offs_m[:, None] * N + offs_n[None, :], mask_m & mask_n,
-                                      count_ptr + pid_n, SPLIT_K)
-        if last:
-            _epilogue(total, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr,
-                      out_scale_ptr, out_ptr, 0, 0, out_scale_ptr, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, 0, QMIN, QMAX)
 
 
 @triton.jit
 def sum_over_splits(acc, ws_ptrs, tile_mask, counter_ptr, SPLIT_K: tl.constexpr):
     """A split-K program's partial sums into the tile's workspace (atomic adds: int32 exact and order-free,
     float32 in arrival order) -> (whether it arrived last, the tile's total for that one). The last one
-    zeroes the workspace and its counter again, so one launch does all and stays capturable in a CUDA graph."""
-    tl.atomic_add(ws_ptrs, acc, mask=tile_mask, sem="relaxed")
-    tl.debug_barrier()  # every thread's partial sums before the release below
-    last = tl.atomic_add(counter_ptr, 1, sem="acq_rel") == SPLIT_K - 1
-    tl.debug_barrier()
-    total = tl.load(ws_ptrs, mask=tile_mask & last, other=0, cache_modifier=".cg")
-    tl.store(ws_ptrs, tl.zeros_like(total), mask=tile_mask & last)
-    if last:
-        tl.atomic_xchg(counter_ptr, 0)
+    zeroes the workspace and its counter again, so one launch does all and stays capturable in a CUDA graph.
+    With SPLIT_K 1 the program holds its tile's whole sums: (True, acc), no round trip through the workspace."""
+    if SPLIT_K == 1:
+        last = True
+        total = acc
+    else:
+        tl.atomic_add(ws_ptrs, acc, mask=tile_mask, sem="relaxed")
+        tl.debug_barrier()  # every thread's partial sums before the release below
+        last = tl.atomic_add(counter_ptr, 1, sem="acq_rel") == SPLIT_K - 1
+        tl.debug_barrier()
+        total = tl.load(ws_ptrs, mask=tile_mask & last, other=0, cache_modifier=".cg")
+        tl.store(ws_ptrs, tl.zeros_like(total), mask=tile_mask & last)
+        if last:
+            tl.atomic_xchg(counter_ptr, 0)
     return last, total
 
 

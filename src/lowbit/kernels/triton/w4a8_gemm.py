@@ -106,17 +106,11 @@ def _w4a8_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, 
                         other=0.0)
         acc = tl.dot(w_even, x_even, acc)
         acc = tl.dot(w_odd, x_odd, acc)
-    acc = tl.trans(acc)
-    tile_mask = (offs_m[:, None] < M) & n_ok[None, :]
-    if SPLIT_K == 1:
-        _epilogue(acc, offs_m, offs_n, M, N, out_ptr, stride_om, 1, sa_ptr, sw_ptr, bias_ptr, sa_ptr, out_ptr,
+    last, total = sum_over_splits(tl.trans(acc), ws_ptr + offs_m[:, None] * N + offs_n[None, :],
+                                  (offs_m[:, None] < M) & n_ok[None, :], count_ptr + tile, SPLIT_K)
+    if last:
+        _epilogue(total, offs_m, offs_n, M, N, out_ptr, stride_om, 1, sa_ptr, sw_ptr, bias_ptr, sa_ptr, out_ptr,
                   0, 0, sa_ptr, PER_TOKEN, HAS_BIAS, 0, 2, 0, 0, 0)
-    else:
-        last, total = sum_over_splits(acc, ws_ptr + offs_m[:, None] * N + offs_n[None, :], tile_mask,
-                                      count_ptr + tile, SPLIT_K)
-        if last:
-            _epilogue(total, offs_m, offs_n, M, N, out_ptr, stride_om, 1, sa_ptr, sw_ptr, bias_ptr, sa_ptr,
-                      out_ptr, 0, 0, sa_ptr, PER_TOKEN, HAS_BIAS, 0, 2, 0, 0, 0)
 
 
 def _configs():
