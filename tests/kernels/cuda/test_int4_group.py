@@ -111,12 +111,12 @@ def test_scales_are_rounded_to_the_bits_the_kernel_converts_exactly():
 @pytest.mark.parametrize("arch,mode,xin", [("sm_80", W4A16, 0), ("sm_90", W4A16, 0), ("sm_89", W4A8, 0),
                                            ("sm_90", W4A8, 0), ("sm_90", W4A8, 1), ("sm_89", W4A8, 2)])
 # each column-tile count with one unit shape (int4_group.cu: two chunks, one, one with two sets) and
-# weight tiles per block
-@pytest.mark.parametrize("nt,unit,sets,group,tb", [(1, 2, 1, 0, 1), (2, 1, 1, 0, 2), (4, 1, 2, 96, 2)])
-def test_kernels_compile_with_nvrtc(arch, mode, xin, nt, unit, sets, group, tb):
+# weight tiles and warps per block
+@pytest.mark.parametrize("nt,unit,sets,group,tb,warps", [(1, 2, 1, 0, 1, 8), (2, 1, 1, 0, 2, 8), (4, 1, 2, 96, 2, 6)])
+def test_kernels_compile_with_nvrtc(arch, mode, xin, nt, unit, sets, group, tb, warps):
     source = (Path(SOURCE_DIR) / "int4_group.cu").read_text()
     options = [f"-DMODE={mode}", f"-DNT={nt}", f"-DXIN={xin}", f"-DU={unit}", f"-DSETS={sets}", f"-DGROUP={group}",
-               f"-DTB={tb}", f"-DKWARPS={8 if tb == 1 else 6}"]
+               f"-DTB={tb}", f"-DKWARPS={warps}"]
     assert len(compile_cubin(source, "int4_group.cu", options, arch)) > 0
 
 
@@ -244,19 +244,37 @@ def test_layer_on_gpu_matches_the_reference(cls, m, n, k, group):
     _close(cpu, ref)
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("m", [17, 32])
-@pytest.mark.parametrize("n,k,group", [(37, 576, 32), (40, 4096, 128), (24, 640, 640), (4240, 320, 64)])
-def test_two_weight_tiles_per_block_match_the_reference(m, n, k, group, monkeypatch):
-    """W4A16 past 16 rows gives each block of a wide layer two weight tiles (int4_group.py
-    TWO_TILES_PER_SM), forced here on narrow ones too: an odd count of tiles (the last block's second
-    tile past N), K split over blocks (40 x 4096), one group per row; 4240 x 320 takes two tiles a block
-    on any GPU of up to 132 multiprocessors."""
+@pytest.mark.parametrize("rows,n,k,shape", [(8, 8192, 8192, (1, 8)), (16, 8192, 8192, (2, 8)),
+                                            (16, 11008, 4096, (1, 8)), (32, 11008, 4096, (2, 6)),
+                                            (32, 4096, 4096, (1, 8))])
+def test_blocks_take_two_weight_tiles_on_wide_layers_past_8_rows(rows, n, k, shape, monkeypatch):
+    """The rule, as on an H100 (132 multiprocessors): two tiles on layers of 264 tiles or more past 16 rows
+    (6 warps), and from 9 rows (8 warps) where rows are at least 8192 columns long."""
+    from types import SimpleNamespace
+
     from lowbit.kernels.cuda import int4_group
 
+    monkeypatch.setattr(int4_group, "multiprocessors", lambda device: 132)
+    weights = SimpleNamespace(tiles=n // 16, chunks=k // 64)
+    assert int4_group._block_shape(rows, weights, torch.device("cpu")) == shape
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls", [W4A16Linear, W4A8Linear])
+@pytest.mark.parametrize("m", [16, 17, 32])
+@pytest.mark.parametrize("n,k,group", [(37, 576, 32), (40, 4096, 128), (24, 640, 640), (4240, 320, 64)])
+def test_two_weight_tiles_per_block_match_the_reference(cls, m, n, k, group, monkeypatch):
+    """Past 8 rows a block of a wide layer takes two weight tiles (int4_group.py TWO_TILES_PER_SM, and
+    TWO_TILES_MIN_K_16_ROWS up to 16 rows), forced here on narrow and short ones too: an odd count of
+    tiles (the last block's second tile past N), K split over blocks (40 x 4096), one group per row, W4A8
+    quantizing its input in the GEMM (576, 640 and 320 columns) or not; 4240 x 320 takes two tiles a
+    block past 16 rows on any GPU of up to 132 multiprocessors."""
+    from lowbit.kernels.cuda import int4_group
+
+    monkeypatch.setattr(int4_group, "TWO_TILES_MIN_K_16_ROWS", 0)
     if n < 4096:
         monkeypatch.setattr(int4_group, "TWO_TILES_PER_SM", 0)
-    layer = _layer(W4A16Linear, n, k, group, seed=m + n)
+    layer = _layer(cls, n, k, group, seed=m + n)
     x = torch.randn(m, k) * 0.5
     ref = _float64_reference(layer, x)
     _close(layer.cuda()(x.cuda()), ref)

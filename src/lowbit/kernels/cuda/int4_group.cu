@@ -214,6 +214,9 @@ int4_group_gemm(const uint4* __restrict__ stream, const unsigned char* __restric
                 int units, int chunks, int split_units, int ldx, int xs_stride, int per_token, int out_bf16) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
+    // The ring of weight units (below), then with XIN the staged input: dynamic, so that the static 48 KiB
+    // hold the warps' sums alone (ring_bytes in int4_group.py)
+    extern __shared__ uint4 dynamic_shared[];
     // 0x000f000f, which ptxas would otherwise put in a register anew before each of its uses, an
     // instruction per column pair (H100, N = K = 8192, W4A8 one row 18.4 -> 17.2 us, 16 rows 23.8 -> 22.8;
     // W4A16 one row 15.2 -> 14.8, but 16 rows 20.8 -> 22.1, so not there): M >= 0
@@ -227,7 +230,7 @@ int4_group_gemm(const uint4* __restrict__ stream, const unsigned char* __restric
 #if MODE == 1 && XIN
     // x staged in shared memory as fp16 values, from column 64 c0 (below); rows past M read row M - 1,
     // which only feeds accumulator columns never stored
-    extern __shared__ uint4 staged[];
+    uint4* const staged = dynamic_shared + KWARPS * STAGES * TB * UW;
     const int c0 = blockIdx.y * split_units * U;
     const unsigned char* xrow[NT];
 #pragma unroll
@@ -247,7 +250,7 @@ int4_group_gemm(const uint4* __restrict__ stream, const unsigned char* __restric
     // The units stream through a ring of STAGES in shared memory (cp.async), so the bytes in flight need
     // no registers: each lane copies 16 bytes of every chunk, lanes 0..4 SETS - 1 the constants, which
     // every lane then reads (hence the __syncwarp after the wait). The warp's i-th unit is j_first + i KWARPS.
-    __shared__ uint4 ring[KWARPS][STAGES][TB][UW];
+    uint4 (*const ring)[STAGES][TB][UW] = reinterpret_cast<uint4 (*)[STAGES][TB][UW]>(dynamic_shared);
     auto fetch = [&](int i) {
         const int j = j_first + i * KWARPS;
         if (j < j_end) {

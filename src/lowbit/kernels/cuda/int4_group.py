@@ -49,16 +49,22 @@ W4A8_GEMM_TILE_K = 128
 # against 4 x 3: N = K = 8192 16.7 / 16.8 us, 4096 6.8 / 7.2, 2048 4.2 / 7.0, where 4 warps split K over
 # blocks; RESULTS, session 22)
 STAGES = {1: 3, 2: 2}
-# W4A16 past 16 rows, on layers of at least this many 16-row tiles per multiprocessor: two tiles per
-# block, whose warps read each input fragment once for both (half the reads of the input, which every
-# block reads whole). H100, 32 rows: faster at every width measured (4352 x 4096 14.7 -> 13.0 us, 8192 x
-# 8192 29.9 -> 24.0, 14336 x 4096 32.8 -> 25.8); at 16 rows, and for W4A8, at some widths only (8192 x
-# 8192, 16 rows: 21.5 -> 19.2 us; 11008 x 4096: 16.5 -> 19.3), so one tile there; fewer tiles leave
-# multiprocessors idle (4096 x 4096: 7.5 -> 16.2 us). RESULTS, session 22.
+# Past 16 rows, on layers of at least this many 16-row tiles per multiprocessor: two tiles per block,
+# whose warps read each input fragment once for both (half the reads of the input, which every block
+# reads whole). H100, 32 rows, one tile / two: W4A16 8192 x 8192 29.5 -> 22.8 us, 14336 x 4096 32.5 ->
+# 24.9, 28672 x 8192 98.7 -> 77.7; W4A8 33.8 -> 28.1, 37.6 -> 30.4, 104.1 -> 84.3, 11008 x 4096 30.3 ->
+# 29.8. Fewer tiles leave multiprocessors idle (4096 x 4096, 32 rows: 9.1 -> 24.9). RESULTS, session 27.
 TWO_TILES_PER_SM = 2
-# Warps of a block, which share its tiles and take their units in turn, by tiles per block: 6 with two,
-# so that the ring and the warps' sums stay within the 48 KiB of static shared memory at 32 rows
-KWARPS = {1: 8, 2: 6}
+# From 9 to 16 rows two tiles pay only on wide layers of long rows (H100, 16 rows, one tile / two with 8
+# warps: 8192 x 8192 W4A16 20.8 -> 17.7 us, W4A8 24.8 -> 22.3; 28672 x 8192 62.7 -> 56.5, 69.8 -> 63.2; but
+# 11008 x 4096 15.5 -> 16.6, 19.8 -> 20.3; 8 rows: one tile everywhere). RESULTS, session 27.
+TWO_TILES_MIN_K_16_ROWS = 8192
+# Warps of a block, which share its tiles and take their units in turn: 8, but 6 with two tiles past 16
+# rows, where 8 lose (H100, 32 rows, two tiles, 6 / 8 warps: 8192 x 8192 W4A16 22.7 / 28.6 us, W4A8 28.0 /
+# 34.0; 28672 x 8192 W4A16 78.2 / 94.6), while up to 16 rows they win (8192 x 8192 W4A16 18.2 / 17.7;
+# 28672 x 8192 65.7 / 56.5). RESULTS, session 27.
+BLOCK_WARPS = 8
+TWO_TILE_WARPS_PAST_16_ROWS = 6
 # K is split over blocks too while the tiles give fewer blocks than this per multiprocessor: such a split
 # costs a round trip through global memory (W4A16, N = K = 4096, one row: 9.3 us unsplit, 10.9 split in two)
 BLOCKS_PER_SM = 1
@@ -108,6 +114,10 @@ class KernelWeights:
 
     def defines(self) -> dict[str, int]:
         return _unit_defines(self.unit, self.sets, self.group)
+
+    def ring_bytes(self, tiles_per_block: int, warps: int) -> int:
+        """The GEMM's ring of units in shared memory (int4_group.cu): STAGES per warp and tile."""
+        return warps * STAGES[self.unit] * tiles_per_block * self.stream.shape[2] * 4
 
 
 def _unit_defines(unit: int, sets: int, group: int) -> dict[str, int]:
@@ -189,17 +199,21 @@ def _column_tiles(rows: int) -> int:
     return 1 if rows <= 8 else 2 if rows <= 16 else 4
 
 
-def _tiles_per_block(mode: int, rows: int, weights: KernelWeights, device: torch.device) -> int:
+def _block_shape(rows: int, weights: KernelWeights, device: torch.device) -> tuple[int, int]:
+    """(weight tiles, warps) of a GEMM block for ``rows`` input rows."""
     wide = weights.tiles >= TWO_TILES_PER_SM * multiprocessors(device)
-    return 2 if mode == W4A16 and rows > 16 and wide else 1
+    long_rows = weights.chunks * 64 >= TWO_TILES_MIN_K_16_ROWS
+    if not wide or rows <= 8 or (rows <= 16 and not long_rows):
+        return 1, BLOCK_WARPS
+    return 2, TWO_TILE_WARPS_PAST_16_ROWS if rows > 16 else BLOCK_WARPS
 
 
 def _module(mode: int, rows: int, device: torch.device, xin: int = 0, weights: KernelWeights | None = None,
-            tiles_per_block: int = 1):
+            block_shape: tuple[int, int] = (1, BLOCK_WARPS)):
     # without weights (the input kernel) the group-128 shape's constants, so that it shares their module
     unit_defines = weights.defines() if weights else _unit_defines(2, 1, 128)
-    defines = {"MODE": mode, "NT": _column_tiles(rows), "TB": tiles_per_block, "KWARPS": KWARPS[tiles_per_block],
-               "XIN": xin, **unit_defines}
+    defines = {"MODE": mode, "NT": _column_tiles(rows), "TB": block_shape[0], "KWARPS": block_shape[1], "XIN": xin,
+               **unit_defines}
     return load_module("int4_group.cu", defines, device)
 
 
@@ -288,20 +302,20 @@ def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scal
         raise ValueError(f"the few-rows W4A8 kernel quantizes {m} x {xq.shape[1]} {xq.dtype} input itself only with a "
                          f"static scale, K = {weights.chunks * 64} (at most {MAX_QUANTIZED_COLUMNS}), rows "
                          f"16-byte aligned and within {MAX_STAGED_BYTES} bytes; prepare_input it first")
-    tb = _tiles_per_block(mode, m, weights, xq.device)
-    blocks, warps = -(-weights.tiles // tb), KWARPS[tb]
+    tb, warps = _block_shape(m, weights, xq.device)
+    blocks = -(-weights.tiles // tb)
     per_split, splits = split_k(blocks, weights.units, warps, xq.device, BLOCKS_PER_SM)
     xs_stride = _staged_stride(min(per_split * weights.unit, weights.chunks) * 64, m) if xin else 0
     if out is None:
         out = torch.empty(m, weights.n, dtype=out_dtype, device=xq.device)
     partial = partial_sums(splits, blocks, tb * _column_tiles(m), torch.float32, xq.device)
-    _module(mode, m, xq.device, xin, weights, tb).launch(
+    _module(mode, m, xq.device, xin, weights, (tb, warps)).launch(
         "int4_group_gemm", (blocks, splits, 1), 32 * warps,
         [pointer(weights.stream), pointer(xq), pointer(input_scale), pointer(tensor_scale), pointer(bias), pointer(out),
          pointer(partial), pointer(weights.arrivals), pointer(nan_count), ctypes.c_int(m), ctypes.c_int(weights.n),
          ctypes.c_int(weights.units), ctypes.c_int(weights.chunks), ctypes.c_int(per_split), ctypes.c_int(xq.stride(0)),
          ctypes.c_int(xs_stride), ctypes.c_int(int(per_token)), ctypes.c_int(int(out_dtype == torch.bfloat16))],
-        early=launches_early(xq.device), shared=m * xs_stride)
+        early=launches_early(xq.device), shared=weights.ring_bytes(tb, warps) + m * xs_stride)
     return out
 
 
