@@ -1,12 +1,12 @@
 """W4A16, W4A8 and FP8 Linear kernels on the GPU against torch bf16 (cuBLAS), and FP8 cuBLAS for scale.
 
-    PYTHONPATH=src python3 benchmarks/gemm_mixed.py [--out benchmarks/results/gemm_mixed.json]
+    PYTHONPATH=src python3 benchmarks/gemm_mixed.py [--out benchmarks/results/gemm_mixed.json] [--group 128]
 
 For each M in {1, 16, 128, 4096, 8192} and N = K in {4096, 8192}, median time per call replayed from a
 CUDA graph (benchmarks/timing.py), from bf16 input to bf16 output, so each lowbit time includes its
 input's quantization (bf16 -> E4M3 for W4A8 and FP8: a kernel of its own, except for W4A8 at one row,
 whose GEMM quantizes it (int4_group.quantizes_input); none for W4A16):
-  w4a16, w4a8   kernels/cuda/int4_group (group 128, asymmetric): few rows stream the INT4 codes once;
+  w4a16, w4a8   kernels/cuda/int4_group (--group, 128 by default; asymmetric): few rows stream the codes once;
                 W4A8 from 33 to 256 rows runs the Triton GEMM that converts the packed codes in registers
                 (kernels/triton/w4a8_gemm); more rows expand the weights to bf16 / E4M3 once per call, then
                 the Triton float GEMM (W4A16 up to 128 rows: the few-rows kernel over slices of 32)
@@ -33,22 +33,21 @@ from timing import bench, copies, gemm_sizes, write_result  # noqa: E402
 
 PEAK = {"bf16": 989e12, "fp8": 1979e12}
 HBM = 3.35e12
-GROUP = 128
 
 
-def _int4_weights(n, k, mode):
+def _int4_weights(n, k, mode, group):
     codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, device="cuda")
-    scale = round_scale(torch.rand(n, k // GROUP, device="cuda") * 0.01 + 0.001).to(torch.float16)
-    zero = torch.randint(0, 16, (n, k // GROUP), dtype=torch.uint8, device="cuda")
-    return kernel_layout(codes, scale, zero, GROUP, mode, pack_int4(codes, signed=False))
+    scale = round_scale(torch.rand(n, k // group, device="cuda") * 0.01 + 0.001).to(torch.float16)
+    zero = torch.randint(0, 16, (n, k // group), dtype=torch.uint8, device="cuda")
+    return kernel_layout(codes, scale, zero, group, mode, pack_int4(codes, signed=False))
 
 
-def rows_for(m, nk):
+def rows_for(m, nk, group=128):
     n = k = nk
     c = copies(n * k * 2 + m * k * 2)
     x = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(c)]
     w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(c)]
-    w4 = {mode: [_int4_weights(n, k, mode) for _ in range(c)] for mode in (W4A16, W4A8)}
+    w4 = {mode: [_int4_weights(n, k, mode, group) for _ in range(c)] for mode in (W4A16, W4A8)}
     w8 = [w.to(torch.float8_e4m3fn) for w in w16]
     sx, s8 = torch.tensor(0.02, device="cuda"), torch.tensor(0.5, device="cuda")
     sw = torch.rand(n, device="cuda") * 0.01
@@ -73,7 +72,7 @@ def rows_for(m, nk):
                             for a, w in zip(x8, w8)] if m % 16 == 0 else [lambda: None]),
     }
     flops = 2 * m * n * k
-    row = {"M": m, "N": n, "K": k, "group": GROUP}
+    row = {"M": m, "N": n, "K": k, "group": group}
     for name, (eager, graph) in times.items():
         if name == "scaled_mm" and m % 16:
             continue  # cuBLASLt FP8 wants M a multiple of 16
@@ -81,7 +80,7 @@ def rows_for(m, nk):
         row[f"eager_{name}_us"] = eager * 1e6
         if name != "bf16":
             row[f"{name}_vs_bf16"] = times["bf16"][1] / graph
-    weight_bytes = {"bf16": 2 * n * k, "w4a16": n * k / 2 + 4 * n * k / GROUP, "fp8": n * k}
+    weight_bytes = {"bf16": 2 * n * k, "w4a16": n * k / 2 + 4 * n * k / group, "fp8": n * k}
     weight_bytes["w4a8"] = weight_bytes["w4a16"]
     for name, wb in weight_bytes.items():
         peak = PEAK["bf16"] if name in ("bf16", "w4a16") else PEAK["fp8"]
@@ -90,11 +89,11 @@ def rows_for(m, nk):
 
 
 def main():
-    args, sizes = gemm_sizes(__doc__, "benchmarks/results/gemm_mixed.json")
+    args, sizes = gemm_sizes(__doc__, "benchmarks/results/gemm_mixed.json", group=128)
     torch.manual_seed(0)
     rows = []
     for nk, m in sizes:
-        row = rows_for(m, nk)
+        row = rows_for(m, nk, args.group)
         rows.append(row)
         print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                        if not k.startswith(("eager", "floor"))), flush=True)

@@ -13,8 +13,8 @@ from lowbit.nn.weight_quantizer import Int4GroupCodes
 from lowbit.numerics.groupwise import group_qparams, quantize_groups
 
 # (N, K, group): N no multiple of the tiles and 3 steps of K (a 4-way split leaves one program none); one
-# group per row; groups of two steps
-SHAPES = [(200, 384, 128), (130, 1280, 1280), (520, 2048, 256)]
+# group per row; groups of two steps; groups of 64 and 32 columns, several to a step
+SHAPES = [(200, 384, 128), (130, 1280, 1280), (520, 2048, 256), (200, 384, 64), (136, 640, 32)]
 
 
 def _layer(n, k, group, seed, activation="static"):
@@ -126,13 +126,15 @@ def test_w4a8_layers_take_it_from_33_to_256_rows(m, activation, monkeypatch):
 
 
 def test_w4a8_gemm_takes_whole_steps_within_groups(monkeypatch):
-    """The rule, on the CPU: K whole 128-column steps, each within one group; only W4A8 layer weights that
-    keep their packed codes, from 33 to 256 rows, on layers of W4A8_GEMM_MIN_WEIGHTS weights or more."""
+    """The rule, on the CPU: K whole 128-column steps, each within one group or holding whole groups of 32
+    or 64 columns; only W4A8 layer weights that keep their packed codes, from 33 to 256 rows, on layers of
+    W4A8_GEMM_MIN_WEIGHTS weights or more."""
     from lowbit.kernels.cuda import int4_group
 
     assert w4a8_gemm_takes(384, 128) and w4a8_gemm_takes(1280, 1280) and w4a8_gemm_takes(2048, 256)
-    assert not w4a8_gemm_takes(576, 128)  # K no multiple of 128 (SmolLM2's 576)
-    assert not w4a8_gemm_takes(1024, 64) and not w4a8_gemm_takes(1024, 192)  # groups split a step
+    assert w4a8_gemm_takes(1024, 64) and w4a8_gemm_takes(1024, 32)
+    assert not w4a8_gemm_takes(576, 128) and not w4a8_gemm_takes(576, 64)  # K no multiple of 128 (SmolLM2's)
+    assert not w4a8_gemm_takes(1024, 192) and not w4a8_gemm_takes(1024, 16)  # groups split a step; too narrow
     layer = _layer(*SHAPES[0], seed=0)
     codes, scale, zero = layer.weight_codes(), layer.group_scale, layer.group_zero
     kept = kernel_layout(codes, scale, zero, 128, W4A8, layer.qweight)

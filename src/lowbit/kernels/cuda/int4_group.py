@@ -37,11 +37,12 @@ MAX_ROWS = 32  # up to 4 column tiles of 8 input rows per warp
 SLICED_MAX_ROWS = 128
 # W4A8 from MAX_ROWS + 1 to W4A8_GEMM_MAX_ROWS rows of layers of at least W4A8_GEMM_MIN_WEIGHTS weights:
 # the Triton GEMM that converts the layer's packed codes in registers for the FP8 tensor cores
-# (kernels/triton/w4a8_gemm.py), on Hopper, where K is whole steps of W4A8_GEMM_TILE_K columns within
-# groups. H100, bf16 in and out, against expanding the weights to E4M3 for the float GEMM: 8192 x 8192,
-# 33 rows 40.0 us against 66.9 (bf16 49.5), 128 rows 49.7 against 78.5, 256 rows 76.5 against 81.5; on
-# 4096 x 4096 it was slower (33 rows 21.5 against 20.6, 256 rows 32.0 against 26.3); past 256 rows the
-# expansion wins (RESULTS, session 26).
+# (kernels/triton/w4a8_gemm.py), on Hopper, where K is whole steps of W4A8_GEMM_TILE_K columns, each within
+# one group or holding groups of 32 or 64 columns. H100, bf16 in and out, against expanding the weights to
+# E4M3 for the float GEMM: 8192 x 8192, 33 rows 40.0 us against 66.9 (bf16 49.5), 128 rows 49.7 against
+# 78.5, 256 rows 76.5 against 81.5 (groups of 32: 43.6 / 52.7 / 82.8 against 69.7 / 83.0 / 84.7); on 4096 x
+# 4096 it was slower (33 rows 21.5 against 20.6, 256 rows 32.0 against 26.3); past 256 rows the expansion
+# wins (RESULTS, sessions 26 and 27).
 W4A8_GEMM_MAX_ROWS = 256
 W4A8_GEMM_MIN_WEIGHTS = 4096 * 8192
 W4A8_GEMM_TILE_K = 128
@@ -255,8 +256,9 @@ def prepare_input(x: torch.Tensor, mode: int, k64: int, input_scale: torch.Tenso
 
 def w4a8_gemm_takes(k: int, group: int) -> bool:
     """Whether the Triton W4A8 GEMM takes K = ``k`` with groups of ``group`` columns: whole steps of
-    W4A8_GEMM_TILE_K columns, each within one group."""
-    return k % W4A8_GEMM_TILE_K == 0 and (group >= k or group % W4A8_GEMM_TILE_K == 0)
+    W4A8_GEMM_TILE_K columns, each within one group or holding whole groups of 32 or 64 columns."""
+    within = group >= k or group % W4A8_GEMM_TILE_K == 0
+    return k % W4A8_GEMM_TILE_K == 0 and (within or group in (32, 64))
 
 
 def uses_w4a8_gemm(m: int, weights: KernelWeights, mode: int) -> bool:

@@ -16,7 +16,8 @@ Why this shape (H100, 2026-11-24, RESULTS "Session 26"):
 - The codes stay as the layer stores them (byte i: column 2i low nibble, 2i + 1 high), so a 128-column
   step holds the even columns in its low nibbles and the odd ones in its high nibbles: two dots of 64.
   The input comes deinterleaved to match (int4_group.prepare_input with ``deinterleave``): each
-  128-column tile's even columns, then its odd ones, so both input tiles are plain loads.
+  128-column tile's even columns, then its odd ones, so both input tiles are plain loads. Groups of 32 or
+  64 columns give each byte of a step its own group's constants (selected in registers).
 - Triton waits for each register-operand wgmma before converting the next codes, so a program's
   tensor cores idle while it converts. K is split over programs (SPLIT_K) so that several share each
   multiprocessor and fill those gaps.
@@ -67,12 +68,32 @@ def _fp16_pair(v):
 
 
 @triton.jit
+def _per_byte(pairs, offs_h, GROUP_COLS: tl.constexpr):
+    """A step's constants [BLOCK_N, 128 / GROUP_COLS] (groups of 64 or 32 columns) -> each byte's [BLOCK_N, 64]:
+    byte h holds columns 2h and 2h + 1, of group h // (GROUP_COLS / 2). Selects in registers; gathering
+    each byte's constants from memory instead ran 5x slower (H100, RESULTS session 27)."""
+    part = (offs_h // (GROUP_COLS // 2))[None, :]
+    if GROUP_COLS == 64:
+        c0, c1 = tl.split(pairs)
+        out = tl.where(part == 0, c0[:, None], c1[:, None])
+    else:
+        even, odd = tl.split(tl.reshape(pairs, (pairs.shape[0], 2, 2)))  # groups (0, 2) and (1, 3)
+        c0, c2 = tl.split(even)
+        c1, c3 = tl.split(odd)
+        out = tl.where(part == 0, c0[:, None], tl.where(part == 1, c1[:, None],
+                                                        tl.where(part == 2, c2[:, None], c3[:, None])))
+    return out
+
+
+@triton.jit
 def _w4a8_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, ws_ptr, count_ptr,
                  M, N, K, M_BUCKET, stride_xm, stride_qn, stride_sn, stride_om,
-                 GROUP_TILES: tl.constexpr, PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr):
+                 GROUP_TILES: tl.constexpr, GROUP_COLS: tl.constexpr, PER_TOKEN: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, SPLIT_K: tl.constexpr,
+                 GROUP_M: tl.constexpr):
     """Program (tile, split): a BLOCK_N x BLOCK_M tile of out^T over one K range. GROUP_TILES: 128-column
-    tiles per group, 0 for one group per row."""
+    tiles per group, 0 for one group per row; GROUP_COLS: the group's columns where it is narrower than a
+    tile (then each byte takes its own group's constants), else 0."""
     tile = tl.program_id(0)
     pid_m, pid_n = _grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     steps = tl.cdiv(tl.cdiv(K, _TILE_K), SPLIT_K)
@@ -85,16 +106,29 @@ def _w4a8_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, 
     m_ok = offs_m[None, :] < M
     last_group = tl.cdiv(K, _TILE_K * GROUP_TILES) - 1 if GROUP_TILES else 0
     # each step's group constants are fetched a step ahead: the loop would otherwise wait on them
-    g = tl.minimum(k_begin // (_TILE_K * GROUP_TILES), last_group) if GROUP_TILES else 0
-    s_next = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_ok, other=0.0)
-    z_next = tl.load(z_ptr + offs_n * stride_sn + g, mask=n_ok, other=0)
+    if GROUP_COLS:  # the step's groups [BLOCK_N, 128 / GROUP_COLS], one load per row
+        offs_g = tl.arange(0, _TILE_K // GROUP_COLS)[None, :]
+        g = tl.minimum(k_begin, K - _TILE_K) // GROUP_COLS  # an empty split: any
+        s_next = tl.load(s_ptr + offs_n[:, None] * stride_sn + g + offs_g, mask=n_ok[:, None], other=0.0)
+        z_next = tl.load(z_ptr + offs_n[:, None] * stride_sn + g + offs_g, mask=n_ok[:, None], other=0)
+    else:
+        g = tl.minimum(k_begin // (_TILE_K * GROUP_TILES), last_group) if GROUP_TILES else 0
+        s_next = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_ok, other=0.0)
+        z_next = tl.load(z_ptr + offs_n * stride_sn + g, mask=n_ok, other=0)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for k0 in range(k_begin, k_end, _TILE_K):
         codes = tl.load(q_ptr + offs_n[:, None] * stride_qn + (k0 // 2 + offs_h)[None, :], mask=n_ok[:, None],
                         other=0)
-        s2 = tl.broadcast_to(_fp16_pair(s_next)[:, None], (BLOCK_N, _TILE_K // 2))
-        zb2 = tl.broadcast_to(_fp16_pair((-(1024.0 + z_next.to(tl.float32))).to(tl.float16))[:, None],
-                              (BLOCK_N, _TILE_K // 2))
+        if GROUP_COLS:
+            s2 = _per_byte(_fp16_pair(s_next), offs_h, GROUP_COLS)
+            zb2 = _per_byte(_fp16_pair((-(1024.0 + z_next.to(tl.float32))).to(tl.float16)), offs_h, GROUP_COLS)
+            g = tl.minimum(k0 + _TILE_K, K - _TILE_K) // GROUP_COLS
+            s_next = tl.load(s_ptr + offs_n[:, None] * stride_sn + g + offs_g, mask=n_ok[:, None], other=0.0)
+            z_next = tl.load(z_ptr + offs_n[:, None] * stride_sn + g + offs_g, mask=n_ok[:, None], other=0)
+        else:
+            s2 = tl.broadcast_to(_fp16_pair(s_next)[:, None], (BLOCK_N, _TILE_K // 2))
+            zb2 = tl.broadcast_to(_fp16_pair((-(1024.0 + z_next.to(tl.float32))).to(tl.float16))[:, None],
+                                  (BLOCK_N, _TILE_K // 2))
         if GROUP_TILES:
             g = tl.minimum((k0 + _TILE_K) // (_TILE_K * GROUP_TILES), last_group)
             s_next = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_ok, other=0.0)
@@ -127,7 +161,8 @@ def _splits_within_k(configs, nargs, **kwargs):
     return [c for c in configs if c.kwargs["SPLIT_K"] <= steps] or configs[-1:]
 
 
-_KERNEL = triton.autotune(configs=candidate_configs(_configs()), key=["M_BUCKET", "N", "K", "GROUP_TILES"],
+_KERNEL = triton.autotune(configs=candidate_configs(_configs()),
+                          key=["M_BUCKET", "N", "K", "GROUP_TILES", "GROUP_COLS"],
                           prune_configs_by={"early_config_prune": _splits_within_k})(_w4a8_kernel)
 
 
@@ -143,13 +178,13 @@ def w4a8_gemm(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, zero: t
     m, k = x.shape
     n = codes.shape[0]
     if not (w4a8_gemm_takes(k, group) and 0 < m <= MAX_ROWS and x.dtype == torch.float8_e4m3fn and x.stride(1) == 1):
-        raise ValueError(f"w4a8_gemm takes 1..{MAX_ROWS} rows of E4M3 codes and K a multiple of {TILE_K} within "
-                         f"groups of whole steps, got {m} x {k} {x.dtype} with groups of {group}")
+        raise ValueError(f"w4a8_gemm takes 1..{MAX_ROWS} rows of E4M3 codes and K a multiple of {TILE_K} in groups "
+                         f"of whole steps or of 32 or 64 columns, got {m} x {k} {x.dtype} with groups of {group}")
     out = torch.empty(m, n, dtype=out_dtype, device=x.device)
     ws, counts = splitk_workspace(x.device, n, torch.float32, MAX_ROWS)
     _KERNEL[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
         x, codes, scale, zero, out, a_scale, w_scale, bias if bias is not None else w_scale, ws, counts,
         m, n, k, triton.next_power_of_2(m), x.stride(0), codes.stride(0), scale.stride(0), out.stride(0),
-        GROUP_TILES=0 if group >= k else group // TILE_K, PER_TOKEN=a_scale.dim() == 1, HAS_BIAS=bias is not None,
-        enable_fp_fusion=False)
+        GROUP_TILES=0 if group >= k or group < TILE_K else group // TILE_K, GROUP_COLS=group if group < TILE_K else 0,
+        PER_TOKEN=a_scale.dim() == 1, HAS_BIAS=bias is not None, enable_fp_fusion=False)
     return out
