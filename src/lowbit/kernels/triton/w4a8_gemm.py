@@ -77,6 +77,7 @@ def _per_byte(pairs, offs_h, GROUP_COLS: tl.constexpr):
         c0, c1 = tl.split(pairs)
         out = tl.where(part == 0, c0[:, None], c1[:, None])
     else:
+        tl.static_assert(GROUP_COLS == 32, "groups of 32 or 64 columns (int4_group.w4a8_gemm_takes)")
         even, odd = tl.split(tl.reshape(pairs, (pairs.shape[0], 2, 2)))  # groups (0, 2) and (1, 3)
         c0, c2 = tl.split(even)
         c1, c3 = tl.split(odd)
