@@ -317,7 +317,7 @@ def test_input_codes_and_scales_equal_the_reference():
     assert int(nan_count) == 0
 
 
-def test_w4a8_gemm_quantizes_few_aligned_rows_itself():
+def test_int4_gemm_quantizes_few_aligned_rows_itself():
     from lowbit.kernels.cuda.int4_group import MAX_QUANTIZED_COLUMNS, MAX_STAGED_BYTES, quantizes_input
 
     kw = kernel_layout(*_codes(40, 640, 128, seed=0), 128, W4A8)
@@ -347,7 +347,7 @@ def test_w4a8_gemm_quantizes_few_aligned_rows_itself():
                                          [(37, 576, 32), (130, 896, 128), (24, 640, 640)]]
                          + [(32, 40, 320, 64), (32, 37, 576, 32), (1, 2200, 2048, 128), (3, 2200, 2048, 128),
                             (4, 2200, 7936, 128), (7, 24, 576, 128), (5, 40, 576, 96)])
-def test_w4a8_gemm_quantizing_its_input_equals_the_input_kernel_path(dtype, m, n, k, group):
+def test_int4_gemm_quantizing_its_input_equals_the_input_kernel_path(dtype, m, n, k, group):
     """The one-launch path (x quantized in the GEMM) gives the same bits as the input kernel followed by
     the GEMM, saturation and rows of every size included; (130, 896) splits K over blocks (8 chunks,
     then 6); (2200, 2048) has rows long enough to be staged one after the other; 4 x 7936 stages 63,552
@@ -369,7 +369,7 @@ def test_w4a8_gemm_quantizing_its_input_equals_the_input_kernel_path(dtype, m, n
 
 
 @pytest.mark.gpu
-def test_w4a8_gemm_refuses_an_input_it_cannot_quantize_itself():
+def test_int4_gemm_refuses_an_input_it_cannot_quantize_itself():
     from lowbit.kernels.cuda.int4_group import small_m_gemm
 
     layer = _layer(W4A8Linear, 40, 640, 128, seed=5).cuda()
@@ -382,7 +382,7 @@ def test_w4a8_gemm_refuses_an_input_it_cannot_quantize_itself():
 
 
 @pytest.mark.gpu
-def test_w4a8_gemm_quantizing_its_input_counts_each_nan_once():
+def test_int4_gemm_quantizing_its_input_counts_each_nan_once():
     from lowbit.kernels.cuda.int4_group import small_m_gemm
 
     layer = _layer(W4A8Linear, 300, 4096, 128, seed=4).cuda()  # 19 row tiles, K split over blocks

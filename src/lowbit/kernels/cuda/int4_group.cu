@@ -380,8 +380,8 @@ int4_group_gemm(const uint4* __restrict__ stream, const unsigned char* __restric
 //                                                          fp16 values (the few-rows GEMM's input)
 // with columns K..ldx-1 zero. With per_token, sx[m] = max|x[m]| / 448 (1 for a zero row) is computed and
 // stored first; otherwise sx[0] is the calibrated scale. NaN inputs (MODE 1) are counted in nan_count.
-// MODE 1 with deinterleave (ldx a multiple of 128): each 128-column tile's even columns, then its odd ones
-// (the order of the Triton W4A8 GEMM's two dots, kernels/triton/w4a8_gemm.py).
+// With deinterleave (ldx a multiple of 128; MODE 1 codes, not half_out): each 128-column tile's even columns,
+// then its odd ones (the order of the Triton INT4 GEMM's two dots, kernels/triton/int4_gemm.py).
 extern "C" __global__ void __launch_bounds__(256)
 int4_group_prepare_input(const void* __restrict__ xin, int in_bf16, int ldin, int K, int ldx,
                          float* __restrict__ sx, int per_token, unsigned char* __restrict__ xq,
@@ -430,7 +430,14 @@ int4_group_prepare_input(const void* __restrict__ xin, int in_bf16, int ldin, in
 #else
     for (int k = 2 * (blockIdx.y * 256 + threadIdx.x); k < ldx; k += 512 * gridDim.y) {
         const float y0 = k < K ? load(k) : 0.0f, y1 = k + 1 < K ? load(k + 1) : 0.0f;
-        *(u32*)(xq + ((size_t)m * ldx + k) * 2) = pack_bf16x2(y0, y1);
+        const u32 pair = pack_bf16x2(y0, y1);
+        if (deinterleave) {
+            u16* tile = (u16*)xq + (size_t)m * ldx + (k & ~127);
+            tile[(k & 127) >> 1] = (u16)pair;
+            tile[64 + ((k & 127) >> 1)] = (u16)(pair >> 16);
+        } else {
+            *(u32*)(xq + ((size_t)m * ldx + k) * 2) = pair;
+        }
     }
 #endif
 }

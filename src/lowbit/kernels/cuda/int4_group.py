@@ -10,9 +10,10 @@ fragments (:func:`kernel_layout`), and are converted two at a time in registers.
 share one weight tile and split its K, and K is split over blocks only where the tiles leave
 multiprocessors idle; the partial sums meet in a fixed order. W4A8 with a static input scale takes
 few rows of bf16 or float32 input as they are, each block quantizing its columns of them into shared
-memory first: one launch instead of two. W4A16 runs the kernel over slices of MAX_ROWS rows up to
-SLICED_MAX_ROWS rows; W4A8 on large layers up to W4A8_GEMM_MAX_ROWS rows runs a Triton GEMM that converts
-the layer's packed codes in registers (kernels/triton/w4a8_gemm.py). More rows are bound by arithmetic:
+memory first: one launch instead of two. Up to INT4_GEMM_MAX_ROWS rows a Triton GEMM that converts the
+layer's packed codes in registers takes over on Hopper (kernels/triton/int4_gemm.py): W4A8 past MAX_ROWS
+on large layers, W4A16 from W4A16_INT4_GEMM_MIN_ROWS; elsewhere W4A16 runs the kernel over slices of
+MAX_ROWS rows up to SLICED_MAX_ROWS rows. More rows are bound by arithmetic:
 the weights are then expanded once per call into a plain bf16 / E4M3 matrix (a pass over N * K bytes)
 for a tensor-core GEMM (kernels/triton float_gemm), which costs far less than converting every weight
 tile again in every row tile.
@@ -35,17 +36,23 @@ MAX_ROWS = 32  # up to 4 column tiles of 8 input rows per warp
 # for the expansion and GEMM, 128 rows 86.7 against 147.3; RESULTS, session 24). W4A8's slices cost more
 # (33.7 us for 32 rows of 8192) against a cheaper expansion (E4M3: 68.3 us at 33 rows): one slice only.
 SLICED_MAX_ROWS = 128
-# W4A8 from MAX_ROWS + 1 to W4A8_GEMM_MAX_ROWS rows of layers of at least W4A8_GEMM_MIN_WEIGHTS weights:
-# the Triton GEMM that converts the layer's packed codes in registers for the FP8 tensor cores
-# (kernels/triton/w4a8_gemm.py), on Hopper, where K is whole steps of W4A8_GEMM_TILE_K columns, each within
+# W4A8 from MAX_ROWS + 1 to INT4_GEMM_MAX_ROWS rows of layers of at least W4A8_INT4_GEMM_MIN_WEIGHTS weights:
+# the Triton GEMM that converts the layer's packed codes in registers for the tensor cores
+# (kernels/triton/int4_gemm.py), on Hopper, where K is whole steps of INT4_GEMM_TILE_K columns, each within
 # one group or holding groups of 32 or 64 columns. H100, bf16 in and out, against expanding the weights to
 # E4M3 for the float GEMM: 8192 x 8192, 33 rows 40.0 us against 66.9 (bf16 49.5), 128 rows 49.7 against
 # 78.5, 256 rows 76.5 against 81.5 (groups of 32: 43.6 / 52.7 / 82.8 against 69.7 / 83.0 / 84.7); on 4096 x
 # 4096 it was slower (33 rows 21.5 against 20.6, 256 rows 32.0 against 26.3); past 256 rows the expansion
 # wins (RESULTS, sessions 26 and 27).
-W4A8_GEMM_MAX_ROWS = 256
-W4A8_GEMM_MIN_WEIGHTS = 4096 * 8192
-W4A8_GEMM_TILE_K = 128
+INT4_GEMM_MAX_ROWS = 256
+W4A8_INT4_GEMM_MIN_WEIGHTS = 4096 * 8192
+INT4_GEMM_TILE_K = 128
+# W4A16 takes that GEMM (bf16 wgmma) from this many rows to INT4_GEMM_MAX_ROWS, on layers of any size: H100,
+# against the slices of 32 rows (to 128) or the expansion (past 128), us, the GEMM alone: 8192 x 8192 at 128
+# / 256 rows 76.0 / 101.6 against 84.8 / 150.5; 4096 x 11008 55.3 / 97.3 against 74.9 / 132.5; 4096 x 4096
+# 25.1 / 37.7 against 33.5 / 48.0; at 64 rows the slices win (43.6 against 70.5), and three slices (65-96
+# rows) cost less than four; at 384-512 rows of 8192 x 8192 the expansion (RESULTS, session 27).
+W4A16_INT4_GEMM_MIN_ROWS = 97
 # Units in flight per warp, by chunks per unit (H100, W4A16 one row, units of 2 chunks, 8 warps x 2
 # against 4 x 3: N = K = 8192 16.7 / 16.8 us, 4096 6.8 / 7.2, 2048 4.2 / 7.0, where 4 warps split K over
 # blocks; RESULTS, session 22)
@@ -92,7 +99,7 @@ class KernelWeights:
     last unit padded) and ``sets`` groups' constants; ``group`` is the group size (K for one per row).
     ``arrivals`` counts the blocks of a split K (reset by the kernel), so one layer's calls must not run
     concurrently on two streams. ``packed``, ``scale`` and ``zero``: the layer's own tensors (codes two per
-    byte, as Int4GroupLinear stores them), which the Triton W4A8 GEMM reads as they are; None without them."""
+    byte, as Int4GroupLinear stores them), which the Triton INT4 GEMM reads as they are; None without them."""
 
     stream: torch.Tensor
     arrivals: torch.Tensor
@@ -152,7 +159,7 @@ def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
                   mode: int, packed: torch.Tensor | None = None) -> KernelWeights:
     """Codes uint8 [N, K] (0..15), float16 scales (on numerics.groupwise's 7-bit grid) and uint8 zero
     points [N, G] -> the kernel's layout (on the codes' device); ``packed``, the same codes two per byte
-    (numerics.pack_int4), is kept with the scales and zero points for the Triton W4A8 GEMM."""
+    (numerics.pack_int4), is kept with the scales and zero points for the Triton INT4 GEMM."""
     n, k = codes.shape
     unit, sets = _unit_shape(group, k)
     n16, k64 = -(-n // 16) * 16, -(-k // 64) * 64
@@ -178,7 +185,7 @@ def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
     sets_of_unit = (first + torch.arange(sets, device=codes.device)).clamp(max=groups - 1)
     stream = torch.cat([words.reshape(tiles, units, unit * 128), constants[:, sets_of_unit].reshape(tiles, units, -1)],
                        -1)
-    keep = packed is not None and mode == W4A8 and w4a8_gemm_takes(k, group)
+    keep = packed is not None and int4_gemm_takes(k, group)
     return KernelWeights(stream.contiguous(), torch.zeros(tiles, dtype=torch.int32, device=codes.device), n, group,
                          chunks, unit, sets, *((packed, scale.contiguous(), zero.contiguous()) if keep else ()))
 
@@ -228,13 +235,13 @@ def prepare_input(x: torch.Tensor, mode: int, k64: int, input_scale: torch.Tenso
                   half_out: bool = False, deinterleave: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] float32 or bf16 (rows of unit stride) -> (the GEMM's input [M, k64], its scale):
     W4A16 bf16(x); W4A8 the E4M3 codes of x / scale (with ``half_out`` their float16 values, the
-    few-rows GEMM's input; with ``deinterleave``, k64 a multiple of W4A8_GEMM_TILE_K, each 128 columns'
-    even ones then their odd ones, the Triton W4A8 GEMM's input; int4_group.cu has the 128), the scale
+    few-rows GEMM's input); with ``deinterleave``, k64 a multiple of INT4_GEMM_TILE_K, each 128 columns'
+    even ones then their odd ones, the Triton INT4 GEMM's input (int4_group.cu has the 128); the scale
     being ``input_scale`` or with ``per_token`` each row's max|x| / 448 (float32 [M], returned). NaN
     inputs (W4A8) add to ``nan_count``."""
-    if deinterleave and (mode != W4A8 or half_out or k64 % W4A8_GEMM_TILE_K):
-        raise ValueError(f"deinterleaving takes W4A8 E4M3 codes of a multiple of {W4A8_GEMM_TILE_K} columns, "
-                         f"not {k64}")
+    if deinterleave and (half_out or k64 % INT4_GEMM_TILE_K):
+        raise ValueError(f"deinterleaving takes bf16 or E4M3 codes of a multiple of {INT4_GEMM_TILE_K} columns, "
+                         f"not {k64}{' as float16 values' if half_out else ''}")
     m, k = x.shape
     if x.dtype not in (torch.float32, torch.bfloat16):
         x = x.float()
@@ -254,18 +261,21 @@ def prepare_input(x: torch.Tensor, mode: int, k64: int, input_scale: torch.Tenso
     return xq, scale
 
 
-def w4a8_gemm_takes(k: int, group: int) -> bool:
-    """Whether the Triton W4A8 GEMM takes K = ``k`` with groups of ``group`` columns: whole steps of
-    W4A8_GEMM_TILE_K columns, each within one group or holding whole groups of 32 or 64 columns."""
-    within = group >= k or group % W4A8_GEMM_TILE_K == 0
-    return k % W4A8_GEMM_TILE_K == 0 and (within or group in (32, 64))
+def int4_gemm_takes(k: int, group: int) -> bool:
+    """Whether the Triton INT4 GEMM takes K = ``k`` with groups of ``group`` columns: whole steps of
+    INT4_GEMM_TILE_K columns, each within one group or holding whole groups of 32 or 64 columns."""
+    within = group >= k or group % INT4_GEMM_TILE_K == 0
+    return k % INT4_GEMM_TILE_K == 0 and (within or group in (32, 64))
 
 
-def uses_w4a8_gemm(m: int, weights: KernelWeights, mode: int) -> bool:
-    """Whether ``m`` rows go to the Triton W4A8 GEMM (weights that keep their packed codes: see
+def uses_int4_gemm(m: int, weights: KernelWeights, mode: int) -> bool:
+    """Whether ``m`` rows go to the Triton INT4 GEMM (weights that keep their packed codes: see
     :func:`kernel_layout`)."""
-    return (mode == W4A8 and MAX_ROWS < m <= W4A8_GEMM_MAX_ROWS and weights.packed is not None
-            and weights.n * weights.chunks * 64 >= W4A8_GEMM_MIN_WEIGHTS)
+    if weights.packed is None or m > INT4_GEMM_MAX_ROWS:
+        return False
+    if mode == W4A16:
+        return m >= W4A16_INT4_GEMM_MIN_ROWS
+    return m > MAX_ROWS and weights.n * weights.chunks * 64 >= W4A8_INT4_GEMM_MIN_WEIGHTS
 
 
 def _staged_stride(columns: int, rows: int) -> int:
@@ -350,19 +360,18 @@ def int4_group_linear(x: torch.Tensor, weights: KernelWeights, mode: int, *, inp
     k64 = weights.chunks * 64
     if mode == W4A8 and nan_count is None:
         nan_count = torch.zeros(1, dtype=torch.int32, device=x.device)
+    if uses_int4_gemm(m, weights, mode) and torch.cuda.get_device_capability(x.device) >= (9, 0):
+        from ..triton.int4_gemm import int4_gemm
+
+        xq, scale = prepare_input(x, mode, k64, input_scale, per_token, nan_count, deinterleave=True)
+        return int4_gemm(xq, weights.packed, weights.scale, weights.zero, weights.group,
+                         *_epilogue_scales(mode, scale, tensor_scale, weights.n, x.device), bias, out_dtype)
     if mode == W4A16 and x.dtype == torch.bfloat16 and k == k64 and rows_16_byte_aligned(x):
         xq, scale = x, None  # already what the kernel reads
     elif quantizes_input(x, weights, mode, per_token):
         return small_m_gemm(x, weights, mode, input_scale, False, tensor_scale, bias, out_dtype, nan_count)
     else:
-        fused = uses_w4a8_gemm(m, weights, mode) and torch.cuda.get_device_capability(x.device) >= (9, 0)
-        xq, scale = prepare_input(x, mode, k64, input_scale, per_token, nan_count, half_out=m <= MAX_ROWS,
-                                  deinterleave=fused)
-        if fused:
-            from ..triton.w4a8_gemm import w4a8_gemm
-
-            return w4a8_gemm(xq, weights.packed, weights.scale, weights.zero, weights.group, scale,
-                             tensor_scale.float().expand(weights.n).contiguous(), bias, out_dtype)
+        xq, scale = prepare_input(x, mode, k64, input_scale, per_token, nan_count, half_out=m <= MAX_ROWS)
     if m <= (SLICED_MAX_ROWS if mode == W4A16 else MAX_ROWS):
         # slices of MAX_ROWS rows (none for no rows; W4A8, whose per-token scales would need slicing too,
         # takes one): each row's sums are its own, so slices give the same results
@@ -374,8 +383,13 @@ def int4_group_linear(x: torch.Tensor, weights: KernelWeights, mode: int, *, inp
     from ..triton import float_gemm
 
     w = dequantize(weights, mode)
+    return float_gemm(xq, w, *_epilogue_scales(mode, scale, tensor_scale, weights.n, x.device), bias,
+                      out_dtype=out_dtype)
+
+
+def _epilogue_scales(mode: int, scale: torch.Tensor | None, tensor_scale: torch.Tensor | None, n: int,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tensor-core GEMMs' (input scale, per-column weight scale): W4A8 (sx, s8 per column), W4A16 ones."""
     if mode == W4A8:
-        a_scale, w_scale = scale, tensor_scale.float().expand(weights.n).contiguous()
-    else:
-        a_scale, w_scale = torch.ones((), device=x.device), torch.ones(weights.n, device=x.device)
-    return float_gemm(xq, w, a_scale, w_scale, bias, out_dtype=out_dtype)
+        return scale, tensor_scale.float().expand(n).contiguous()
+    return torch.ones((), device=device), torch.ones(n, device=device)
