@@ -114,7 +114,8 @@ def _int4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, 
                  GROUP_M: tl.constexpr, BF16: tl.constexpr):
     """Program (tile, split): a BLOCK_N x BLOCK_M tile of out^T over one K range. GROUP_TILES: 128-column
     tiles per group, 0 for one group per row; GROUP_COLS: the group's columns where it is narrower than a
-    tile (then each byte takes its own group's constants), else 0."""
+    tile (then each byte takes its own group's constants), else 0; BF16: W4A16 (bf16 input, weights converted
+    to bf16), else W4A8 (E4M3)."""
     tile = tl.program_id(0)
     pid_m, pid_n = _grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     steps = tl.cdiv(tl.cdiv(K, _TILE_K), SPLIT_K)
