@@ -107,6 +107,21 @@ def _per_byte(pairs, offs_h, GROUP_COLS: tl.constexpr):
 
 
 @triton.jit
+def _step_constants(s_ptr, z_ptr, offs_n, n_ok, stride_sn, k, K, GROUP_TILES: tl.constexpr, GROUP_COLS: tl.constexpr):
+    """Scales and zero points of the step at column ``k`` (at most the last step: an empty split or the fetch
+    after the last takes those): per row [BLOCK_N] for groups of whole steps (GROUP_TILES; 0: one group per
+    row), or [BLOCK_N, 128 / GROUP_COLS] for narrower groups, one load per row."""
+    k = tl.minimum(k, K - _TILE_K)
+    if GROUP_COLS:
+        rows, mask = offs_n[:, None] * stride_sn, n_ok[:, None]
+        group = k // GROUP_COLS + tl.arange(0, _TILE_K // GROUP_COLS)[None, :]
+    else:
+        rows, mask = offs_n * stride_sn, n_ok
+        group = k // (_TILE_K * GROUP_TILES) if GROUP_TILES else 0
+    return tl.load(s_ptr + rows + group, mask=mask, other=0.0), tl.load(z_ptr + rows + group, mask=mask, other=0)
+
+
+@triton.jit
 def _int4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, ws_ptr, count_ptr,
                  M, N, K, M_BUCKET, stride_xm, stride_qn, stride_sn, stride_om,
                  GROUP_TILES: tl.constexpr, GROUP_COLS: tl.constexpr, PER_TOKEN: tl.constexpr,
@@ -126,17 +141,8 @@ def _int4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, 
     offs_h = tl.arange(0, _TILE_K // 2)
     n_ok = offs_n < N
     m_ok = offs_m[None, :] < M
-    last_group = tl.cdiv(K, _TILE_K * GROUP_TILES) - 1 if GROUP_TILES else 0
     # each step's group constants are fetched a step ahead: the loop would otherwise wait on them
-    if GROUP_COLS:  # the step's groups [BLOCK_N, 128 / GROUP_COLS], one load per row
-        offs_g = tl.arange(0, _TILE_K // GROUP_COLS)[None, :]
-        g = tl.minimum(k_begin, K - _TILE_K) // GROUP_COLS  # an empty split: any
-        s_next = tl.load(s_ptr + offs_n[:, None] * stride_sn + g + offs_g, mask=n_ok[:, None], other=0.0)
-        z_next = tl.load(z_ptr + offs_n[:, None] * stride_sn + g + offs_g, mask=n_ok[:, None], other=0)
-    else:
-        g = tl.minimum(k_begin // (_TILE_K * GROUP_TILES), last_group) if GROUP_TILES else 0
-        s_next = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_ok, other=0.0)
-        z_next = tl.load(z_ptr + offs_n * stride_sn + g, mask=n_ok, other=0)
+    s_next, z_next = _step_constants(s_ptr, z_ptr, offs_n, n_ok, stride_sn, k_begin, K, GROUP_TILES, GROUP_COLS)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for k0 in range(k_begin, k_end, _TILE_K):
         codes = tl.load(q_ptr + offs_n[:, None] * stride_qn + (k0 // 2 + offs_h)[None, :], mask=n_ok[:, None],
@@ -145,16 +151,12 @@ def _int4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, 
         if GROUP_COLS:
             s2 = _per_byte(s2, offs_h, GROUP_COLS)
             zb2 = _per_byte(zb2, offs_h, GROUP_COLS)
-            g = tl.minimum(k0 + _TILE_K, K - _TILE_K) // GROUP_COLS
-            s_next = tl.load(s_ptr + offs_n[:, None] * stride_sn + g + offs_g, mask=n_ok[:, None], other=0.0)
-            z_next = tl.load(z_ptr + offs_n[:, None] * stride_sn + g + offs_g, mask=n_ok[:, None], other=0)
         else:
             s2 = tl.broadcast_to(s2[:, None], (BLOCK_N, _TILE_K // 2))
             zb2 = tl.broadcast_to(zb2[:, None], (BLOCK_N, _TILE_K // 2))
-        if GROUP_TILES:
-            g = tl.minimum((k0 + _TILE_K) // (_TILE_K * GROUP_TILES), last_group)
-            s_next = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_ok, other=0.0)
-            z_next = tl.load(z_ptr + offs_n * stride_sn + g, mask=n_ok, other=0)
+        if GROUP_TILES or GROUP_COLS:  # one group per row: the constants stay
+            s_next, z_next = _step_constants(s_ptr, z_ptr, offs_n, n_ok, stride_sn, k0 + _TILE_K, K, GROUP_TILES,
+                                             GROUP_COLS)
         if BF16:
             w_even, w_odd = tl.inline_asm_elementwise(_CONVERSION_BF16, _CONSTRAINTS_BF16, [codes, s2, zb2],
                                                       dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
