@@ -7,10 +7,10 @@ CUDA graph (benchmarks/timing.py), from bf16 input to bf16 output, so each lowbi
 input's quantization (bf16 -> E4M3 for W4A8 and FP8: a kernel of its own, except for W4A8 at one row,
 whose GEMM quantizes it (int4_group.quantizes_input); none for W4A16):
   w4a16, w4a8   kernels/cuda/int4_group (--group, 128 by default; asymmetric): few rows stream the codes once;
-                W4A8 from 33 and W4A16 from 97 to 256 rows run the Triton GEMM that converts the packed
-                codes in registers (kernels/triton/int4_gemm); more rows expand the weights to bf16 / E4M3
-                once per call, then the Triton float GEMM (W4A16 to 96 rows: the few-rows kernel over
-                slices of 32)
+                W4A8 from 33 (to 64 on layers under 4096 x 8192) and W4A16 from 97 to 256 rows run the
+                Triton GEMM that converts the packed codes in registers (kernels/triton/int4_gemm); more
+                rows expand the weights to bf16 / E4M3 once per call, then the Triton float GEMM (W4A16
+                to 96 rows: the few-rows kernel over slices of 32)
   fp8           E4M3 per-channel weights, the Triton float GEMM
   scaled_mm     torch._scaled_mm on pre-quantized E4M3 input (cuBLASLt FP8, no input kernel): the
                 vendor's FP8 speed, for scale

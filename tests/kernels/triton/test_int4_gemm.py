@@ -6,8 +6,8 @@ W4A16 layers from 97."""
 import pytest
 import torch
 
-from lowbit.kernels.cuda.int4_group import (INT4_GEMM_MAX_ROWS, MAX_ROWS, W4A8, W4A16, W4A16_INT4_GEMM_MIN_ROWS,
-                                            int4_gemm_takes, kernel_layout, uses_int4_gemm)
+from lowbit.kernels.cuda.int4_group import (INT4_GEMM_MAX_ROWS, MAX_ROWS, W4A8, W4A8_INT4_GEMM_ANY_LAYER_ROWS, W4A16,
+                                            W4A16_INT4_GEMM_MIN_ROWS, int4_gemm_takes, kernel_layout, uses_int4_gemm)
 from lowbit.nn.geometry import LayerGeometry
 from lowbit.nn.mixed_linear import W4A8Linear, W4A16Linear
 from lowbit.nn.weight_quantizer import Int4GroupCodes
@@ -67,10 +67,12 @@ def test_every_config_gives_each_weight_exactly(mode, n, k, group, pinned_config
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", [W4A8, W4A16])
-@pytest.mark.parametrize("m,n,k,group", [(m, *shape) for m in (37, 256) for shape in SHAPES] + [(256, 4096, 2048, 128)])
+@pytest.mark.parametrize("m,n,k,group", [(m, *shape) for m in (37, 256) for shape in SHAPES]
+                         + [(256, 4096, 2048, 128), (64, 8192, 4096, 128)])
 def test_every_config_matches_float64(mode, m, n, k, group, pinned_config):
     """Random inputs, per-token input scales, per-channel output scales and a bias, in bf16 out too;
-    4096 x 2048 at 256 rows is where tiles of 64 input rows with K split went wrong (int4_gemm._configs)."""
+    4096 x 2048 at 256 rows and 8192 x 4096 at 64 are where tiles of 64 input rows with K split went wrong
+    when the splits met by atomic adds (int4_gemm._configs)."""
     from lowbit.kernels.triton import int4_gemm
 
     layer = _layer(n, k, group, seed=m + n, mode=mode)
@@ -91,6 +93,25 @@ def test_every_config_matches_float64(mode, m, n, k, group, pinned_config):
                 bound = 2e-3 * size + (ref.abs() * 2 ** -8 if out_dtype == torch.bfloat16 else 1e-6)
                 err = (out.double().cpu() - ref).abs()
                 assert (err <= bound).all(), (config, out_dtype, float(err.max() / size))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", [W4A8, W4A16])
+def test_split_sums_do_not_depend_on_arrival(mode, pinned_config):
+    """Every config that splits K gives the same bits call after call: the splits' partial sums meet in split
+    order (with float atomic adds, 128-row tiles split 4 ways differed from call to call here)."""
+    from lowbit.kernels.triton import int4_gemm
+
+    n, k, m = 4096, 2048, 64
+    layer = _layer(n, k, 128, seed=3, mode=mode)
+    x = _deinterleaved((torch.randn(m, k, generator=torch.Generator().manual_seed(3)) * 40).to(MODES[mode][1])).cuda()
+    one, ones = torch.ones((), device="cuda"), torch.ones(n, device="cuda")
+    split = [c for c in int4_gemm._configs() if c.kwargs["SPLIT_K"] > 1]
+    assert split
+    for config in split:
+        with pinned_config(int4_gemm._KERNEL, config):
+            outs = [int4_gemm.int4_gemm(x, *_gemm_args(layer), one, ones, None, torch.float32) for _ in range(4)]
+            assert all(torch.equal(outs[0], out) for out in outs[1:]), config
 
 
 @pytest.mark.gpu
@@ -145,8 +166,8 @@ def test_layers_take_it_within_their_rows(mode, activation, m, monkeypatch):
 
 def test_int4_gemm_takes_whole_steps_within_groups(monkeypatch):
     """The rule, on the CPU: K whole 128-column steps, each within one group or holding whole groups of 32
-    or 64 columns; only layer weights that keep their packed codes; W4A8 from 33 to 256 rows on layers of
-    W4A8_INT4_GEMM_MIN_WEIGHTS weights or more, W4A16 from 97 to 256 rows."""
+    or 64 columns; only layer weights that keep their packed codes; W4A8 from 33 to 64 rows, and to 256 on
+    layers of W4A8_INT4_GEMM_MIN_WEIGHTS weights or more; W4A16 from 97 to 256 rows."""
     from lowbit.kernels.cuda import int4_group
 
     assert int4_gemm_takes(384, 128) and int4_gemm_takes(1280, 1280) and int4_gemm_takes(2048, 256)
@@ -157,7 +178,8 @@ def test_int4_gemm_takes_whole_steps_within_groups(monkeypatch):
     codes, scale, zero = layer.weight_codes(), layer.group_scale, layer.group_zero
     kept = {mode: kernel_layout(codes, scale, zero, 128, mode, layer.qweight) for mode in (W4A8, W4A16)}
     assert kept[W4A8].packed is layer.qweight and kept[W4A16].packed is layer.qweight
-    assert not uses_int4_gemm(100, kept[W4A8], W4A8)  # 200 x 384: too small a layer for W4A8
+    small = (MAX_ROWS, MAX_ROWS + 1, W4A8_INT4_GEMM_ANY_LAYER_ROWS, W4A8_INT4_GEMM_ANY_LAYER_ROWS + 1, 100)
+    assert [uses_int4_gemm(m, kept[W4A8], W4A8) for m in small] == [False, True, True, False, False]  # 200 x 384
     monkeypatch.setattr(int4_group, "W4A8_INT4_GEMM_MIN_WEIGHTS", 200 * 384)
     rows = (MAX_ROWS, MAX_ROWS + 1, 96, 97, INT4_GEMM_MAX_ROWS, INT4_GEMM_MAX_ROWS + 1)
     assert [uses_int4_gemm(m, kept[W4A8], W4A8) for m in rows] == [False, True, True, True, True, False]

@@ -12,10 +12,10 @@ multiprocessors idle; the partial sums meet in a fixed order. W4A8 with a static
 few rows of bf16 or float32 input as they are, each block quantizing its columns of them into shared
 memory first: one launch instead of two. Up to INT4_GEMM_MAX_ROWS rows a Triton GEMM that converts the
 layer's packed codes in registers takes over on Hopper (kernels/triton/int4_gemm.py): W4A8 past MAX_ROWS
-on large layers, W4A16 from W4A16_INT4_GEMM_MIN_ROWS; elsewhere W4A16 runs the kernel over slices of
-MAX_ROWS rows up to SLICED_MAX_ROWS rows. More rows are bound by arithmetic:
-the weights are then expanded once per call into a plain bf16 / E4M3 matrix (a pass over N * K bytes)
-for a tensor-core GEMM (kernels/triton float_gemm), which costs far less than converting every weight
+(on small layers up to W4A8_INT4_GEMM_ANY_LAYER_ROWS), W4A16 from W4A16_INT4_GEMM_MIN_ROWS; elsewhere W4A16
+runs the kernel over slices of MAX_ROWS rows up to SLICED_MAX_ROWS rows. More rows are bound by
+arithmetic: the weights are then expanded once per call into a plain bf16 / E4M3 matrix (a pass over N * K
+bytes) for a tensor-core GEMM (kernels/triton float_gemm), which costs far less than converting every weight
 tile again in every row tile.
 """
 
@@ -36,15 +36,18 @@ MAX_ROWS = 32  # up to 4 column tiles of 8 input rows per warp
 # for the expansion and GEMM, 128 rows 86.7 against 147.3; RESULTS, session 24). W4A8's slices cost more
 # (33.7 us for 32 rows of 8192) against a cheaper expansion (E4M3: 68.3 us at 33 rows): one slice only.
 SLICED_MAX_ROWS = 128
-# W4A8 from MAX_ROWS + 1 to INT4_GEMM_MAX_ROWS rows of layers of at least W4A8_INT4_GEMM_MIN_WEIGHTS weights:
-# the Triton GEMM that converts the layer's packed codes in registers for the tensor cores
-# (kernels/triton/int4_gemm.py), on Hopper, where K is whole steps of INT4_GEMM_TILE_K columns, each within
-# one group or holding groups of 32 or 64 columns. H100, bf16 in and out, against expanding the weights to
-# E4M3 for the float GEMM: 8192 x 8192, 33 rows 40.0 us against 66.9 (bf16 49.5), 128 rows 49.7 against
-# 78.5, 256 rows 76.5 against 81.5 (groups of 32: 43.6 / 52.7 / 82.8 against 69.7 / 83.0 / 84.7); on 4096 x
-# 4096 it was slower (33 rows 21.5 against 20.6, 256 rows 32.0 against 26.3); past 256 rows the expansion
-# wins (RESULTS, sessions 26 and 27).
+# W4A8 from MAX_ROWS + 1 to W4A8_INT4_GEMM_ANY_LAYER_ROWS rows, and to INT4_GEMM_MAX_ROWS rows of layers of at
+# least W4A8_INT4_GEMM_MIN_WEIGHTS weights: the Triton GEMM that converts the layer's packed codes in registers
+# for the tensor cores (kernels/triton/int4_gemm.py), on Hopper, where K is whole steps of INT4_GEMM_TILE_K
+# columns, each within one group or holding groups of 32 or 64 columns. H100, bf16 in and out, against
+# expanding the weights to E4M3 for the float GEMM: 8192 x 8192, 33 / 64 / 128 / 256 rows 36.1 / 39.5 / 48.6 /
+# 75.7 us against 68.7 / 68.8 / 80.9 / 81.6 (bf16 49.9 / 50.3 / 52.0 / 57.6; groups of 32, session 27: 43.6 /
+# - / 52.7 / 82.8 against 69.7 / - / 83.0 / 84.7); on smaller layers only to 64 rows: 4096 x 4096 15.1 / 17.2 /
+# 22.8 / 29.9 against 19.2 / 20.1 / 20.9 / 26.4, 2048 x 8192 19.0 / 20.0 / 23.6 / 37.2 against 25.5 / 24.7 /
+# 25.9 / 27.6, 2048 x 2048 11.5 / 12.5 / 14.2 / 16.2 against 12.4 / 12.1 / 12.2 / 12.7; past 256 rows the
+# expansion wins (RESULTS, sessions 26-28).
 INT4_GEMM_MAX_ROWS = 256
+W4A8_INT4_GEMM_ANY_LAYER_ROWS = 64
 W4A8_INT4_GEMM_MIN_WEIGHTS = 4096 * 8192
 INT4_GEMM_TILE_K = 128
 # W4A16 takes that GEMM (bf16 wgmma) from this many rows to INT4_GEMM_MAX_ROWS, on layers of any size: H100,
@@ -275,7 +278,8 @@ def uses_int4_gemm(m: int, weights: KernelWeights, mode: int) -> bool:
         return False
     if mode == W4A16:
         return m >= W4A16_INT4_GEMM_MIN_ROWS
-    return m > MAX_ROWS and weights.n * weights.chunks * 64 >= W4A8_INT4_GEMM_MIN_WEIGHTS
+    large = weights.n * weights.chunks * 64 >= W4A8_INT4_GEMM_MIN_WEIGHTS
+    return m > MAX_ROWS and (m <= W4A8_INT4_GEMM_ANY_LAYER_ROWS or large)
 
 
 def _staged_stride(columns: int, rows: int) -> int:

@@ -266,6 +266,29 @@ def sum_over_splits(acc, ws_ptrs, tile_mask, counter_ptr, SPLIT_K: tl.constexpr)
     return last, total
 
 
+@triton.jit
+def sum_splits_in_order(acc, slot_ptrs, slot_stride, tile_mask, counter_ptr, split, SPLIT_K: tl.constexpr):
+    """Like :func:`sum_over_splits`, but deterministic: split ``split``'s partial sums go to a slot of their own
+    (plain stores, slots ``slot_stride`` elements apart) and the last program to arrive adds the slots in split
+    order, so the sums do not depend on the order of arrival. The slots need no zeroing; only the counter is
+    reset. (The atomic adds of sum_over_splits also gave wrong sums from 64-row input tiles of
+    int4_gemm's wgmma accumulator, which this path gives right; H100, RESULTS session 28.)"""
+    if SPLIT_K == 1:
+        last = True
+        total = acc
+    else:
+        tl.store(slot_ptrs + split * slot_stride, acc, mask=tile_mask)
+        tl.debug_barrier()  # every thread's partial sums before the release below
+        last = tl.atomic_add(counter_ptr, 1, sem="acq_rel") == SPLIT_K - 1
+        tl.debug_barrier()
+        total = tl.zeros_like(acc)
+        for s in tl.static_range(SPLIT_K):
+            total += tl.load(slot_ptrs + s * slot_stride, mask=tile_mask & last, other=0.0, cache_modifier=".cg")
+        if last:
+            tl.atomic_xchg(counter_ptr, 0)
+    return last, total
+
+
 _KEY = ["M_BUCKET", "N", "K", "OUT_KIND", "W_PACKED", "FLOAT_ACC"]
 # One autotuned launcher per element width: the tile lists differ (see _tile_configs).
 _TILE_KERNELS = {bits: triton.autotune(configs=candidate_configs(_tile_configs(bits)), key=_KEY)(_gemm_kernel)

@@ -23,7 +23,8 @@ Why this shape (H100, 2026-11-24, RESULTS "Session 26" and "Session 27"):
   64 columns give each byte of a step its own group's constants (selected in registers).
 - Triton waits for each register-operand wgmma before converting the next codes, so a program's
   tensor cores idle while it converts. K is split over programs (SPLIT_K) so that several share each
-  multiprocessor and fill those gaps.
+  multiprocessor and fill those gaps. Their partial sums meet in split order (gemm.sum_splits_in_order),
+  so that the results do not depend on the order in which the programs finish.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ..cuda.int4_group import INT4_GEMM_MAX_ROWS as MAX_ROWS
 from ..cuda.int4_group import INT4_GEMM_TILE_K as TILE_K  # columns per step, and the input's deinterleaving
 from ..cuda.int4_group import int4_gemm_takes
 from .autotune import candidate_configs
-from .gemm import _epilogue, _grouped_tile, splitk_workspace, sum_over_splits
+from .gemm import _epilogue, _grouped_tile, splitk_workspace, sum_splits_in_order
 
 _TILE_K = tl.constexpr(TILE_K)
 
@@ -168,19 +169,25 @@ def _int4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, 
                         other=0.0)
         acc = tl.dot(w_even, x_even, acc)
         acc = tl.dot(w_odd, x_odd, acc)
-    last, total = sum_over_splits(tl.trans(acc), ws_ptr + offs_m[:, None] * N + offs_n[None, :],
-                                  (offs_m[:, None] < M) & n_ok[None, :], count_ptr + tile, SPLIT_K)
+    last, total = sum_splits_in_order(tl.trans(acc), ws_ptr + offs_m[:, None] * N + offs_n[None, :], M * N,
+                                      (offs_m[:, None] < M) & n_ok[None, :], count_ptr + tile, tl.program_id(1),
+                                      SPLIT_K)
     if last:
         _epilogue(total, offs_m, offs_n, M, N, out_ptr, stride_om, 1, sa_ptr, sw_ptr, bias_ptr, sa_ptr, out_ptr,
                   0, 0, sa_ptr, PER_TOKEN, HAS_BIAS, 0, 2, 0, 0, 0)
 
 
 def _configs():
-    # H100 sweep (RESULTS, session 26): K split 4 or 2 ways at 33-128 rows, unsplit from 256 rows. 64-row
-    # tiles of the input (BLOCK_M 64) with K split gave wrong sums at some shapes (up to a tenth of their
-    # size, 4096 x 2048 at 256 rows; not understood), so every tile here takes 128 input rows.
-    return [triton.Config({"BLOCK_N": bn, "BLOCK_M": 128, "SPLIT_K": sk, "GROUP_M": 8}, num_stages=3, num_warps=w)
-            for bn, sk, w in [(64, 4, 4), (64, 2, 4), (64, 1, 4), (128, 1, 8)]]
+    # H100 sweeps (RESULTS, sessions 26 and 28): K split 4 or 2 ways at 33-128 rows, unsplit from 256 rows;
+    # 64-row input tiles at 33-64 rows (W4A8, GEMM alone: 8192 x 8192 at 33 rows 35.9 -> 31.6 us, 14336 x 4096
+    # 34.2 -> 27.4, 4096 x 4096 13.7 -> 12.3), which gave wrong sums through sum_over_splits' atomic adds.
+    return [triton.Config({"BLOCK_N": bn, "BLOCK_M": bm, "SPLIT_K": sk, "GROUP_M": 8}, num_stages=3, num_warps=w)
+            for bn, bm, sk, w in [(64, 64, 2, 4), (64, 64, 4, 4), (64, 64, 1, 4), (64, 128, 2, 4), (64, 128, 1, 4),
+                                  (128, 128, 1, 8)]]
+
+
+# Rows of the split-K workspace: a slot of M rows per split, for every config (tests pin each one)
+SPLIT_ROWS = max(c.kwargs["SPLIT_K"] for c in _configs()) * MAX_ROWS
 
 
 def _splits_within_k(configs, nargs, **kwargs):
@@ -202,7 +209,7 @@ def int4_gemm(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, zero: t
     - z) s), or bf16, with w = bf16((c - z) s); ``codes`` uint8 [N, K/2] (column 2i in the low nibble of byte
     i), float16 ``scale`` (on numerics.groupwise's 7-bit grid) and uint8 ``zero`` [N, groups] of ``group``
     columns (int4_group.int4_gemm_takes), a_scale float32 scalar or [M], w_scale float32 [N], bias float32 [N]
-    or None; M <= MAX_ROWS (workspace rows of split K). kernels/cuda/int4_group.py checks the layer's tensors."""
+    or None; M <= MAX_ROWS (the split-K workspace's slots). kernels/cuda/int4_group.py checks the layer's tensors."""
     m, k = x.shape
     n = codes.shape[0]
     if not (int4_gemm_takes(k, group) and 0 < m <= MAX_ROWS and x.dtype in (torch.float8_e4m3fn, torch.bfloat16)
@@ -211,7 +218,7 @@ def int4_gemm(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, zero: t
                          f"in groups of whole steps or of 32 or 64 columns, got {m} x {k} {x.dtype} with groups of "
                          f"{group}")
     out = torch.empty(m, n, dtype=out_dtype, device=x.device)
-    ws, counts = splitk_workspace(x.device, n, torch.float32, MAX_ROWS)
+    ws, counts = splitk_workspace(x.device, n, torch.float32, SPLIT_ROWS)
     _KERNEL[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
         x, codes, scale, zero, out, a_scale, w_scale, bias if bias is not None else w_scale, ws, counts,
         m, n, k, triton.next_power_of_2(m), x.stride(0), codes.stride(0), scale.stride(0), out.stride(0),
