@@ -31,3 +31,22 @@ def test_float_gemm_every_config(dtype, m, k, n, pinned_config):
         assert err <= (2e-3 if dtype == torch.float8_e4m3fn else 1e-5) * size + 1e-6, (config, float(err / size))
     with pytest.raises(TypeError, match="both float8_e4m3fn or both bfloat16"):
         float_gemm(a, w.float(), sa, sw)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.bfloat16])
+def test_split_k_gives_the_same_bits_every_call(dtype, pinned_config):
+    """Few rows split K over programs; their float32 partial sums meet in split order, so every split config
+    gives the same bits call after call (in arrival order they need not)."""
+    from lowbit.kernels.triton import float_gemm, gemm
+
+    g = torch.Generator(device="cuda").manual_seed(7)
+    a = (torch.randn(16, 4096, device="cuda", generator=g) * 4).to(dtype)
+    w = torch.randn(2048, 4096, device="cuda", generator=g).to(dtype)
+    sa, sw = torch.tensor(0.5, device="cuda"), torch.rand(2048, device="cuda")
+    split = [c for c in gemm._splitk_configs() if c.kwargs["SPLIT_K"] > 1]
+    assert split
+    for config in split:
+        with pinned_config(gemm._SPLITK_KERNEL, config):
+            outs = [float_gemm(a, w, sa, sw, out_dtype=torch.float32) for _ in range(4)]
+        assert all(torch.equal(outs[0], out) for out in outs[1:]), config

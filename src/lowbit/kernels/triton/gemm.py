@@ -212,9 +212,9 @@ def _gemm_splitk_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_sca
                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
                              EARLY: tl.constexpr):
     """Few rows: the weights dominate, so K is split over SPLIT_K programs per column tile
-    to put every SM to streaming them. Partial sums meet in a workspace (:func:`sum_over_splits`); the
-    last program of a tile applies the epilogue. With SPLIT_K 1 (tiles enough to fill the GPU) there is no
-    workspace.
+    to put every SM to streaming them. Partial sums meet in a workspace (int32: :func:`sum_over_splits`;
+    float32: :func:`sum_splits_in_order`); the last program of a tile applies the epilogue. With SPLIT_K 1
+    (tiles enough to fill the GPU) there is no workspace.
 
     EARLY (Hopper): launched while the kernel before it runs; it waits for that one before any load, then
     lets the next be launched, so its launch and the first loads overlap this kernel's end. Triggering
@@ -238,8 +238,12 @@ def _gemm_splitk_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_sca
         acc = _dot_weights(acc, a, w_ptr, offs_n, k_start + kk, N, K, stride_wn, stride_wk, BLOCK_M, BLOCK_K,
                            BLOCK_N, W_PACKED, True)
         a_ptrs += BLOCK_K * stride_ak
-    last, total = sum_over_splits(acc, ws_ptr + offs_m[:, None] * N + offs_n[None, :], mask_m & mask_n,
-                                  count_ptr + pid_n, SPLIT_K)
+    ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+    if FLOAT_ACC:  # float32 sums in split order, the same every call
+        last, total = sum_splits_in_order(acc, ws_ptrs, BLOCK_M * N, mask_m & mask_n, count_ptr + pid_n, pid_k,
+                                          SPLIT_K)
+    else:  # int32 atomic adds are exact in any order
+        last, total = sum_over_splits(acc, ws_ptrs, mask_m & mask_n, count_ptr + pid_n, SPLIT_K)
     if last:
         _epilogue(total, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, sa_ptr, sw_ptr, bias_ptr,
                   out_scale_ptr, out_ptr, 0, 0, out_scale_ptr, PER_TOKEN, HAS_BIAS, ACT, OUT_KIND, 0, QMIN, QMAX)
@@ -247,10 +251,11 @@ def _gemm_splitk_kernel(a_ptr, w_ptr, out_ptr, sa_ptr, sw_ptr, bias_ptr, out_sca
 
 @triton.jit
 def sum_over_splits(acc, ws_ptrs, tile_mask, counter_ptr, SPLIT_K: tl.constexpr):
-    """A split-K program's partial sums into the tile's workspace (atomic adds: int32 exact and order-free,
-    float32 in arrival order) -> (whether it arrived last, the tile's total for that one). The last one
-    zeroes the workspace and its counter again, so one launch does all and stays capturable in a CUDA graph.
-    With SPLIT_K 1 the program holds its tile's whole sums: (True, acc), no round trip through the workspace."""
+    """A split-K program's int32 partial sums into the tile's workspace (atomic adds, exact in any order;
+    float sums meet in :func:`sum_splits_in_order`) -> (whether it arrived last, the tile's total for that
+    one). The last one zeroes the workspace and its counter again, so one launch does all and stays
+    capturable in a CUDA graph. With SPLIT_K 1 the program holds its tile's whole sums: (True, acc), no round
+    trip through the workspace."""
     if SPLIT_K == 1:
         last = True
         total = acc
@@ -271,8 +276,9 @@ def sum_splits_in_order(acc, slot_ptrs, slot_stride, tile_mask, counter_ptr, spl
     """Like :func:`sum_over_splits`, but deterministic: split ``split``'s partial sums go to a slot of their own
     (plain stores, slots ``slot_stride`` elements apart) and the last program to arrive adds the slots in split
     order, so the sums do not depend on the order of arrival. The slots need no zeroing; only the counter is
-    reset. (The atomic adds of sum_over_splits also gave wrong sums from 64-row input tiles of
-    int4_gemm's wgmma accumulator, which this path gives right; H100, RESULTS session 28.)"""
+    reset. The float GEMMs' split K uses it. (The atomic adds of sum_over_splits also gave wrong sums from
+    64-row input tiles of int4_gemm's wgmma accumulator, which this path gives right; H100, RESULTS session
+    28.)"""
     if SPLIT_K == 1:
         last = True
         total = acc
@@ -314,6 +320,8 @@ def _one_wave_when_early(configs, nargs, **kwargs):
     return unsplit or fits or configs
 
 
+# Rows of the float split-K workspace: a slot of up to SMALL_M rows per split
+SPLIT_SLOT_ROWS = max(c.kwargs["SPLIT_K"] for c in _splitk_configs()) * SMALL_M
 _SPLITK_KERNEL = triton.autotune(configs=candidate_configs(_splitk_configs()), key=_KEY,
                                  prune_configs_by={"early_config_prune": _one_wave_when_early})(_gemm_splitk_kernel)
 _TMA_KERNEL = triton.autotune(configs=candidate_configs(_tma_configs()), key=_KEY)(_gemm_tma_kernel)
@@ -468,7 +476,9 @@ def _launch(a, w, out, a_scale, w_scale, bias, out_scale, flags: dict) -> None:
     bias_arg = bias if bias is not None else w_scale  # never read without HAS_BIAS
     out_scale_arg = out_scale if out_scale is not None else w_scale  # read only for int8 output
     if m <= SMALL_M:
-        ws, counts = splitk_workspace(a.device, n, torch.float32 if flags["FLOAT_ACC"] else torch.int32)
+        # float32: a slot of BLOCK_M rows per split (sum_splits_in_order)
+        ws, counts = splitk_workspace(a.device, n, torch.float32, SPLIT_SLOT_ROWS) if flags["FLOAT_ACC"] else \
+            splitk_workspace(a.device, n, torch.int32)
         early = launches_early(a.device)
         _SPLITK_KERNEL[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
             a, w, out, a_scale, w_scale, bias_arg, out_scale_arg, ws, counts, *common,
@@ -496,7 +506,7 @@ def float_gemm(a: torch.Tensor, w: torch.Tensor, a_scale: torch.Tensor, w_scale:
     """a [M, K] and w [N, K] both E4M3 (torch.float8_e4m3fn) or both bf16 (any strides; the K-contiguous
     weight rows the tensor cores want), float32 accumulation, then the int8 epilogue's float part:
     float32(acc) * (a_scale[m or 0] * w_scale[n]) + bias[n] -> ``out_dtype`` (bf16, fp16 or float32).
-    Tiles sum in order; with few rows (split K) the partial sums of a tile meet in arrival order.
+    Tiles sum in order; with few rows (split K) the partial sums of a tile meet in split order.
     E4M3 on Hopper: the tensor cores sum each tile's products with about 14 bits kept (Triton's default,
     as cuBLAS's fast accumulation) before the float32 accumulator takes them. Moving every k32 step's
     sum out to float32 instead cut the error about tenfold (to a few 1e-5 of the sums' size) and took
