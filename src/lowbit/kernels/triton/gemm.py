@@ -331,9 +331,10 @@ _WORKSPACES: dict = {}
 
 def splitk_workspace(device: torch.device, n: int, dtype: torch.dtype,
                      rows: int = SMALL_M) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zeroed partial sums [rows, N] (int32 or float32) and counters (one per 16 columns of each 32 rows:
-    enough for tiles of at least that size), one pair per device, stream, N, type and rows; the
-    kernels leave them zeroed after each call (:func:`sum_over_splits`)."""
+    """Partial sums [rows, N] (int32 or float32, zeroed when made) and counters (one per 16 columns of each
+    32 rows: enough for tiles of at least that size), one pair per device, stream, N, type and rows. The
+    kernels reset the counters after each call; :func:`sum_over_splits` zeroes its sums again, while the
+    slots of :func:`sum_splits_in_order` keep the last call's partial sums (each call overwrites them)."""
     key = (device, torch.cuda.current_stream(device).cuda_stream, n, dtype, rows)
     if key not in _WORKSPACES:
         _WORKSPACES[key] = (torch.zeros(rows, n, dtype=dtype, device=device),

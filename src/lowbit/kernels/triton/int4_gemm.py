@@ -187,7 +187,7 @@ def _configs():
 
 
 # Rows of the split-K workspace: a slot of M rows per split, for every config (tests pin each one)
-SPLIT_ROWS = max(c.kwargs["SPLIT_K"] for c in _configs()) * MAX_ROWS
+SPLIT_SLOT_ROWS = max(c.kwargs["SPLIT_K"] for c in _configs()) * MAX_ROWS
 
 
 def _splits_within_k(configs, nargs, **kwargs):
@@ -218,7 +218,7 @@ def int4_gemm(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, zero: t
                          f"in groups of whole steps or of 32 or 64 columns, got {m} x {k} {x.dtype} with groups of "
                          f"{group}")
     out = torch.empty(m, n, dtype=out_dtype, device=x.device)
-    ws, counts = splitk_workspace(x.device, n, torch.float32, SPLIT_ROWS)
+    ws, counts = splitk_workspace(x.device, n, torch.float32, SPLIT_SLOT_ROWS)
     _KERNEL[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
         x, codes, scale, zero, out, a_scale, w_scale, bias if bias is not None else w_scale, ws, counts,
         m, n, k, triton.next_power_of_2(m), x.stride(0), codes.stride(0), scale.stride(0), out.stride(0),
