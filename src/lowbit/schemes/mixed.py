@@ -7,7 +7,9 @@
 
 Activations are FP8 with a calibrated per-tensor scale (``activation="static"``, the max calibrator by
 default) or a scale per token taken at run time (``"dynamic"``). The group scales are applied before
-the FP8 conversion, as in the DPQ paper: the kernel's weight is ``e4m3((c - z) * s)``. The INT4 schemes
+the FP8 conversion, as in the DPQ paper: the kernel's weight is ``e4m3((c - z) * s)``. (Scales in the
+epilogue were measured: more accurate and faster at few rows, but slower from 128 rows and without the
+plain FP8 GEMM for many; benchmarks/RESULTS.md, session 29.) The INT4 schemes
 take ``algorithm="gptq"`` (and W4A8 ``"dpq"``) in :func:`lowbit.quantize`.
 
 ``lm_head`` stays in high precision by default, as LLM quantizers keep it (it is the most sensitive
