@@ -266,6 +266,8 @@ def sum_over_splits(acc, ws_ptrs, tile_mask, counter_ptr, SPLIT_K: tl.constexpr)
         tl.debug_barrier()
         total = tl.load(ws_ptrs, mask=tile_mask & last, other=0, cache_modifier=".cg")
         tl.store(ws_ptrs, tl.zeros_like(total), mask=tile_mask & last)
+        # the counter's reset after the reads: before them, the chained INT8 graph test's 16-row case gave
+        # wrong outputs in 6 of 6 runs (H100, session 29)
         if last:
             tl.atomic_xchg(counter_ptr, 0)
     return last, total
@@ -277,8 +279,8 @@ def sum_splits_in_order(acc, slot_ptrs, slot_stride, tile_mask, counter_ptr, spl
     (plain stores, slots ``slot_stride`` elements apart) and the last program to arrive adds the slots in split
     order, so the sums do not depend on the order of arrival. The slots need no zeroing; only the counter is
     reset. The float GEMMs' split K uses it. (The atomic adds of sum_over_splits also gave wrong sums from
-    64-row input tiles of int4_gemm's wgmma accumulator, which this path gives right; H100, RESULTS session
-    28.)"""
+    64-row input tiles of int4_gemm's wgmma accumulator, which this path gives right; not a memory-ordering
+    race, as fences in every thread did not mend them; H100, RESULTS sessions 28 and 29.)"""
     if SPLIT_K == 1:
         last = True
         total = acc
