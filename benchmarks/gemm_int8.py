@@ -33,8 +33,7 @@ def main():
     args, sizes = gemm_sizes(__doc__, "benchmarks/results/gemm_int8.json")
     torch.manual_seed(0)
     rows = []
-    for nk, m in sizes:
-        n = k = nk
+    for n, k, m in sizes:
         c = copies(n * k * 2 + m * k * 2)
         w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(c)]
         x16 = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(c)]

@@ -2,10 +2,10 @@
 
     PYTHONPATH=src python3 benchmarks/gemm_mixed.py [--out benchmarks/results/gemm_mixed.json] [--group 128]
 
-For each M in {1, 16, 128, 4096, 8192} and N = K in {4096, 8192}, median time per call replayed from a
-CUDA graph (benchmarks/timing.py), from bf16 input to bf16 output, so each lowbit time includes its
-input's quantization (bf16 -> E4M3 for W4A8 and FP8: a kernel of its own, except for W4A8 at one row,
-whose GEMM quantizes it (int4_group.quantizes_input); none for W4A16):
+For each M in {1, 16, 128, 4096, 8192} and N = K in {4096, 8192} (--ms; --nks takes N = K or N x K), median
+time per call replayed from a CUDA graph (benchmarks/timing.py), from bf16 input to bf16 output, so each
+lowbit time includes its input's quantization (bf16 -> E4M3 for W4A8 and FP8: a kernel of its own, except
+for W4A8 at one row, whose GEMM quantizes it (int4_group.quantizes_input); none for W4A16):
   w4a16, w4a8   kernels/cuda/int4_group (--group, 128 by default; asymmetric): few rows stream the codes once;
                 W4A8 from 33 (to 64 on layers under 4096 x 8192) and W4A16 from 97 to 256 rows run the
                 Triton GEMM that converts the packed codes in registers (kernels/triton/int4_gemm); more
@@ -43,8 +43,7 @@ def _int4_weights(n, k, mode, group):
     return kernel_layout(codes, scale, zero, group, mode, pack_int4(codes, signed=False))
 
 
-def rows_for(m, nk, group=128):
-    n = k = nk
+def rows_for(m, n, k, group=128):
     c = copies(n * k * 2 + m * k * 2)
     x = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(c)]
     w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(c)]
@@ -93,8 +92,8 @@ def main():
     args, sizes = gemm_sizes(__doc__, "benchmarks/results/gemm_mixed.json", group=128)
     torch.manual_seed(0)
     rows = []
-    for nk, m in sizes:
-        row = rows_for(m, nk, args.group)
+    for n, k, m in sizes:
+        row = rows_for(m, n, k, args.group)
         rows.append(row)
         print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                        if not k.startswith(("eager", "floor"))), flush=True)

@@ -37,17 +37,22 @@ def bench(fn_list):
     return eager, replay / len(fn_list)
 
 
-def gemm_sizes(doc: str, out: str, group: int | None = None) -> tuple[argparse.Namespace, list[tuple[int, int]]]:
+def gemm_sizes(doc: str, out: str, group: int | None = None) -> tuple[argparse.Namespace, list[tuple[int, int, int]]]:
     """The GEMM benchmarks' command line (--out, --ms, --nks, and --group where ``group`` gives its default)
-    and the (N = K, M) pairs it asks for."""
+    and the (N, K, M) triples it asks for."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=out)
     parser.add_argument("--ms", default="1,16,128,4096,8192", help="input rows, comma-separated")
-    parser.add_argument("--nks", default="4096,8192", help="N = K, comma-separated")
+    parser.add_argument("--nks", default="4096,8192",
+                        help="weight shapes, comma-separated: N = K (8192) or N x K (14336x4096)")
     if group is not None:
         parser.add_argument("--group", type=int, default=group, help="INT4 group size in columns")
     args = parser.parse_args()
-    return args, [(nk, m) for nk in map(int, args.nks.split(",")) for m in map(int, args.ms.split(","))]
+    shapes = []
+    for item in args.nks.split(","):
+        n, _, k = item.partition("x")
+        shapes.append((int(n), int(k or n)))
+    return args, [(n, k, m) for n, k in shapes for m in map(int, args.ms.split(","))]
 
 
 def copies(nbytes, at_most=16):

@@ -245,11 +245,15 @@ def test_layer_on_gpu_matches_the_reference(cls, m, n, k, group):
 
 
 @pytest.mark.parametrize("rows,n,k,shape", [(8, 8192, 8192, (1, 8)), (16, 8192, 8192, (2, 8)),
+                                            (16, 28672, 8192, (2, 8)), (9, 8192, 4096, (2, 8)),
+                                            (16, 7168, 2048, (2, 8)), (16, 8448, 4096, (2, 8)),
+                                            (16, 6144, 4096, (1, 8)), (16, 8464, 4096, (1, 8)),
                                             (16, 11008, 4096, (1, 8)), (32, 11008, 4096, (2, 6)),
                                             (32, 4096, 4096, (1, 8))])
 def test_blocks_take_two_weight_tiles_on_wide_layers_past_8_rows(rows, n, k, shape, monkeypatch):
-    """The rule, as on an H100 (132 multiprocessors): two tiles on layers of 264 tiles or more past 16 rows
-    (6 warps), and from 9 rows (8 warps) where rows are at least 8192 columns long."""
+    """The rule, as on an H100 (132 multiprocessors): on layers of 264 tiles or more, past 16 rows two tiles
+    (6 warps), and from 9 rows (8 warps) where rows are at least 8192 columns long or the blocks of two
+    tiles fill 80-100% of one wave of two a multiprocessor (212-264 blocks)."""
     from types import SimpleNamespace
 
     from lowbit.kernels.cuda import int4_group
@@ -261,19 +265,17 @@ def test_blocks_take_two_weight_tiles_on_wide_layers_past_8_rows(rows, n, k, sha
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("cls", [W4A16Linear, W4A8Linear])
-@pytest.mark.parametrize("m", [16, 17, 32])
+@pytest.mark.parametrize("m,shape", [(16, (1, 8)), (16, (2, 8)), (9, (2, 8)), (17, (2, 6)), (32, (2, 6)),
+                                     (32, (1, 8))])
 @pytest.mark.parametrize("n,k,group", [(37, 576, 32), (40, 4096, 128), (24, 640, 640), (4240, 320, 64)])
-def test_two_weight_tiles_per_block_match_the_reference(cls, m, n, k, group, monkeypatch):
-    """Past 8 rows a block of a wide layer takes two weight tiles (int4_group.py TWO_TILES_PER_SM, and
-    TWO_TILES_MIN_K_16_ROWS up to 16 rows), forced here on narrow and short ones too: an odd count of
-    tiles (the last block's second tile past N), K split over blocks (40 x 4096), one group per row, W4A8
-    quantizing its input in the GEMM (576, 640 and 320 columns) or not; 4240 x 320 takes two tiles a
-    block past 16 rows on any GPU of up to 132 multiprocessors."""
+def test_every_block_shape_matches_the_reference(cls, m, shape, n, k, group, monkeypatch):
+    """Each (weight tiles, warps) that the rule may pick past 8 rows (int4_group._block_shape), forced here
+    on narrow and short layers too: tile counts that are no multiple of the block's (the last block's
+    tiles past N), K split over blocks (40 x 4096), one group per row, W4A8 quantizing its input in the
+    GEMM (576, 640 and 320 columns) or not."""
     from lowbit.kernels.cuda import int4_group
 
-    monkeypatch.setattr(int4_group, "TWO_TILES_MIN_K_16_ROWS", 0)
-    if n < 4096:
-        monkeypatch.setattr(int4_group, "TWO_TILES_PER_SM", 0)
+    monkeypatch.setattr(int4_group, "_block_shape", lambda *args: shape)
     layer = _layer(cls, n, k, group, seed=m + n)
     x = torch.randn(m, k) * 0.5
     ref = _float64_reference(layer, x)

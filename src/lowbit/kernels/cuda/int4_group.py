@@ -66,10 +66,17 @@ STAGES = {1: 3, 2: 2}
 # 24.9, 28672 x 8192 98.7 -> 77.7; W4A8 33.8 -> 28.1, 37.6 -> 30.4, 104.1 -> 84.3, 11008 x 4096 30.3 ->
 # 29.8. Fewer tiles leave multiprocessors idle (4096 x 4096, 32 rows: 9.1 -> 24.9). RESULTS, session 27.
 TWO_TILES_PER_SM = 2
-# From 9 to 16 rows two tiles pay only on wide layers of long rows (H100, 16 rows, one tile / two with 8
-# warps: 8192 x 8192 W4A16 20.8 -> 17.7 us, W4A8 24.8 -> 22.3; 28672 x 8192 62.7 -> 56.5, 69.8 -> 63.2; but
-# 11008 x 4096 15.5 -> 16.6, 19.8 -> 20.3; 8 rows: one tile everywhere). RESULTS, session 27.
+# From 9 to 16 rows two tiles pay on wide layers of long rows (H100, 16 rows, one tile / two with 8 warps:
+# 8192 x 8192 W4A16 20.8 -> 17.7 us, W4A8 24.8 -> 22.3; 28672 x 8192 62.7 -> 56.5, 69.8 -> 63.2; but
+# 11008 x 4096 15.5 -> 16.6, 19.8 -> 20.3; 8 rows: one tile everywhere; RESULTS, session 27) ...
 TWO_TILES_MIN_K_16_ROWS = 8192
+# ... and on shorter rows where their blocks fill most of one wave of RESIDENT_BLOCKS_PER_SM a multiprocessor
+# (two blocks of 256 threads at 104 registers): at least TWO_TILES_MIN_WAVE_FILL of it (H100, 16 / 9 rows, us,
+# one tile / two: W4A16 8192 x 4096 12.5 / 10.2, 11.5 / 9.9; 7168 x 2048 8.2 / 6.1, 7.7 / 5.9; 8192 x 6144 17.5 /
+# 14.4; W4A8 8192 x 4096 15.4 / 14.1, 7168 x 2048 11.6 / 10.0), not less (6144 x 4096, 192 blocks: W4A16 8.3 /
+# 9.4, W4A8 12.2 / 13.7; 4352 x 4096 7.9 / 9.4). RESULTS, session 30.
+RESIDENT_BLOCKS_PER_SM = 2
+TWO_TILES_MIN_WAVE_FILL = 0.8
 # Warps of a block, which share its tiles and take their units in turn: 8, but 6 with two tiles past 16
 # rows, where 8 lose (H100, 32 rows, two tiles, 6 / 8 warps: 8192 x 8192 W4A16 22.7 / 28.6 us, W4A8 28.0 /
 # 34.0; 28672 x 8192 W4A16 78.2 / 94.6), while up to 16 rows they win (8192 x 8192 W4A16 18.2 / 17.7;
@@ -212,11 +219,17 @@ def _column_tiles(rows: int) -> int:
 
 def _block_shape(rows: int, weights: KernelWeights, device: torch.device) -> tuple[int, int]:
     """(weight tiles, warps) of a GEMM block for ``rows`` input rows."""
-    wide = weights.tiles >= TWO_TILES_PER_SM * multiprocessors(device)
-    long_rows = weights.chunks * 64 >= TWO_TILES_MIN_K_16_ROWS
-    if not wide or rows <= 8 or (rows <= 16 and not long_rows):
+    sms = multiprocessors(device)
+    wide = weights.tiles >= TWO_TILES_PER_SM * sms
+    if not wide or rows <= 8:
         return 1, BLOCK_WARPS
-    return 2, TWO_TILE_WARPS_PAST_16_ROWS if rows > 16 else BLOCK_WARPS
+    if rows > 16:
+        return 2, TWO_TILE_WARPS_PAST_16_ROWS
+    wave = RESIDENT_BLOCKS_PER_SM * sms
+    fills_wave = TWO_TILES_MIN_WAVE_FILL * wave <= -(-weights.tiles // 2) <= wave
+    if weights.chunks * 64 >= TWO_TILES_MIN_K_16_ROWS or fills_wave:
+        return 2, BLOCK_WARPS
+    return 1, BLOCK_WARPS
 
 
 def _module(mode: int, rows: int, device: torch.device, xin: int = 0, weights: KernelWeights | None = None,
