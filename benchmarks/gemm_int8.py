@@ -5,9 +5,9 @@ Triton split-K kernel it replaces there is timed beside it (triton_int4_us).
 
     PYTHONPATH=src python3 benchmarks/gemm_int8.py [--out benchmarks/results/gemm_int8.json]
 
-For each M in {1, 16, 128, 4096, 8192} and N = K in {4096, 8192}: median time per call replayed from a
-CUDA graph (triton.testing.do_bench; eager times with host launch costs are recorded too),
-TOP/s, the speed-up over torch bf16 measured in the same process, and the floor: the larger of the
+For each M in {1, 16, 128, 4096, 8192} and N = K in {4096, 8192} (--ms; --nks takes N = K or N x K): median
+time per call replayed from a CUDA graph (triton.testing.do_bench; eager times with host launch costs are
+recorded too), TOP/s, the speed-up over torch bf16 measured in the same process, and the floor: the larger of the
 FLOP time at the datasheet peak (bf16 989 TFLOP/s, int8 1979 TOP/s) and the byte time at 3.35 TB/s.
 Inputs rotate over enough copies to exceed the 50 MB L2, so small-M cases stream from HBM.
 """
@@ -69,7 +69,7 @@ def main():
                "int4_vs_int8": t_ours / t_int4, "int4_vs_bf16": t_bf16 / t_int4,
                "floor_int4_us": max(flops / PEAK["int8"], (m * k + n * k / 2 + 2 * m * n) / HBM) * 1e6, **triton}
         rows.append(row)
-        print(f"M={m:5d} N=K={nk}: bf16 {t_bf16*1e6:8.1f} us  _int_mm {t_intmm*1e6:8.1f} us  lowbit "
+        print(f"M={m:5d} N={n} K={k}: bf16 {t_bf16*1e6:8.1f} us  _int_mm {t_intmm*1e6:8.1f} us  lowbit "
               f"{t_ours*1e6:8.1f} us  ({row['lowbit_tops']:.0f} TOP/s)  x{row['speedup_vs_bf16']:.2f} vs bf16  "
               f"x{row['speedup_vs_int_mm']:.2f} vs _int_mm  floor {floor_int8*1e6:.1f} us  "
               f"(eager: bf16 {e_bf16*1e6:.1f}, lowbit {e_ours*1e6:.1f} us)  int4 {t_int4*1e6:8.1f} us "
