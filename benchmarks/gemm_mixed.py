@@ -5,7 +5,8 @@
 For each M in {1, 16, 128, 4096, 8192} and N = K in {4096, 8192} (--ms; --nks takes N = K or N x K), median
 time per call replayed from a CUDA graph (benchmarks/timing.py), from bf16 input to bf16 output, so each
 lowbit time includes its input's quantization (bf16 -> E4M3 for W4A8 and FP8: a kernel of its own, except
-for W4A8 at one row, whose GEMM quantizes it (int4_group.quantizes_input); none for W4A16):
+for W4A8 at few rows of small blocks, whose GEMM quantizes it (int4_group.quantizing_input_pays); none
+for W4A16). Each call has its own input copy, which has left the L2 by its turn:
   w4a16, w4a8   kernels/cuda/int4_group (--group, 128 by default; asymmetric): few rows stream the codes once;
                 W4A8 from 33 (to 64 on layers under 4096 x 8192) and W4A16 from 97 to 256 rows run the
                 Triton GEMM that converts the packed codes in registers (kernels/triton/int4_gemm); more

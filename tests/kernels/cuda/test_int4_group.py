@@ -320,7 +320,7 @@ def test_input_codes_and_scales_equal_the_reference():
 
 
 def test_int4_gemm_quantizes_few_aligned_rows_itself():
-    from lowbit.kernels.cuda.int4_group import MAX_QUANTIZED_COLUMNS, MAX_STAGED_BYTES, quantizes_input
+    from lowbit.kernels.cuda.int4_group import MAX_STAGED_BYTES, quantizes_input
 
     kw = kernel_layout(*_codes(40, 640, 128, seed=0), 128, W4A8)
     x = torch.randn(MAX_ROWS + 1, 648)
@@ -338,9 +338,25 @@ def test_int4_gemm_quantizes_few_aligned_rows_itself():
     rows = MAX_STAGED_BYTES // (4096 * 2)  # staged as fp16
     assert quantizes_input(torch.randn(rows - 1, 4096), wide, W4A8, per_token=False)
     assert not quantizes_input(torch.randn(rows, 4096), wide, W4A8, per_token=False)  # past the shared memory
-    for k, itself in ((MAX_QUANTIZED_COLUMNS, True), (MAX_QUANTIZED_COLUMNS + 64, False)):  # longer: two kernels
-        long = kernel_layout(*_codes(16, k, 128, seed=0), 128, W4A8)
-        assert quantizes_input(torch.randn(1, k), long, W4A8, per_token=False) == itself
+
+
+@pytest.mark.parametrize("rows,n,k,pays", [(4, 8192, 2048, True), (8, 8192, 2048, False), (2, 11008, 4096, True),
+                                           (4, 11008, 4096, False), (4, 2048, 2048, True), (8, 2048, 2048, False),
+                                           (1, 8192, 8192, True), (2, 8192, 8192, False), (1, 4096, 11008, False),
+                                           (1, 2048, 8192, True), (16, 576, 1536, True), (32, 1536, 576, True)])
+def test_the_gemm_quantizes_its_input_where_few_values_are_staged(rows, n, k, pays, monkeypatch):
+    """The rule, as on an H100 (132 multiprocessors): at most 8192 values staged a block (2048 x 8192 splits
+    K over two blocks: 4096 a block at one row), or at most 14336 a multiprocessor over all blocks (1536 x 576,
+    32 rows: 13,405)."""
+    from types import SimpleNamespace
+
+    from lowbit.kernels import cuda
+    from lowbit.kernels.cuda import int4_group
+
+    for module in (cuda, int4_group):
+        monkeypatch.setattr(module, "multiprocessors", lambda device: 132)
+    weights = SimpleNamespace(tiles=n // 16, chunks=k // 64, unit=2, units=k // 128)
+    assert int4_group.quantizing_input_pays(rows, weights, torch.device("cpu")) == pays
 
 
 @pytest.mark.gpu

@@ -10,10 +10,10 @@ fragments (:func:`kernel_layout`), and are converted two at a time in registers.
 share one weight tile and split its K, and K is split over blocks only where the tiles leave
 multiprocessors idle; the partial sums meet in a fixed order. W4A8 with a static input scale takes
 few rows of bf16 or float32 input as they are, each block quantizing its columns of them into shared
-memory first: one launch instead of two. Up to INT4_GEMM_MAX_ROWS rows a Triton GEMM that converts the
-layer's packed codes in registers takes over on Hopper (kernels/triton/int4_gemm.py): W4A8 past MAX_ROWS
-(on small layers up to W4A8_INT4_GEMM_ANY_LAYER_ROWS), W4A16 from W4A16_INT4_GEMM_MIN_ROWS; elsewhere W4A16
-runs the kernel over slices of MAX_ROWS rows up to SLICED_MAX_ROWS rows. More rows are bound by
+memory first, where those are few: one launch instead of two. Up to INT4_GEMM_MAX_ROWS rows a Triton GEMM
+that converts the layer's packed codes in registers takes over on Hopper (kernels/triton/int4_gemm.py): W4A8
+past MAX_ROWS (on small layers up to W4A8_INT4_GEMM_ANY_LAYER_ROWS), W4A16 from W4A16_INT4_GEMM_MIN_ROWS;
+elsewhere W4A16 runs the kernel over slices of MAX_ROWS rows up to SLICED_MAX_ROWS rows. More rows are bound by
 arithmetic: the weights are then expanded once per call into a plain bf16 / E4M3 matrix (a pass over N * K
 bytes) for a tensor-core GEMM (kernels/triton float_gemm), which costs far less than converting every weight
 tile again in every row tile.
@@ -203,14 +203,18 @@ def kernel_layout(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
 # W4A8's GEMM reads the fp16 values of E4M3 codes, or these inputs as they are, each block quantizing its
 # columns of them into shared memory (static scale; int4_group.cu XIN) ...
 _GEMM_INPUT = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
-# ... where they take at most this many bytes there, as fp16 values ...
+# ... where they take at most this many bytes there, as fp16 values, ...
 MAX_STAGED_BYTES = 64 * 1024
-# ... in rows of at most this many columns: each block quantizes every column it reads before its first
-# chunk, a prologue that grows with K, where the input kernel runs once and the GEMM overlaps it (H100,
-# one row: 4096 x 11008 18.1 us in one launch against 15.3 in two, 4096 x 14336 22.5 against 18.2;
-# 8192 x 8192 18.7 either way; 11008 x 4096 14.9 against 16.1, 576 x 1536 3.2 against 4.9; RESULTS,
-# session 25)
-MAX_QUANTIZED_COLUMNS = 8192
+# ... and where that pays: where each block quantizes at most STAGED_VALUES_PER_BLOCK values before its first
+# chunk, a prologue short enough for the weights' first fetches to hide, or all blocks together at most
+# STAGED_VALUES_PER_SM a multiprocessor (small layers, where the input kernel's own launch costs more). Elsewhere
+# the input kernel runs once and the GEMM overlaps it. H100, bf16 in and out, us, quantizing in the GEMM / the
+# input kernel first: 8192 x 2048, 4 / 8 rows (8192 / 16384 values a block) 7.40 / 8.47, 8.84 / 8.45; 11008 x
+# 4096, 2 / 4 rows 16.12 / 16.20, 18.50 / 16.25; 2048 x 2048, 4 / 8 rows 5.32 / 5.87, 6.80 / 5.87; 1536 x 576, 32
+# rows (13,405 values a multiprocessor) 5.27 / 6.03; 4096 x 11008, one row (11008 a block) 18.1 / 15.3 (RESULTS,
+# sessions 25 and 31).
+STAGED_VALUES_PER_BLOCK = 8192
+STAGED_VALUES_PER_SM = 14336
 
 
 def _column_tiles(rows: int) -> int:
@@ -303,13 +307,29 @@ def _staged_stride(columns: int, rows: int) -> int:
 
 
 def quantizes_input(x: torch.Tensor, weights: KernelWeights, mode: int, per_token: bool) -> bool:
-    """Whether :func:`small_m_gemm` takes x itself (W4A8 with a static scale, bf16 or float32 rows of
-    16-byte alignment, K a multiple of 64 up to MAX_QUANTIZED_COLUMNS, rows that fit MAX_STAGED_BYTES):
-    one kernel instead of two."""
+    """Whether :func:`small_m_gemm` can take x itself (W4A8 with a static scale, bf16 or float32 rows of
+    16-byte alignment, K a multiple of 64, rows that fit MAX_STAGED_BYTES): one kernel instead of two."""
     m, k = x.shape
     return (mode == W4A8 and not per_token and 0 < m <= MAX_ROWS and k == weights.chunks * 64
-            and k <= MAX_QUANTIZED_COLUMNS and m * _staged_stride(k, m) <= MAX_STAGED_BYTES
+            and m * _staged_stride(k, m) <= MAX_STAGED_BYTES
             and x.dtype in (torch.bfloat16, torch.float32) and rows_16_byte_aligned(x))
+
+
+def quantizing_input_pays(rows: int, weights: KernelWeights, device: torch.device) -> bool:
+    """Whether the few-rows GEMM quantizing ``rows`` rows of its input itself beats the input kernel
+    followed by the GEMM: few values staged a block or a multiprocessor (STAGED_VALUES_PER_BLOCK, _PER_SM)."""
+    _, _, blocks, per_split, splits = _launch_grid(rows, weights, device)
+    per_block = rows * min(per_split * weights.unit, weights.chunks) * 64
+    every_block = blocks * rows * weights.chunks * 64  # the splits of a block's K together stage all of K
+    return per_block <= STAGED_VALUES_PER_BLOCK or every_block <= STAGED_VALUES_PER_SM * multiprocessors(device)
+
+
+def _launch_grid(rows: int, weights: KernelWeights, device: torch.device) -> tuple[int, int, int, int, int]:
+    """The GEMM's (weight tiles a block, warps a block, blocks of tiles, chunks a split, splits of K)."""
+    tb, warps = _block_shape(rows, weights, device)
+    blocks = -(-weights.tiles // tb)
+    per_split, splits = split_k(blocks, weights.units, warps, device, BLOCKS_PER_SM)
+    return tb, warps, blocks, per_split, splits
 
 
 def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scale: torch.Tensor | None,
@@ -329,11 +349,9 @@ def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scal
     xin = _GEMM_INPUT[xq.dtype] if mode == W4A8 else 0
     if xin and not quantizes_input(xq, weights, mode, per_token):
         raise ValueError(f"the few-rows W4A8 kernel quantizes {m} x {xq.shape[1]} {xq.dtype} input itself only with a "
-                         f"static scale, K = {weights.chunks * 64} (at most {MAX_QUANTIZED_COLUMNS}), rows "
-                         f"16-byte aligned and within {MAX_STAGED_BYTES} bytes; prepare_input it first")
-    tb, warps = _block_shape(m, weights, xq.device)
-    blocks = -(-weights.tiles // tb)
-    per_split, splits = split_k(blocks, weights.units, warps, xq.device, BLOCKS_PER_SM)
+                         f"static scale, K = {weights.chunks * 64}, rows 16-byte aligned and within "
+                         f"{MAX_STAGED_BYTES} bytes; prepare_input it first")
+    tb, warps, blocks, per_split, splits = _launch_grid(m, weights, xq.device)
     xs_stride = _staged_stride(min(per_split * weights.unit, weights.chunks) * 64, m) if xin else 0
     if out is None:
         out = torch.empty(m, weights.n, dtype=out_dtype, device=xq.device)
@@ -385,7 +403,7 @@ def int4_group_linear(x: torch.Tensor, weights: KernelWeights, mode: int, *, inp
                          *_epilogue_scales(mode, scale, tensor_scale, weights.n, x.device), bias, out_dtype)
     if mode == W4A16 and x.dtype == torch.bfloat16 and k == k64 and rows_16_byte_aligned(x):
         xq, scale = x, None  # already what the kernel reads
-    elif quantizes_input(x, weights, mode, per_token):
+    elif quantizes_input(x, weights, mode, per_token) and quantizing_input_pays(m, weights, x.device):
         return small_m_gemm(x, weights, mode, input_scale, False, tensor_scale, bias, out_dtype, nan_count)
     else:
         xq, scale = prepare_input(x, mode, k64, input_scale, per_token, nan_count, half_out=m <= MAX_ROWS)
