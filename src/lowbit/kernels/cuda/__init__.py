@@ -69,8 +69,8 @@ MIN_SPLIT_ROUNDS = 2  # a split of K over blocks has at least this many rounds o
 @cache
 def launches_early(device: torch.device) -> bool:
     """Whether kernels may be launched while the previous one on the stream runs (programmatic dependent
-    launch, Hopper on): such a kernel loads what does not depend on that one (its weights), then waits
-    (griddepcontrol.wait) before reading its input."""
+    launch, Hopper on): such a kernel loads what does not depend on that one (its weights and static scales,
+    which no kernel of a forward pass writes), then waits (griddepcontrol.wait) before reading its input."""
     return torch.cuda.get_device_capability(device) >= (9, 0)
 
 
