@@ -318,18 +318,31 @@ def quantizes_input(x: torch.Tensor, weights: KernelWeights, mode: int, per_toke
 def quantizing_input_pays(rows: int, weights: KernelWeights, device: torch.device) -> bool:
     """Whether the few-rows GEMM quantizing ``rows`` rows of its input itself beats the input kernel
     followed by the GEMM: few values staged a block or a multiprocessor (STAGED_VALUES_PER_BLOCK, _PER_SM)."""
-    _, _, blocks, per_split, splits = _launch_grid(rows, weights, device)
-    per_block = rows * min(per_split * weights.unit, weights.chunks) * 64
-    every_block = blocks * rows * weights.chunks * 64  # the splits of a block's K together stage all of K
-    return per_block <= STAGED_VALUES_PER_BLOCK or every_block <= STAGED_VALUES_PER_SM * multiprocessors(device)
+    grid = _LaunchGrid.of(rows, weights, device)
+    every_block = grid.blocks * rows * weights.chunks * 64  # the splits of a block's K together stage all of K
+    return (rows * grid.split_columns <= STAGED_VALUES_PER_BLOCK
+            or every_block <= STAGED_VALUES_PER_SM * multiprocessors(device))
 
 
-def _launch_grid(rows: int, weights: KernelWeights, device: torch.device) -> tuple[int, int, int, int, int]:
-    """The GEMM's (weight tiles a block, warps a block, blocks of tiles, chunks a split, splits of K)."""
-    tb, warps = _block_shape(rows, weights, device)
-    blocks = -(-weights.tiles // tb)
-    per_split, splits = split_k(blocks, weights.units, warps, device, BLOCKS_PER_SM)
-    return tb, warps, blocks, per_split, splits
+@dataclass(frozen=True)
+class _LaunchGrid:
+    """The GEMM's blocks for ``rows`` input rows: ``tiles_per_block`` weight tiles of ``warps`` warps,
+    ``blocks`` of them along N, K split into ``splits`` of ``split_units`` units (``split_columns`` columns,
+    the last split's excepted)."""
+
+    tiles_per_block: int
+    warps: int
+    blocks: int
+    split_units: int
+    splits: int
+    split_columns: int
+
+    @classmethod
+    def of(cls, rows: int, weights: KernelWeights, device: torch.device) -> _LaunchGrid:
+        tb, warps = _block_shape(rows, weights, device)
+        blocks = -(-weights.tiles // tb)
+        split_units, splits = split_k(blocks, weights.units, warps, device, BLOCKS_PER_SM)
+        return cls(tb, warps, blocks, split_units, splits, min(split_units * weights.unit, weights.chunks) * 64)
 
 
 def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scale: torch.Tensor | None,
@@ -351,18 +364,19 @@ def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scal
         raise ValueError(f"the few-rows W4A8 kernel quantizes {m} x {xq.shape[1]} {xq.dtype} input itself only with a "
                          f"static scale, K = {weights.chunks * 64}, rows 16-byte aligned and within "
                          f"{MAX_STAGED_BYTES} bytes; prepare_input it first")
-    tb, warps, blocks, per_split, splits = _launch_grid(m, weights, xq.device)
-    xs_stride = _staged_stride(min(per_split * weights.unit, weights.chunks) * 64, m) if xin else 0
+    grid = _LaunchGrid.of(m, weights, xq.device)
+    xs_stride = _staged_stride(grid.split_columns, m) if xin else 0
     if out is None:
         out = torch.empty(m, weights.n, dtype=out_dtype, device=xq.device)
-    partial = partial_sums(splits, blocks, tb * _column_tiles(m), torch.float32, xq.device)
-    _module(mode, m, xq.device, xin, weights, (tb, warps)).launch(
-        "int4_group_gemm", (blocks, splits, 1), 32 * warps,
+    partial = partial_sums(grid.splits, grid.blocks, grid.tiles_per_block * _column_tiles(m), torch.float32, xq.device)
+    _module(mode, m, xq.device, xin, weights, (grid.tiles_per_block, grid.warps)).launch(
+        "int4_group_gemm", (grid.blocks, grid.splits, 1), 32 * grid.warps,
         [pointer(weights.stream), pointer(xq), pointer(input_scale), pointer(tensor_scale), pointer(bias), pointer(out),
          pointer(partial), pointer(weights.arrivals), pointer(nan_count), ctypes.c_int(m), ctypes.c_int(weights.n),
-         ctypes.c_int(weights.units), ctypes.c_int(weights.chunks), ctypes.c_int(per_split), ctypes.c_int(xq.stride(0)),
+         ctypes.c_int(weights.units), ctypes.c_int(weights.chunks), ctypes.c_int(grid.split_units),
+         ctypes.c_int(xq.stride(0)),
          ctypes.c_int(xs_stride), ctypes.c_int(int(per_token)), ctypes.c_int(int(out_dtype == torch.bfloat16))],
-        early=launches_early(xq.device), shared=weights.ring_bytes(tb, warps) + m * xs_stride)
+        early=launches_early(xq.device), shared=weights.ring_bytes(grid.tiles_per_block, grid.warps) + m * xs_stride)
     return out
 
 
