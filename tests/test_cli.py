@@ -163,6 +163,7 @@ def test_finetune_user_model_saves_and_resumes(user_module, capsys):
     (["eval", "usermodel:build", "--data", "usermodel:data", "--limit", "5", "--budget", "2"],
      "eval usermodel:build: --budget, --limit do not apply to a MODEL of yours (it takes --data, --schemes"),
     (["eval", "mnist-mlp", "--group-sizes", "64"], "--group-sizes does not apply to the bit-serial models"),
+    (["eval", "--decode-tokens", "8"], "--decode-tokens does not apply to the default model"),
     (["eval", "smollm2", "--schemes", "int8"], "the language-model job runs fp8, w4a16, w4a8"),
     (["eval", "usermodel:build", "--data", "usermodel:data", "--train-data", "usermodel:train"], "give --qat-epochs"),
     (["eval", "usermodel:not_a_model", "--data", "usermodel:data"], "returned int, not a torch.nn.Module"),
@@ -200,6 +201,13 @@ def test_bitserial_eval_without_its_data_says_how_to_install(tmp_path, monkeypat
     with pytest.raises(SystemExit):
         main(["eval", "mnist-mlp", "--weight-bits", "17"])
     assert "expected an integer from 1 to 16, got '17'" in capsys.readouterr().err
+
+
+def test_decode_tokens_must_fit_a_window(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "smollm2", "--decode-tokens", "1025"])
+    assert exit_info.value.code == 2
+    assert "--decode-tokens: expected an integer from 2 to 1024, got '1025'" in capsys.readouterr().err
 
 
 def test_bad_choice_is_an_argparse_error(capsys):

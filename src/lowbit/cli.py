@@ -13,6 +13,7 @@ from pathlib import Path
 from . import __version__
 from .calib import CALIBRATORS
 from .errors import CheckpointError, ConfigError, LowbitError
+from .evaluate.llm import WINDOW as LM_WINDOW
 from .schemes import SCHEMES
 
 EPILOG = """examples:
@@ -31,7 +32,7 @@ EPILOG = """examples:
 # Defaults of options that only some jobs take: the options stay None unless given, so that a
 # given option the job does not take is an error instead of being ignored (_check_eval_options).
 DEFAULTS = {"calib_samples": 2048, "batch_size": 500, "group_sizes": [128, 0], "eval_windows": 32,
-            "calib_windows": 32, "weight_bits": 8, "budget": 1.0}
+            "calib_windows": 32, "decode_tokens": 0, "weight_bits": 8, "budget": 1.0}
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
@@ -200,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--calib-windows", type=_positive_int, metavar="N",
                     help=f"smollm2: calibrate (and run GPTQ) on N windows of 512 tokens (default: "
                          f"{DEFAULTS['calib_windows']})")
+    ev.add_argument("--decode-tokens", type=_number(int, lambda v: 2 <= v <= LM_WINDOW, f"an integer from 2 to {LM_WINDOW}"),
+                    metavar="N", help="smollm2: also score the first N tokens of each window one token a step through "
+                                      "the KV cache, as generation runs (on the GPU: the few-rows kernels), beside "
+                                      "the same tokens scored at once (default: off)")
     ev.add_argument("--weight-bits", type=_bits, metavar="N",
                     help=f"bit-serial models: bitlayers stored per weight, 1-16 (default: {DEFAULTS['weight_bits']})")
     ev.add_argument("--act-bits", type=_bits, metavar="N",
@@ -311,7 +316,7 @@ EVAL_OPTIONS = {
     "the default model": ("schemes", "calibrators", "qat_epochs", "limit", "batch_size", "retrain", "calib_samples",
                           "data_dir"),
     "a MODEL of yours": ("data", "schemes", "calibrators", "qat_epochs", "train_data"),
-    "smollm2": ("schemes", "group_sizes", "eval_windows", "calib_windows"),
+    "smollm2": ("schemes", "group_sizes", "eval_windows", "calib_windows", "decode_tokens"),
     "the bit-serial models": ("weight_bits", "act_bits", "budget"),
 }
 
@@ -384,7 +389,7 @@ def _eval(args) -> int:
                               f"{', '.join(lm_schemes)} (and bf16, always)")
         configs = [c for c in configs if c.scheme == "bf16" or args.schemes is None or c.scheme in args.schemes]
         rows = evaluate_smollm2(configs, eval_windows=args.eval_windows, calib_windows=args.calib_windows,
-                                device=device, progress=progress)
+                                device=device, progress=progress, decode_tokens=args.decode_tokens)
     elif args.model:
         if not args.data:
             raise ConfigError("eval MODEL needs --data module:function returning (calib_batches, test_batches)")

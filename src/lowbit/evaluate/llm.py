@@ -13,7 +13,7 @@ from torch import nn
 from ..pipeline import quantize
 from ..schemes import get_scheme
 from ..sizes import model_size_bytes
-from .perplexity import lm_batches, perplexity, token_windows
+from .perplexity import decode_perplexity, lm_batches, perplexity, token_windows
 from .report import Row
 
 SMOLLM2 = "smollm2-135m"
@@ -57,12 +57,27 @@ def wikipedia_windows(tokenizer, eval_windows: int, calib_windows: int) -> tuple
 
 
 def evaluate_lm(name: str, model: nn.Module, calib_batches: Sequence, windows: Sequence[torch.Tensor],
-                configs: Sequence[LMConfig], *, device=None, progress: bool | None = None) -> list[Row]:
-    """Perplexity of the FP32 model and of each configuration on the same windows."""
+                configs: Sequence[LMConfig], *, device=None, progress: bool | None = None,
+                decode_tokens: int = 0) -> list[Row]:
+    """Perplexity of the FP32 model and of each configuration on the same windows. With ``decode_tokens``,
+    each row also scores the first ``decode_tokens`` tokens of every window one token a step through the KV
+    cache, as generation runs (on the GPU: the few-rows kernels), and the same tokens at once:
+    ``decode_perplexity`` and ``prefix_perplexity`` in its extra, equal up to the order of float sums."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(device).eval()
+
+    def decode_check(m: nn.Module, desc: str) -> dict:
+        if not decode_tokens:
+            return {}
+        prefixes = [w[:decode_tokens] for w in windows]
+        decoded, _ = decode_perplexity(m, prefixes, decode_tokens, device=device, progress=progress,
+                                       desc=f"{desc} decode")
+        at_once, _ = perplexity(m, prefixes, device=device, progress=False)
+        return {"decode_perplexity": round(decoded, 4), "prefix_perplexity": round(at_once, 4)}
+
+    fp32_decode = decode_check(model, "FP32")  # first: a model or windows it cannot take fail at once
     fp32, tokens = perplexity(model, windows, device=device, progress=progress, desc="FP32")
-    rows = [Row(name, "fp32", None, "perplexity", fp32, fp32, tokens, model_size_bytes(model))]
+    rows = [Row(name, "fp32", None, "perplexity", fp32, fp32, tokens, model_size_bytes(model), fp32_decode)]
     for config in configs:
         if config.scheme == "bf16":
             qmodel = copy.deepcopy(model).to(torch.bfloat16)
@@ -75,21 +90,22 @@ def evaluate_lm(name: str, model: nn.Module, calib_batches: Sequence, windows: S
             calibrator = handler.default_calibrator[0] if handler.needs_calibration else None
             extra = {"algorithm": config.label,
                      "group_size": "-" if config.group_size is None else (config.group_size or "channel")}
-        value, _ = perplexity(qmodel, windows, device=device, progress=progress,
-                              desc=f"{config.scheme} {extra.get('algorithm', '')}".strip())
+        desc = f"{config.scheme} {extra.get('algorithm', '')}".strip()
+        value, _ = perplexity(qmodel, windows, device=device, progress=progress, desc=desc)
         rows.append(Row(name, config.scheme, calibrator, "perplexity", value, fp32, tokens,
-                        model_size_bytes(qmodel), extra))
+                        model_size_bytes(qmodel), {**extra, **decode_check(qmodel, desc)}))
         del qmodel
     return rows
 
 
 def evaluate_smollm2(configs: Sequence[LMConfig] | None = None, *, eval_windows: int = 32, calib_windows: int = 32,
-                     device=None, progress: bool | None = None) -> list[Row]:
+                     device=None, progress: bool | None = None, decode_tokens: int = 0) -> list[Row]:
     """SmolLM2-135M (dequantized from its GGUF file to fp32) on ``eval_windows`` x 1024 tokens of the
-    Wikipedia excerpt; GPTQ / DPQ and activation ranges calibrated on ``calib_windows`` x 512 others."""
+    Wikipedia excerpt; GPTQ / DPQ and activation ranges calibrated on ``calib_windows`` x 512 others;
+    ``decode_tokens`` as in :func:`evaluate_lm`."""
     from ..models.llm import load_smollm2
 
     model, tokenizer = load_smollm2(progress=progress)
     windows, calib = wikipedia_windows(tokenizer, eval_windows, calib_windows)
     return evaluate_lm(SMOLLM2, model, calib, windows, default_lm_configs() if configs is None else configs,
-                       device=device, progress=progress)
+                       device=device, progress=progress, decode_tokens=decode_tokens)

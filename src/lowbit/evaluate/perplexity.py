@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..progress import progress_bar
 
 
@@ -54,3 +54,33 @@ def perplexity(model: nn.Module, windows: Sequence[torch.Tensor], *, device=None
                                      reduction="sum"))
         tokens += ids[:, 1:].numel()
     return math.exp(nll / tokens), tokens
+
+
+@torch.no_grad()
+def decode_perplexity(model: nn.Module, windows: Sequence[torch.Tensor], tokens: int, *, device=None,
+                      progress: bool | None = None, desc: str = "decode") -> tuple[float, int]:
+    """The perplexity of the first ``tokens`` tokens of each window scored one token a step through the
+    model's KV cache, as generation runs (Hugging Face causal LMs: keyword ``input_ids``,
+    ``past_key_values`` and ``use_cache``). On the GPU the quantized layers then take their few-rows
+    kernels, while :func:`perplexity` of the same prefixes takes the many-rows ones: the two agree up to
+    the order of float sums. Returns (perplexity, number of tokens scored)."""
+    if "past_key_values" not in inspect.signature(model.forward).parameters:
+        raise ConfigError(f"decoding one token a step needs a causal LM whose forward takes past_key_values "
+                          f"(Hugging Face); {type(model).__name__}.forward does not")
+    if tokens < 2:
+        raise ConfigError(f"decoding scores the tokens after the first: give at least 2 tokens, not {tokens}")
+    short = [i for i, w in enumerate(windows) if len(w) < tokens]
+    if short:
+        raise DataError(f"window {short[0]} has {len(windows[short[0]])} tokens; decoding {tokens} needs that many")
+    device = device or next(model.parameters(), torch.empty(0)).device
+    model.eval()
+    nll = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync a step
+    for window in progress_bar(windows, desc=desc, unit="window", enable=progress):
+        ids = window[:tokens].to(device)[None]
+        cache = None
+        for t in range(tokens - 1):
+            out = model(input_ids=ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            nll += F.cross_entropy(out.logits[:, -1].float(), ids[:, t + 1], reduction="sum").double()
+    scored = len(windows) * (tokens - 1)
+    return math.exp(float(nll) / scored), scored
