@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import lowbit
-from lowbit.algorithms.gptq import gar_permutation, gptq_quantize
+from lowbit.algorithms.gptq import gar_permutation, gptq_quantize, gptq_quantize_stacked
 from lowbit.errors import CalibrationError, ConfigError
 from lowbit.nn.weight_quantizer import Int4GroupWeightQuantizer
 
@@ -229,3 +229,25 @@ def test_fine_tuning_refuses_codes_that_gptq_froze_but_trains_a_w4a8_model():
     before = prepared.layers[0].up.weight.detach().clone()
     lowbit.finetune(prepared, data, epochs=1, lr=1e-2, loss_fn=nn.functional.mse_loss, progress=False)
     assert not torch.equal(before, prepared.layers[0].up.weight)
+
+
+@pytest.mark.parametrize("composed,gar", [(False, False), (True, True)])
+def test_weights_sharing_a_hessian_get_alone_codes_when_stacked(composed, gar):
+    """GPTQ's rows are independent: weights stacked under one Hessian (q / k / v) get the codes they get alone,
+    each with its own tensor scale (the three differ by powers of two here)."""
+    x = _correlated_inputs(k=192)
+    h = 2 * x.t() @ x / len(x)
+    weights = [torch.randn(n, 192, generator=GEN) * amp for n, amp in ((40, 1.0), (24, 37.0), (8, 0.01))]
+    wq = Int4GroupWeightQuantizer(64, symmetric=False, fp8=True)
+    quantizers = [wq.column_quantizer(w, composed) for w in weights]
+    assert len({q.tensor_scale for q in quantizers}) == 3
+    stacked = gptq_quantize_stacked(weights, h, quantizers, gar=gar)
+    for w, q, together in zip(weights, quantizers, stacked):
+        alone = gptq_quantize(w, h, q, gar=gar)
+        assert torch.equal(together.codes.codes, alone.codes.codes) and torch.equal(together.codes.scale, alone.codes.scale)
+        assert torch.equal(together.codes.zero, alone.codes.zero)
+        assert float(together.codes.tensor_scale) == q.tensor_scale
+        assert together.loss == pytest.approx(alone.loss, rel=1e-5)
+    with pytest.raises(ValueError, match="one group size, symmetry and quantizer"):
+        gptq_quantize_stacked(weights[:2], h, [quantizers[0], Int4GroupWeightQuantizer(32, False, True).column_quantizer(
+            weights[1], composed)])

@@ -88,7 +88,23 @@ def _inverse_cholesky(h: torch.Tensor, damp: float, name: str) -> tuple[torch.Te
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, quantizer: ColumnQuantizer, *,
                   damp: float = DEFAULT_DAMP, gar: bool = False, name: str = "weight") -> GPTQResult:
     """GPTQ (or DPQ, by the quantizer's ``composed``) of ``weight`` [N, K] with input Hessian [K, K]."""
-    w = weight.detach().float().clone()
+    return gptq_quantize_stacked([weight], hessian, [quantizer], damp=damp, gar=gar, name=name)[0]
+
+
+def gptq_quantize_stacked(weights: Sequence[torch.Tensor], hessian: torch.Tensor,
+                          quantizers: Sequence[ColumnQuantizer], *, damp: float = DEFAULT_DAMP, gar: bool = False,
+                          name: str = "weight") -> list[GPTQResult]:
+    """GPTQ of weights [N_i, K] that share one input Hessian (a transformer's q / k / v, gate / up) as one
+    stacked weight, each divided by its own tensor scale (a power of two: exactly). GPTQ's rows are
+    independent, each pushing its errors into its own later columns, so every weight gets the codes it
+    would get alone, while the column loop, whose small per-column operations take most of GPTQ's time,
+    runs once instead of once a weight."""
+    first = quantizers[0]
+    if any((q.group_size, q.symmetric, q.composed) != (first.group_size, first.symmetric, first.composed)
+           for q in quantizers):
+        raise ValueError(f"{name}: weights quantized together need one group size, symmetry and quantizer")
+    quantizer = ColumnQuantizer(torch.ones(()), first.group_size, first.symmetric, first.composed)
+    w = torch.cat([wt.detach().float() / q.tensor_scale for wt, q in zip(weights, quantizers)])
     n, k = w.shape
     g = quantizer.group_size
     h = hessian.detach().double().clone()
@@ -96,14 +112,15 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, quantizer: Column
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     perm = gar_permutation(h.diagonal(), g) if gar else torch.arange(k, device=w.device)
+    original_groups = (perm[::g] // g).tolist()  # each group's place before GAR, read once (not a sync a group)
     w, h = w[:, perm], h[perm][:, perm]
     hinv_u, used_damp = _inverse_cholesky(h, damp, name)
     hinv = hinv_u.float()
 
-    codes = torch.zeros(n, k, dtype=torch.uint8, device=w.device)
+    codes = torch.zeros(n, k, device=w.device)  # 0..15 as floats until the end
     scale = torch.ones(n, num_groups(k, g), device=w.device)
     zero = torch.zeros(n, num_groups(k, g), dtype=torch.uint8, device=w.device)
-    loss = torch.zeros((), device=w.device)
+    row_loss = torch.zeros(n, device=w.device)
     block = _block_size(g, k)
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
@@ -115,20 +132,23 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, quantizer: Column
             if col % g == 0:  # a new group: fit it to its columns as they stand now
                 group = w1[:, i:i + g] if g <= block or i + g <= i2 - i1 else w[:, col:col + g]
                 s, z = quantizer.fit(group)
-                original_group = int(perm[col]) // g
-                scale[:, original_group], zero[:, original_group] = s, z
-            c = quantizer.codes(w1[:, i], s, z)
-            q = quantizer.value(c, s, z)
-            codes[:, col] = c
+                scale[:, original_groups[col // g]], zero[:, original_groups[col // g]] = s, z
+                z = z.float()
+            codes[:, col], q = quantizer.round(w1[:, i], s, z)
             e = (w1[:, i] - q) / h1[i, i]
-            loss += (w1[:, i] - q).square().sum() / h1[i, i] ** 2 / 2
             w1[:, i:] -= e[:, None] * h1[i, i:][None, :]
             err1[:, i] = e
+        row_loss += err1.square().sum(1) / 2  # err^2 / Hinv_ii^2 / 2 a column
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    unpermuted = torch.empty_like(codes)
-    unpermuted[:, perm] = codes
-    return GPTQResult(Int4GroupCodes(unpermuted, scale, zero, torch.tensor(quantizer.tensor_scale), g),
-                      used_damp, float(loss))
+    unpermuted = torch.empty(n, k, dtype=torch.uint8, device=w.device)
+    unpermuted[:, perm] = codes.to(torch.uint8)
+    results, start = [], 0
+    for weight, q in zip(weights, quantizers):
+        rows = slice(start, start + len(weight))
+        start = rows.stop
+        codes_i = Int4GroupCodes(unpermuted[rows], scale[rows], zero[rows], torch.tensor(q.tensor_scale), g)
+        results.append(GPTQResult(codes_i, used_damp, float(row_loss[rows].sum()) * q.tensor_scale ** 2))
+    return results
 
 
 class _Stop(Exception):
@@ -208,14 +228,24 @@ def _quantize_group(run, inputs: Sequence, names: list[str], layers: dict[str, n
         for hk in hooks:
             hk.remove()
     hessian = collector.hessian()
+    todo = {}  # a weight shared by several layers is quantized once
+    for name in names:
+        if id(layers[name].weight) not in done:
+            todo.setdefault(id(layers[name].weight), name)
+    stacks: dict[tuple, list[tuple[int, str, ColumnQuantizer]]] = {}  # weights that one quantizer shape takes
+    for key, name in todo.items():
+        cq = layers[name].weight_quantizer.column_quantizer(layers[name].weight, algorithm == "dpq")
+        stacks.setdefault((cq.group_size, cq.symmetric, cq.composed), []).append((key, name, cq))
+    for stack in stacks.values():
+        label = ", ".join(repr(name) for _, name, _ in stack)
+        results = gptq_quantize_stacked([layers[name].weight for _, name, _ in stack], hessian,
+                                        [cq for _, _, cq in stack], damp=damp, gar=gar,
+                                        name=f"layer{'s' if len(stack) > 1 else ''} {label}")
+        done.update(zip((key for key, _, _ in stack), results))
     for name in names:
         layer = layers[name]
         wq = layer.weight_quantizer
         key = id(layer.weight)
-        if key not in done:  # a weight shared by several layers is quantized once
-            result = gptq_quantize(layer.weight, hessian, wq.column_quantizer(layer.weight, algorithm == "dpq"),
-                                   damp=damp, gar=gar, name=f"layer {name!r}")
-            done[key] = result
         wq.frozen = done[key].codes
         wq.algorithm = algorithm + ("+gar" if gar else "")
         wq.report = {"damp": done[key].damp, "loss": done[key].loss}

@@ -17,7 +17,7 @@ from ..config import QuantSpec
 from ..numerics import fake_quantize, fp8_scale, qparams_for, to_fp8
 from ..numerics.bitlayers import clip_search_scale, odd_grid_codes, odd_grid_values
 from ..numerics.fp8 import e4m3_grid
-from ..numerics.groupwise import dequantize_groups, group_qparams, protective_scale, quantize_groups
+from ..numerics.groupwise import CODE_MAX, dequantize_groups, group_qparams, protective_scale, quantize_groups
 from .quantizer import straight_through
 
 
@@ -87,12 +87,13 @@ class ColumnQuantizer:
         scale, zero = group_qparams(group / self.tensor_scale, group.shape[1], self.symmetric)
         return scale[:, 0], zero[:, 0]
 
-    def codes(self, column: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-        return quantize_groups((column / self.tensor_scale)[:, None], scale[:, None], zero[:, None], 1)[:, 0]
-
-    def value(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-        v = (codes.float() - zero.float()) * scale
-        return (e4m3_grid(v) if self.composed else v) * self.tensor_scale
+    def round(self, column: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes as floats 0..15, their values) of one column [N], with ``zero`` as floats: quantize_groups'
+        and Int4GroupCodes.values' arithmetic in as few operations as they allow, as GPTQ runs this once a
+        column (its time goes to such small operations)."""
+        codes = torch.round(column / self.tensor_scale / scale).add_(zero).clamp_(0, CODE_MAX)
+        values = (codes - zero).mul_(scale)
+        return codes, (e4m3_grid(values) if self.composed else values).mul_(self.tensor_scale)
 
 
 class Int4GroupWeightQuantizer(_CachedGrid):
