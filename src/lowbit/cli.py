@@ -201,10 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--calib-windows", type=_positive_int, metavar="N",
                     help=f"smollm2: calibrate (and run GPTQ) on N windows of 512 tokens (default: "
                          f"{DEFAULTS['calib_windows']})")
-    ev.add_argument("--decode-tokens", type=_number(int, lambda v: 2 <= v <= LM_WINDOW, f"an integer from 2 to {LM_WINDOW}"),
-                    metavar="N", help="smollm2: also score the first N tokens of each window one token a step through "
-                                      "the KV cache, as generation runs (on the GPU: the few-rows kernels), beside "
-                                      "the same tokens scored at once (default: off)")
+    ev.add_argument("--decode-tokens", metavar="N",
+                    type=_number(int, lambda v: 2 <= v <= LM_WINDOW, f"an integer from 2 to {LM_WINDOW}"),
+                    help="smollm2: also score the first N tokens of each window one token a step through the KV "
+                         "cache, as generation runs (on the GPU: the few-rows kernels), beside the same tokens "
+                         "scored at once (default: off)")
     ev.add_argument("--weight-bits", type=_bits, metavar="N",
                     help=f"bit-serial models: bitlayers stored per weight, 1-16 (default: {DEFAULTS['weight_bits']})")
     ev.add_argument("--act-bits", type=_bits, metavar="N",

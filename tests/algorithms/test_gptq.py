@@ -244,10 +244,10 @@ def test_weights_sharing_a_hessian_get_alone_codes_when_stacked(composed, gar):
     stacked = gptq_quantize_stacked(weights, h, quantizers, gar=gar)
     for w, q, together in zip(weights, quantizers, stacked):
         alone = gptq_quantize(w, h, q, gar=gar)
-        assert torch.equal(together.codes.codes, alone.codes.codes) and torch.equal(together.codes.scale, alone.codes.scale)
-        assert torch.equal(together.codes.zero, alone.codes.zero)
+        for part in ("codes", "scale", "zero"):
+            assert torch.equal(getattr(together.codes, part), getattr(alone.codes, part))
         assert float(together.codes.tensor_scale) == q.tensor_scale
         assert together.loss == pytest.approx(alone.loss, rel=1e-5)
+    other_groups = Int4GroupWeightQuantizer(32, symmetric=False, fp8=True).column_quantizer(weights[1], composed)
     with pytest.raises(ValueError, match="one group size, symmetry and quantizer"):
-        gptq_quantize_stacked(weights[:2], h, [quantizers[0], Int4GroupWeightQuantizer(32, False, True).column_quantizer(
-            weights[1], composed)])
+        gptq_quantize_stacked(weights[:2], h, [quantizers[0], other_groups])

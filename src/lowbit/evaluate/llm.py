@@ -62,7 +62,7 @@ def evaluate_lm(name: str, model: nn.Module, calib_batches: Sequence, windows: S
     """Perplexity of the FP32 model and of each configuration on the same windows. With ``decode_tokens``,
     each row also scores the first ``decode_tokens`` tokens of every window one token a step through the KV
     cache, as generation runs (on the GPU: the few-rows kernels), and the same tokens at once:
-    ``decode_perplexity`` and ``prefix_perplexity`` in its extra, equal up to the order of float sums."""
+    ``decode_perplexity`` and ``prefix_perplexity`` in its extra (see :func:`decode_perplexity`)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(device).eval()
 

@@ -61,9 +61,10 @@ def decode_perplexity(model: nn.Module, windows: Sequence[torch.Tensor], tokens:
                       progress: bool | None = None, desc: str = "decode") -> tuple[float, int]:
     """The perplexity of the first ``tokens`` tokens of each window scored one token a step through the
     model's KV cache, as generation runs (Hugging Face causal LMs: keyword ``input_ids``,
-    ``past_key_values`` and ``use_cache``). On the GPU the quantized layers then take their few-rows
-    kernels, while :func:`perplexity` of the same prefixes takes the many-rows ones: the two agree up to
-    the order of float sums. Returns (perplexity, number of tokens scored)."""
+    ``past_key_values`` and ``use_cache``). Each layer then multiplies one row a call (on the GPU: the
+    few-rows kernels), while :func:`perplexity` of the same prefixes multiplies all their rows at once. The two
+    agree up to the order of float sums, which FP8 activations widen: their rounding can turn a last-bit
+    difference into a whole step. Returns (perplexity, number of tokens scored)."""
     if "past_key_values" not in inspect.signature(model.forward).parameters:
         raise ConfigError(f"decoding one token a step needs a causal LM whose forward takes past_key_values "
                           f"(Hugging Face); {type(model).__name__}.forward does not")
