@@ -8,6 +8,7 @@ import lowbit
 from lowbit.algorithms.gptq import gar_permutation, gptq_quantize, gptq_quantize_stacked
 from lowbit.errors import CalibrationError, ConfigError
 from lowbit.nn.weight_quantizer import Int4GroupWeightQuantizer
+from lowbit.numerics.groupwise import dequantize_groups
 
 GEN = torch.Generator().manual_seed(0)
 
@@ -251,3 +252,19 @@ def test_weights_sharing_a_hessian_get_alone_codes_when_stacked(composed, gar):
     other_groups = Int4GroupWeightQuantizer(32, symmetric=False, fp8=True).column_quantizer(weights[1], composed)
     with pytest.raises(ValueError, match="one group size, symmetry and quantizer"):
         gptq_quantize_stacked(weights[:2], h, [quantizers[0], other_groups])
+
+
+@pytest.mark.parametrize("composed", [False, True])
+def test_a_column_rounds_as_round_to_nearest_does(composed):
+    """GPTQ's per-column rounding (ColumnQuantizer.round) gives RTN's codes, and their values as GPTQ sees them:
+    the INT4 grid alone, or through E4M3 as the kernel converts it (DPQ)."""
+    w = torch.randn(24, 128, generator=GEN) * 500  # past the protective range: a tensor scale above 1
+    wq = Int4GroupWeightQuantizer(64, symmetric=False, fp8=True)
+    rtn = wq.rtn(w)
+    s8 = float(rtn.tensor_scale)
+    assert s8 > 1
+    expected = rtn.values(fp8=True) if composed else dequantize_groups(rtn.codes, rtn.scale, rtn.zero, 64) * s8
+    cq = wq.column_quantizer(w, composed)
+    for j in range(128):
+        codes, values = cq.round(w[:, j], rtn.scale[:, j // 64], rtn.zero[:, j // 64].float())
+        assert torch.equal(codes.to(torch.uint8), rtn.codes[:, j]) and torch.equal(values, expected[:, j])
