@@ -99,11 +99,9 @@ def gptq_quantize_stacked(weights: Sequence[torch.Tensor], hessian: torch.Tensor
     independent, each pushing its errors into its own later columns, so every weight gets the codes it
     would get alone, while the column loop, whose small per-column operations take most of GPTQ's time,
     runs once instead of once a weight."""
-    first = quantizers[0]
-    if any((q.group_size, q.symmetric, q.composed) != (first.group_size, first.symmetric, first.composed)
-           for q in quantizers):
+    if len({q.grid for q in quantizers}) != 1:
         raise ValueError(f"{name}: weights quantized together need one group size, symmetry and quantizer")
-    quantizer = ColumnQuantizer(torch.ones(()), first.group_size, first.symmetric, first.composed)
+    quantizer = ColumnQuantizer(torch.ones(()), *quantizers[0].grid)
     w = torch.cat([wt.detach().float() / q.tensor_scale for wt, q in zip(weights, quantizers)])
     n, k = w.shape
     g = quantizer.group_size
@@ -235,7 +233,7 @@ def _quantize_group(run, inputs: Sequence, names: list[str], layers: dict[str, n
     stacks: dict[tuple, list[tuple[int, str, ColumnQuantizer]]] = {}  # weights that one quantizer shape takes
     for key, name in todo.items():
         cq = layers[name].weight_quantizer.column_quantizer(layers[name].weight, algorithm == "dpq")
-        stacks.setdefault((cq.group_size, cq.symmetric, cq.composed), []).append((key, name, cq))
+        stacks.setdefault(cq.grid, []).append((key, name, cq))
     for stack in stacks.values():
         label = ", ".join(repr(name) for _, name, _ in stack)
         results = gptq_quantize_stacked([layers[name].weight for _, name, _ in stack], hessian,

@@ -82,6 +82,11 @@ class ColumnQuantizer:
         self.symmetric = symmetric
         self.composed = composed
 
+    @property
+    def grid(self) -> tuple[int, bool, bool]:
+        """All that must match for weights to share GPTQ's column loop: all but the tensor scale."""
+        return self.group_size, self.symmetric, self.composed
+
     def fit(self, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale and zero [N] of one group's columns [N, g] (in the caller's units)."""
         scale, zero = group_qparams(group / self.tensor_scale, group.shape[1], self.symmetric)
