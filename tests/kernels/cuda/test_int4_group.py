@@ -244,6 +244,19 @@ def test_layer_on_gpu_matches_the_reference(cls, m, n, k, group):
     _close(cpu, ref)
 
 
+def _as_on_an_h100(monkeypatch, n: int, k: int):
+    """The launch rules' view of an N x K layer of group-128 units (two chunks), as on an H100's 132
+    multiprocessors: a stand-in for KernelWeights, so that no GPU is needed."""
+    from types import SimpleNamespace
+
+    from lowbit.kernels import cuda
+    from lowbit.kernels.cuda import int4_group
+
+    for module in (cuda, int4_group):
+        monkeypatch.setattr(module, "multiprocessors", lambda device: 132)
+    return SimpleNamespace(tiles=n // 16, chunks=k // 64, unit=2, units=k // 128)
+
+
 @pytest.mark.parametrize("rows,n,k,shape", [(8, 8192, 8192, (1, 8)), (16, 8192, 8192, (2, 8)),
                                             (16, 28672, 8192, (2, 8)), (9, 8192, 4096, (2, 8)),
                                             (16, 7168, 2048, (2, 8)), (16, 8448, 4096, (2, 8)),
@@ -254,12 +267,9 @@ def test_blocks_take_two_weight_tiles_on_wide_layers_past_8_rows(rows, n, k, sha
     """The rule, as on an H100 (132 multiprocessors): on layers of 264 tiles or more, past 16 rows two tiles
     (6 warps), and from 9 rows (8 warps) where rows are at least 8192 columns long or the blocks of two
     tiles fill 80-100% of one wave of two a multiprocessor (212-264 blocks)."""
-    from types import SimpleNamespace
-
     from lowbit.kernels.cuda import int4_group
 
-    monkeypatch.setattr(int4_group, "multiprocessors", lambda device: 132)
-    weights = SimpleNamespace(tiles=n // 16, chunks=k // 64)
+    weights = _as_on_an_h100(monkeypatch, n, k)
     assert int4_group._block_shape(rows, weights, torch.device("cpu")) == shape
 
 
@@ -348,14 +358,9 @@ def test_the_gemm_quantizes_its_input_where_few_values_are_staged(rows, n, k, pa
     """The rule, as on an H100 (132 multiprocessors): at most 8192 values staged a block (2048 x 8192 splits
     K over two blocks: 4096 a block at one row), or at most 14336 a multiprocessor over all blocks (1536 x 576,
     32 rows: 13,405)."""
-    from types import SimpleNamespace
-
-    from lowbit.kernels import cuda
     from lowbit.kernels.cuda import int4_group
 
-    for module in (cuda, int4_group):
-        monkeypatch.setattr(module, "multiprocessors", lambda device: 132)
-    weights = SimpleNamespace(tiles=n // 16, chunks=k // 64, unit=2, units=k // 128)
+    weights = _as_on_an_h100(monkeypatch, n, k)
     assert int4_group.quantizing_input_pays(rows, weights, torch.device("cpu")) == pays
 
 

@@ -374,8 +374,8 @@ def small_m_gemm(xq: torch.Tensor, weights: KernelWeights, mode: int, input_scal
         [pointer(weights.stream), pointer(xq), pointer(input_scale), pointer(tensor_scale), pointer(bias), pointer(out),
          pointer(partial), pointer(weights.arrivals), pointer(nan_count), ctypes.c_int(m), ctypes.c_int(weights.n),
          ctypes.c_int(weights.units), ctypes.c_int(weights.chunks), ctypes.c_int(grid.split_units),
-         ctypes.c_int(xq.stride(0)),
-         ctypes.c_int(xs_stride), ctypes.c_int(int(per_token)), ctypes.c_int(int(out_dtype == torch.bfloat16))],
+         ctypes.c_int(xq.stride(0)), ctypes.c_int(xs_stride), ctypes.c_int(int(per_token)),
+         ctypes.c_int(int(out_dtype == torch.bfloat16))],
         early=launches_early(xq.device), shared=weights.ring_bytes(grid.tiles_per_block, grid.warps) + m * xs_stride)
     return out
 
